@@ -1,0 +1,16 @@
+"""Job handlers by domain; each job type in the contract maps to one handler here."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from services.worker.context import JobContext
+from services.worker.tasks import system
+
+Handler = Callable[[JobContext, Any], Awaitable[Any]]
+
+HANDLERS: dict[str, Handler] = {
+    "system.echo": system.echo,
+    "system.sleep": system.sleep,
+}

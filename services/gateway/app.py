@@ -1,0 +1,73 @@
+"""The gateway: auth, validation, idempotent enqueue and job reads over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import REGISTRY as PROMETHEUS
+
+from services.gateway import errors
+from services.gateway.middleware import BodyLimit, Metrics
+from services.gateway.routes import health, jobs
+from services.gateway.state import GatewayState
+from shared import db, metrics, registry
+from shared.config import GatewaySettings
+from shared.jobs import REGISTRY
+from shared.logs import get_logger
+from shared.queue import JobStore
+from shared.redis_client import create_redis
+
+log = get_logger(__name__)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: GatewaySettings = app.state.settings
+    instance_id = settings.instance_name or registry.new_instance_id("gateway")
+    redis = create_redis(settings)
+    pool = await db.create_pool(settings, role="gateway", read_only=True)
+    collector = metrics.register_pool(pool, "gateway")
+    store = JobStore(
+        redis, status_ttl=settings.job_status_ttl, idempotency_ttl=settings.idempotency_ttl
+    )
+    app.state.tgflow = GatewayState(settings, redis, pool, store, instance_id)
+    url = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    beat = asyncio.create_task(
+        registry.heartbeat_forever(
+            redis,
+            instance_id,
+            lambda: {"id": instance_id, "kind": "gateway", "url": url, "metrics_url": url + "/metrics"},
+            interval=5.0,
+        )
+    )
+    log.info("gateway started", instance=instance_id)
+    try:
+        yield
+    finally:
+        beat.cancel()
+        await asyncio.gather(beat, return_exceptions=True)
+        await registry.withdraw(redis, instance_id)
+        PROMETHEUS.unregister(collector)
+        await pool.close()
+        await redis.aclose()
+        log.info("gateway stopped", instance=instance_id)
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    """Build the ASGI app; connections open in the lifespan, not here."""
+    app = FastAPI(
+        title="tgflow",
+        version="0.1.0",
+        summary="Telegram user-account and AI jobs as durable background work.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    errors.install(app, tags=set(REGISTRY))
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(Metrics)
+    return app

@@ -1,0 +1,57 @@
+"""Dependency aliases, declared once."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from services.gateway.errors import ApiError
+from services.gateway.state import GatewayState
+from shared.auth import InvalidToken, Principal, decode_token
+
+_bearer = HTTPBearer(auto_error=False, description="A token from `tgflow token create`.")
+
+
+def get_state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.tgflow
+    return state
+
+
+State = Annotated[GatewayState, Depends(get_state)]
+
+
+def get_principal(
+    state: State,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None:
+        raise ApiError(
+            401,
+            "unauthenticated",
+            "A bearer token is required.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    try:
+        return decode_token(state.settings.secret_key.get_secret_value(), credentials.credentials)
+    except InvalidToken as exc:
+        raise ApiError(
+            401,
+            "invalid_token",
+            f"The bearer token is not valid: {exc}.",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        ) from exc
+
+
+def scope_checker(scope: str) -> object:
+    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if scope not in principal.scopes and "admin" not in principal.scopes:
+            raise ApiError(403, "insufficient_scope", f"The token lacks the {scope} scope.")
+        return principal
+
+    return check
+
+
+Reader = Annotated[Principal, Depends(scope_checker("jobs:read"))]
+Writer = Annotated[Principal, Depends(scope_checker("jobs:write"))]

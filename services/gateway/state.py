@@ -1,0 +1,20 @@
+"""What the gateway holds open for its lifetime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from shared.config import GatewaySettings
+from shared.db import Pool
+from shared.queue import JobStore
+
+
+@dataclass
+class GatewayState:
+    settings: GatewaySettings
+    redis: Redis
+    db: Pool
+    jobs: JobStore
+    instance_id: str

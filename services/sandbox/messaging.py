@@ -1,0 +1,218 @@
+"""Message effects on the world: send, forward, read, with random_id dedupe."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from telethon.tl import types
+
+from .errors import RpcFail, bad_request, forbidden
+from .render import channel_tl, message_entities, message_tl
+from .state import Account, Channel, FwdInfo, PeerRef, SentRef, StoredMessage, World, now
+
+MAX_TEXT = 4096
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A stored message (sender's view), its pts, and whether it was a resend."""
+
+    message: StoredMessage
+    pts: int
+    duplicate: bool = False
+
+
+def lookup(world: World, owner: Account, peer: PeerRef, msg_id: int) -> StoredMessage | None:
+    """A message by id in a private box (owner's) or in a channel."""
+    if peer.kind == "channel":
+        channel = world.channels.get(peer.id)
+        return channel.messages.get(msg_id) if channel else None
+    message = owner.box.get(msg_id)
+    return message if message is not None and message.peer == peer else None
+
+
+def channel_for(world: World, account: Account, peer: PeerRef, *, write: bool) -> Channel:
+    channel = world.channels.get(peer.id)
+    if channel is None:
+        raise bad_request("CHANNEL_INVALID")
+    if write and account.id not in channel.members:
+        raise forbidden("CHAT_WRITE_FORBIDDEN")
+    if write and not channel.megagroup and account.id != channel.creator_id:
+        raise forbidden("CHAT_WRITE_FORBIDDEN")
+    return channel
+
+
+def _check_text(text: str, fwd: FwdInfo | None) -> None:
+    if not text and fwd is None:
+        raise bad_request("MESSAGE_EMPTY")
+    if len(text) > MAX_TEXT:
+        raise bad_request("MESSAGE_TOO_LONG")
+
+
+def send(
+    world: World,
+    sender: Account,
+    peer: PeerRef,
+    text: str,
+    random_id: int | None,
+    fwd: FwdInfo | None = None,
+) -> Sent:
+    """Store a new message, or return the original one for a repeated random_id."""
+    if random_id is not None and random_id in sender.sent:
+        ref = sender.sent[random_id]
+        original = lookup(world, sender, ref.peer, ref.msg_id)
+        if original is not None:
+            return Sent(original, ref.pts, duplicate=True)
+    _check_text(text, fwd)
+    if peer.kind == "channel":
+        sent = _send_channel(world, sender, peer, text, random_id, fwd)
+    else:
+        sent = _send_private(world, sender, peer, text, random_id, fwd)
+    if random_id is not None:
+        sender.sent[random_id] = SentRef(peer, sent.message.id, sent.pts)
+    return sent
+
+
+def _send_private(
+    world: World,
+    sender: Account,
+    peer: PeerRef,
+    text: str,
+    random_id: int | None,
+    fwd: FwdInfo | None,
+) -> Sent:
+    target = world.accounts.get(peer.id)
+    if target is None:
+        raise bad_request("PEER_ID_INVALID")
+    if target.banned:
+        raise bad_request("USER_IS_BLOCKED")
+    date = now()
+    mine = StoredMessage(sender.next_id(), peer, sender.id, True, text, date, random_id, fwd)
+    pts = sender.store(mine)
+    if target.id != sender.id:
+        theirs = StoredMessage(target.next_id(), sender.peer, sender.id, False, text, date, None, fwd)
+        their_pts = target.store(theirs)
+        _push_private(world, target, theirs, their_pts)
+    return Sent(mine, pts)
+
+
+def _push_private(world: World, target: Account, message: StoredMessage, pts: int) -> None:
+    if world.push is None:
+        return
+    if message.fwd is None:
+        update: Any = types.UpdateShortMessage(
+            id=message.id,
+            user_id=message.peer.id,
+            message=message.text,
+            pts=pts,
+            pts_count=1,
+            date=message.date,
+        )
+    else:
+        users, chats = message_entities(world, target.id, [message])
+        inner = types.UpdateNewMessage(message=message_tl(target.id, message), pts=pts, pts_count=1)
+        update = types.Updates(updates=[inner], users=users, chats=chats, date=now(), seq=0)
+    world.push(target.id, update)
+
+
+def _send_channel(
+    world: World,
+    sender: Account,
+    peer: PeerRef,
+    text: str,
+    random_id: int | None,
+    fwd: FwdInfo | None,
+) -> Sent:
+    channel = channel_for(world, sender, peer, write=True)
+    channel.last_msg_id += 1
+    message = StoredMessage(
+        channel.last_msg_id,
+        peer,
+        sender.id,
+        False,
+        text,
+        now(),
+        random_id,
+        fwd,
+        post=not channel.megagroup,
+    )
+    pts = channel.append(message)
+    if world.push is not None:
+        for member in channel.members:
+            if member != sender.id:
+                world.push(member, channel_updates(world, member, channel, message, pts))
+    return Sent(message, pts)
+
+
+def channel_updates(
+    world: World,
+    viewer_id: int,
+    channel: Channel,
+    message: StoredMessage,
+    pts: int,
+    random_id: int | None = None,
+) -> Any:
+    """The Updates a channel message produces for one member."""
+    users, _ = message_entities(world, viewer_id, [message])
+    inner: list[Any] = []
+    if random_id is not None:
+        inner.append(types.UpdateMessageID(id=message.id, random_id=random_id))
+    inner.append(
+        types.UpdateNewChannelMessage(message=message_tl(viewer_id, message), pts=pts, pts_count=1)
+    )
+    return types.Updates(
+        updates=inner, users=users, chats=[channel_tl(viewer_id, channel)], date=now(), seq=0
+    )
+
+
+def forward_source(message: StoredMessage) -> FwdInfo:
+    """The forward header a copy of ``message`` carries (originals are kept)."""
+    if message.fwd is not None:
+        return message.fwd
+    if message.post:
+        return FwdInfo(message.date, message.peer, channel_post=message.id)
+    sender = message.from_id if message.from_id is not None else message.peer.id
+    return FwdInfo(message.date, PeerRef("user", sender))
+
+
+def read_history(world: World, account: Account, peer: PeerRef, max_id: int) -> int:
+    """Mark incoming messages up to max_id read; returns the new pts (0 for channels)."""
+    top = max_id or _top_id(world, account, peer)
+    account.read_inbox[peer] = max(account.read_inbox.get(peer, 0), top)
+    if peer.kind == "channel":
+        return 0
+    return account.bump(read=(peer, top))
+
+
+def _top_id(world: World, account: Account, peer: PeerRef) -> int:
+    if peer.kind == "channel":
+        channel = world.channels.get(peer.id)
+        return channel.last_msg_id if channel else 0
+    ids = account.by_peer.get(peer, [])
+    return ids[-1] if ids else 0
+
+
+def fail_if_empty(ids: list[int]) -> None:
+    if not ids:
+        raise RpcFail(400, "MESSAGE_IDS_EMPTY")
+
+
+def short_sent(sent: Sent) -> Any:
+    """The compact answer Telegram gives to a private sendMessage."""
+    return types.UpdateShortSentMessage(
+        id=sent.message.id, pts=sent.pts, pts_count=1, date=sent.message.date, out=True
+    )
+
+
+def private_updates(world: World, account: Account, sent: list[tuple[Sent, int]]) -> Any:
+    """Updates for messages stored in a private box (forwards)."""
+    inner: list[Any] = []
+    for item, random_id in sent:
+        inner.append(types.UpdateMessageID(id=item.message.id, random_id=random_id))
+        inner.append(
+            types.UpdateNewMessage(
+                message=message_tl(account.id, item.message), pts=item.pts, pts_count=1
+            )
+        )
+    users, chats = message_entities(world, account.id, [s.message for s, _ in sent])
+    return types.Updates(updates=inner, users=users, chats=chats, date=now(), seq=0)
+

@@ -1,0 +1,199 @@
+"""Copy job changes from the Redis ``tgflow:archive`` stream into the Postgres ``jobs`` table.
+
+Every worker runs one archiver in a shared consumer group. Rows are upserted in batches
+and only move forward (a row keeps the change with the highest ``seq``), so batches may
+arrive in any order. Entries are acknowledged only after Postgres has them; entries left
+pending by a dead worker are claimed by another after ``claim_idle`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from services.worker import metrics
+from shared.db import Pool
+from shared.jobs.envelope import from_micros
+from shared.logs import get_logger
+from shared.queue import ARCHIVE_STREAM
+
+log = get_logger(__name__)
+
+GROUP = "tgflow-archivers"
+
+_UPSERT = """
+INSERT INTO jobs (id, tenant_id, type, queue, status, params, attempts, result, error_code,
+                  error_message, idempotency_key, trace_id, seq, created_at, run_at,
+                  started_at, finished_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, now())
+ON CONFLICT (id) DO UPDATE SET
+    status = EXCLUDED.status, attempts = EXCLUDED.attempts, result = EXCLUDED.result,
+    error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message,
+    seq = EXCLUDED.seq, run_at = EXCLUDED.run_at, started_at = EXCLUDED.started_at,
+    finished_at = EXCLUDED.finished_at, updated_at = now()
+WHERE jobs.seq < EXCLUDED.seq
+"""
+
+
+def _opt_ts(value: str | None) -> Any:
+    return from_micros(value) if value else None
+
+
+def row_of(snapshot: Mapping[str, str]) -> tuple[Any, ...]:
+    """A job hash snapshot as the upsert's parameters."""
+    error = orjson.loads(snapshot["error"]) if snapshot.get("error") else {}
+    return (
+        uuid.UUID(snapshot["id"]),
+        snapshot["tenant"],
+        snapshot["type"],
+        snapshot["queue"],
+        snapshot["status"],
+        orjson.loads(snapshot["params"]),
+        int(snapshot.get("attempts") or 0),
+        orjson.loads(snapshot["result"]) if snapshot.get("result") else None,
+        error.get("code"),
+        error.get("message"),
+        snapshot.get("idempotency_key") or None,
+        snapshot.get("trace_id") or None,
+        int(snapshot["seq"]),
+        from_micros(snapshot["created_at"]),
+        from_micros(snapshot["run_at"]),
+        _opt_ts(snapshot.get("started_at")),
+        _opt_ts(snapshot.get("finished_at")),
+    )
+
+
+class Archiver:
+    def __init__(
+        self,
+        redis: Redis,
+        db: Pool,
+        consumer: str,
+        *,
+        batch: int = 500,
+        block_ms: int = 1000,
+        claim_idle: float = 30.0,
+    ) -> None:
+        self.redis = redis
+        self.db = db
+        self.consumer = consumer
+        self.batch = batch
+        self.block_ms = block_ms
+        self.claim_idle_ms = int(claim_idle * 1000)
+        self._known_tenants: set[str] = set()
+        self._stopping = asyncio.Event()
+
+    async def ensure_group(self) -> None:
+        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+            await self.redis.xgroup_create(ARCHIVE_STREAM, GROUP, id="0", mkstream=True)
+
+    async def run(self) -> None:
+        """Archive until ``stop()``, then flush what is already in the stream."""
+        backoff = 0.1
+        while True:
+            try:
+                await self.ensure_group()
+                await self._retry_own_pending()
+                await self._claim_abandoned()
+                claimed_at = time.monotonic()
+                while not self._stopping.is_set():
+                    await self.step(block=True)
+                    if time.monotonic() - claimed_at > self.claim_idle_ms / 1000:
+                        await self._claim_abandoned()
+                        claimed_at = time.monotonic()
+                await self.drain()
+                return
+            except (RedisError, OSError) as exc:
+                log.warning("archiver waiting for redis/postgres", error=type(exc).__name__)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+            if self._stopping.is_set():
+                return
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def step(self, *, block: bool) -> int:
+        """Read, write and acknowledge one batch; return how many entries it held."""
+        try:
+            response = await self.redis.xreadgroup(
+                GROUP,
+                self.consumer,
+                {ARCHIVE_STREAM: ">"},
+                count=self.batch,
+                block=self.block_ms if block else None,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group()  # the stream was lost (Redis restarted empty)
+            return 0
+        if not response:
+            return 0
+        entries = response[0][1]
+        await self.write(entries)
+        return len(entries)
+
+    async def drain(self) -> None:
+        while await self.step(block=False):
+            pass
+
+    async def write(self, entries: list[tuple[str, dict[str, str]]]) -> None:
+        latest: dict[str, dict[str, str]] = {}
+        for _, fields in entries:
+            snap = orjson.loads(fields["job"])
+            current = latest.get(snap["id"])
+            if current is None or int(snap["seq"]) > int(current["seq"]):
+                latest[snap["id"]] = snap
+        rows = [row_of(s) for s in latest.values()]
+        async with self.db.acquire() as conn, conn.transaction():
+            await self._ensure_tenants(conn, {s["tenant"] for s in latest.values()})
+            await conn.executemany(_UPSERT, rows)
+        ids = [entry_id for entry_id, _ in entries]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xack(ARCHIVE_STREAM, GROUP, *ids)
+            pipe.xdel(ARCHIVE_STREAM, *ids)
+            await pipe.execute()
+        metrics.ARCHIVED.inc(len(rows))
+
+    async def _ensure_tenants(self, conn: Any, tenants: set[str]) -> None:
+        new = sorted(tenants - self._known_tenants)
+        if new:
+            await conn.execute(
+                "INSERT INTO tenants (id, name) SELECT t, t FROM unnest($1::text[]) AS t "
+                "ON CONFLICT (id) DO NOTHING",
+                new,
+            )
+            self._known_tenants.update(new)
+
+    async def _retry_own_pending(self) -> None:
+        """Write entries this consumer read before a failure cut the batch short."""
+        while True:
+            response = await self.redis.xreadgroup(
+                GROUP, self.consumer, {ARCHIVE_STREAM: "0"}, count=self.batch
+            )
+            entries = [(i, f) for i, f in (response[0][1] if response else []) if f]
+            if not entries:
+                return
+            await self.write(entries)
+
+    async def _claim_abandoned(self) -> None:
+        """Take over entries another archiver read but never acknowledged."""
+        start = "0-0"
+        while True:
+            result = await self.redis.xautoclaim(
+                ARCHIVE_STREAM, GROUP, self.consumer, self.claim_idle_ms, start, count=self.batch
+            )
+            start, claimed = result[0], result[1]
+            if claimed:
+                await self.write([(i, f) for i, f in claimed if f])
+            if start == "0-0":
+                return

@@ -1,0 +1,170 @@
+"""Run one job: record each transition, apply the timeout, map errors to outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import structlog
+from arq import Retry
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from services.worker import metrics
+from services.worker.context import JobContext
+from services.worker.outcomes import Action, Outcome, backoff_seconds, classify
+from services.worker.state import WorkerState
+from services.worker.tasks import Handler
+from shared.jobs import JobType
+from shared.jobs.envelope import Envelope, to_micros, utcnow
+from shared.jobs.record import JobErrorInfo
+from shared.logs import get_logger
+from shared.telemetry import extract_context
+
+log = get_logger(__name__)
+
+
+def _now_us() -> str:
+    return str(to_micros(utcnow()))
+
+
+def _error(code: str, message: str) -> str:
+    return JobErrorInfo(code=code, message=message).model_dump_json()
+
+
+class JobRunner:
+    """Wraps a handler as the ARQ function of one job type."""
+
+    def __init__(self, job_type: JobType[Any, Any], handler: Handler) -> None:
+        self.job_type = job_type
+        self.handler = handler
+
+    async def run(self, ctx: dict[str, Any], raw: dict[str, Any]) -> None:
+        """The ARQ function body: one run of one job."""
+        state: WorkerState = ctx["state"]
+        env = Envelope.model_validate(raw)
+        attempt = int(ctx["job_try"])
+        structlog.contextvars.bind_contextvars(
+            job_id=env.id, tenant=env.tenant, job_type=env.type, attempt=attempt
+        )
+        try:
+            with state.tracer.start_as_current_span(
+                f"job {env.type}",
+                context=extract_context(env.trace),
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "tgflow.job.id": env.id,
+                    "tgflow.job.type": env.type,
+                    "tgflow.tenant": env.tenant,
+                    "tgflow.job.attempt": attempt,
+                },
+            ) as span:
+                await self._run(state, ctx, env, attempt, span)
+        finally:
+            structlog.contextvars.unbind_contextvars("job_id", "tenant", "job_type", "attempt")
+
+    async def _run(
+        self, state: WorkerState, ctx: dict[str, Any], env: Envelope, attempt: int, span: Any
+    ) -> None:
+        if attempt > self.job_type.retry.max_tries + 2:
+            # The job keeps killing its worker before it can record an outcome.
+            await self._finish_failed(
+                state, env, Outcome(Action.FAIL, "attempts_exhausted", "Too many attempts.")
+            )
+            return
+        started_us = _now_us()
+        changed, previous = await state.jobs.transition(
+            env.id,
+            {"status": "running", "attempts": str(attempt), "started_at": started_us,
+             "worker": state.instance_id},
+            allowed_from=("queued", "running"),
+        )
+        if not changed:
+            log.info("job not started", status=previous)
+            return
+        metrics.JOBS_STARTED.labels(env.type).inc()
+        metrics.JOB_QUEUE_WAIT.labels(env.type).observe(
+            max(0.0, (utcnow() - env.run_at).total_seconds())
+        )
+        log.info("job started")
+        state.running[env.id] = env.type
+        start = time.perf_counter()
+        try:
+            result = await self._invoke(state, env, attempt)
+        except asyncio.CancelledError:
+            await self._cancelled(state, ctx, env)
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is classified below
+            outcome = classify(exc)
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, outcome.code))
+            await self._failed(state, env, attempt, outcome)
+        else:
+            await state.jobs.transition(
+                env.id,
+                {"status": "succeeded", "result": orjson.dumps(result).decode(),
+                 "error": "", "finished_at": _now_us()},
+                allowed_from=("running",),
+                final=True,
+            )
+            metrics.JOBS_SUCCEEDED.labels(env.type).inc()
+            log.info("job succeeded", duration=round(time.perf_counter() - start, 6))
+        finally:
+            state.running.pop(env.id, None)
+            metrics.JOB_DURATION.labels(env.type).observe(time.perf_counter() - start)
+
+    async def _invoke(self, state: WorkerState, env: Envelope, attempt: int) -> Any:
+        params = self.job_type.params.model_validate(env.params)
+        async with asyncio.timeout(env.timeout):
+            result = await self.handler(JobContext(state, env, attempt), params)
+        return self.job_type.result.model_validate(result).model_dump(mode="json")
+
+    async def _failed(
+        self, state: WorkerState, env: Envelope, attempt: int, outcome: Outcome
+    ) -> None:
+        policy = self.job_type.retry
+        if outcome.action is Action.RETRY and attempt < policy.max_tries:
+            delay = backoff_seconds(policy, attempt)
+            await state.jobs.transition(
+                env.id,
+                {"status": "queued", "error": _error(outcome.code, outcome.message),
+                 "run_at": str(to_micros(utcnow() + timedelta(seconds=delay)))},
+                allowed_from=("running",),
+            )
+            metrics.JOBS_RETRIED.labels(env.type, outcome.code).inc()
+            log.warning("job will retry", code=outcome.code, delay=round(delay, 3))
+            raise Retry(defer=timedelta(seconds=delay))
+        await self._finish_failed(state, env, outcome)
+
+    async def _finish_failed(self, state: WorkerState, env: Envelope, outcome: Outcome) -> None:
+        await state.jobs.transition(
+            env.id,
+            {"status": "failed", "error": _error(outcome.code, outcome.message),
+             "finished_at": _now_us()},
+            allowed_from=("queued", "running"),
+            final=True,
+        )
+        metrics.JOBS_FAILED.labels(env.type, outcome.code).inc()
+        log.warning("job failed", code=outcome.code, error=outcome.message)
+
+    async def _cancelled(self, state: WorkerState, ctx: dict[str, Any], env: Envelope) -> None:
+        """Cancelled by the API (record it) or by shutdown (hand the job back)."""
+        consumer = ctx["consumer"]
+        if env.id in consumer.aborting_tasks:
+            await state.jobs.transition(
+                env.id,
+                {"status": "cancelled", "error": _error("cancelled", "The job was cancelled."),
+                 "finished_at": _now_us()},
+                allowed_from=("running",),
+                final=True,
+            )
+            metrics.JOBS_CANCELLED.labels(env.type).inc()
+            log.info("job cancelled")
+            return
+        await state.jobs.transition(
+            env.id, {"status": "queued", "worker": ""}, allowed_from=("running",)
+        )
+        metrics.JOBS_REQUEUED.labels(env.type).inc()
+        log.info("job handed back for another run")

@@ -1,0 +1,31 @@
+"""Job metrics, labelled by job type."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+JOBS_STARTED = Counter("tgflow_jobs_started_total", "Job runs started.", ["type"])
+JOBS_SUCCEEDED = Counter("tgflow_jobs_succeeded_total", "Jobs that succeeded.", ["type"])
+JOBS_FAILED = Counter("tgflow_jobs_failed_total", "Jobs that failed for good.", ["type", "code"])
+JOBS_RETRIED = Counter("tgflow_jobs_retried_total", "Job runs scheduled again.", ["type", "code"])
+JOBS_CANCELLED = Counter("tgflow_jobs_cancelled_total", "Jobs cancelled while running.", ["type"])
+JOBS_REQUEUED = Counter(
+    "tgflow_jobs_requeued_total", "Running jobs handed back on shutdown.", ["type"]
+)
+JOB_DURATION = Histogram(
+    "tgflow_job_duration_seconds", "Time a job run took.", ["type"], buckets=_BUCKETS
+)
+JOB_QUEUE_WAIT = Histogram(
+    "tgflow_job_queue_wait_seconds",
+    "From due time to start of the run.",
+    ["type"],
+    buckets=_BUCKETS,
+)
+JOBS_RUNNING = Gauge("tgflow_jobs_running", "Jobs running in this worker.", ["queue"])
+QUEUE_DEPTH = Gauge("tgflow_queue_depth", "Jobs waiting or running in a queue.", ["queue"])
+ARCHIVE_LAG = Gauge(
+    "tgflow_archive_pending", "Job changes not yet copied to Postgres.", []
+)
+ARCHIVED = Counter("tgflow_archive_rows_total", "Job changes copied to Postgres.")

@@ -1,0 +1,39 @@
+"""Wake idle consumers when a job is enqueued or cancelled (Redis pub/sub)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from services.worker.consumer import Consumer
+from shared.logs import get_logger
+from shared.queue import nudge_channel
+
+log = get_logger(__name__)
+
+
+async def listen_for_nudges(redis: Redis, consumers: list[Consumer]) -> None:
+    """Forward nudges to their queue's consumer; reconnect with backoff on failure."""
+    by_channel = {nudge_channel(c.kind): c for c in consumers}
+    if not by_channel:
+        return
+    backoff = 0.1
+    while True:
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(*by_channel)
+            backoff = 0.1
+            for consumer in consumers:
+                consumer.wake()  # anything enqueued while we were not listening
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is not None:
+                    by_channel[message["channel"]].wake()
+        except (RedisError, OSError) as exc:
+            log.warning("nudge listener reconnecting", error=type(exc).__name__)
+        finally:
+            await pubsub.aclose()
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 5.0)

@@ -1,0 +1,58 @@
+"""The one place that decides what an exception means for a job."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import ValidationError
+
+from shared.errors import Deferral, PermanentFailure, RetryableFailure
+from shared.jobs import RetryPolicy
+
+
+class Action(StrEnum):
+    RETRY = "retry"
+    DEFER = "defer"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: Action
+    code: str
+    message: str
+    until: datetime | None = None
+
+
+def classify(exc: BaseException) -> Outcome:
+    """Map an exception raised by a handler to retry, defer or fail."""
+    match exc:
+        case Deferral():
+            return Outcome(Action.DEFER, exc.code, exc.message, exc.until)
+        case RetryableFailure():
+            return Outcome(Action.RETRY, exc.code, exc.message)
+        case PermanentFailure():
+            return Outcome(Action.FAIL, exc.code, exc.message)
+        case ValidationError():
+            return Outcome(Action.FAIL, "invalid_params", _first_error(exc))
+        case TimeoutError():
+            return Outcome(Action.RETRY, "timeout", "The job ran past its timeout.")
+        case ConnectionError() | OSError():
+            return Outcome(Action.RETRY, "network_error", f"{type(exc).__name__}: {exc}")
+        case _:
+            return Outcome(Action.FAIL, "internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"Invalid params: {where}: {first['msg']}"
+
+
+def backoff_seconds(policy: RetryPolicy, attempt: int) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2^(attempt-1))]."""
+    ceiling = min(policy.cap_seconds, policy.base_seconds * (2 ** max(0, attempt - 1)))
+    return random.uniform(0, ceiling)

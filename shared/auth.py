@@ -1,0 +1,79 @@
+"""API tokens: HS256 JWTs carrying a tenant and scopes, minted by ``tgflow token create``."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterable
+
+import jwt
+from pydantic import BaseModel
+
+ISSUER = "tgflow"
+SCOPES = frozenset({"jobs:read", "jobs:write", "admin"})
+TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class InvalidToken(Exception):
+    """The bearer token is missing, malformed, expired or signed with another key."""
+
+
+class Principal(BaseModel):
+    tenant: str
+    scopes: frozenset[str]
+    subject: str
+    token_id: str
+
+
+def mint_token(
+    secret: str,
+    tenant: str,
+    *,
+    scopes: Iterable[str] = ("jobs:read", "jobs:write"),
+    ttl_seconds: int = 30 * 86_400,
+    subject: str = "cli",
+) -> str:
+    """Sign a token for ``tenant`` with ``scopes`` valid for ``ttl_seconds``."""
+    if not TENANT_PATTERN.match(tenant):
+        raise ValueError(f"tenant {tenant!r} must match {TENANT_PATTERN.pattern}")
+    scope_list = sorted(set(scopes))
+    unknown = set(scope_list) - SCOPES
+    if unknown:
+        raise ValueError(f"unknown scopes: {', '.join(sorted(unknown))}")
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER,
+        "sub": subject,
+        "tenant": tenant,
+        "scopes": scope_list,
+        "iat": now,
+        "exp": now + ttl_seconds,
+        "jti": uuid.uuid4().hex,
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def decode_token(secret: str, token: str) -> Principal:
+    """Verify signature, issuer and expiry, and return who is calling."""
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            issuer=ISSUER,
+            options={"require": ["exp", "iat", "tenant", "scopes", "jti"]},
+        )
+    except jwt.PyJWTError as exc:
+        raise InvalidToken(str(exc)) from exc
+    tenant, scopes = claims.get("tenant"), claims.get("scopes")
+    if not isinstance(tenant, str) or not TENANT_PATTERN.match(tenant):
+        raise InvalidToken("token carries no valid tenant")
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise InvalidToken("token carries no valid scopes")
+    return Principal(
+        tenant=tenant,
+        scopes=frozenset(scopes),
+        subject=str(claims.get("sub", "")),
+        token_id=str(claims["jti"]),
+    )

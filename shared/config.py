@@ -1,0 +1,92 @@
+"""Typed settings: one class per process on a shared base, all read from TGFLOW_* variables."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRET = "dev-insecure-signing-secret-change-me"  # noqa: S105 - the value production refuses
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class InsecureSettingsError(RuntimeError):
+    """Raised when a production process would start with a development secret."""
+
+
+class BaseAppSettings(BaseSettings):
+    """Settings every tgflow process shares."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TGFLOW_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    env: Environment = Environment.PRODUCTION
+    secret_key: SecretStr = SecretStr(DEFAULT_SECRET)
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout: float = Field(default=0.5, gt=0, le=30)
+    db_pool_min: int = Field(default=1, ge=0, le=100)
+    db_pool_max: int = Field(default=4, ge=1, le=200)
+    db_command_timeout: float = Field(default=10.0, gt=0)
+    log_level: str = "INFO"
+    log_json: bool = True
+    otlp_endpoint: str | None = None
+    sentry_dsn: SecretStr | None = None
+    instance_name: str | None = None
+    job_status_ttl: int = Field(default=86_400, ge=60)
+    idempotency_ttl: int = Field(default=86_400, ge=60)
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> Self:
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError("TGFLOW_DB_POOL_MIN must not exceed TGFLOW_DB_POOL_MAX")
+        return self
+
+    @property
+    def is_development(self) -> bool:
+        return self.env is Environment.DEVELOPMENT
+
+    def ensure_safe(self) -> None:
+        """Refuse to run outside development with the built-in signing secret."""
+        if not self.is_development and self.secret_key.get_secret_value() == DEFAULT_SECRET:
+            raise InsecureSettingsError(
+                "TGFLOW_SECRET_KEY is the built-in development value; set a real secret "
+                "or TGFLOW_ENV=development"
+            )
+
+
+class GatewaySettings(BaseAppSettings):
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_defer_seconds: int = Field(default=30 * 86_400, ge=1)
+    monitor_url: str = "http://127.0.0.1:8001"
+
+
+class WorkerSettings(BaseAppSettings):
+    worker_queues: str = "control,ai,telegram"
+    worker_concurrency: int = Field(default=50, ge=1, le=10_000)
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    worker_poll_delay: float = Field(default=0.5, gt=0, le=10)
+    worker_drain_seconds: float = Field(default=20.0, ge=0)
+    job_lease_seconds: float = Field(default=15.0, ge=2)
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    migrate_on_start: bool = True
+
+    @property
+    def queue_kinds(self) -> list[str]:
+        return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
+
+
+class MonitorSettings(BaseAppSettings):
+    monitor_host: str = "127.0.0.1"
+    monitor_port: int = Field(default=8001, ge=0, le=65535)
+    monitor_interval: float = Field(default=5.0, gt=0)
