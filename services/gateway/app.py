@@ -39,7 +39,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry.heartbeat_forever(
             redis,
             instance_id,
-            lambda: {"id": instance_id, "kind": "gateway", "url": url, "metrics_url": url + "/metrics"},
+            lambda: {
+                "id": instance_id,
+                "kind": "gateway",
+                "url": url,
+                "metrics_url": url + "/metrics",
+            },
             interval=5.0,
         )
     )

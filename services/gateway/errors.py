@@ -100,7 +100,8 @@ def install(app: FastAPI, tags: set[str]) -> None:
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
     async def redis_down(_: Request, exc: Exception) -> Response:
         log.warning("redis unavailable", error=type(exc).__name__)

@@ -39,7 +39,7 @@ async def get_job(db: Pool, tenant: str, job_id: uuid.UUID) -> JobRecord | None:
         job_id,
         tenant,
     )
-    return JobRecord.from_row(row) if row else None
+    return JobRecord.from_row(dict(row.items())) if row else None
 
 
 async def list_jobs(
@@ -68,4 +68,4 @@ async def list_jobs(
         after_id,
         limit,
     )
-    return [JobRecord.from_row(r) for r in rows]
+    return [JobRecord.from_row(dict(r.items())) for r in rows]

@@ -41,7 +41,7 @@ def _submit_model(name: str) -> type[SubmitOptions]:
         "Submit_" + name.replace(".", "_"),
         __base__=SubmitOptions,
         __doc__=job_type.summary,
-        type=(Literal[name], Field(description=job_type.summary)),  # type: ignore[valid-type]
+        type=(Literal[name], Field(description=job_type.summary)),  # type: ignore[arg-type]
         params=(job_type.params, Field(default_factory=dict, validate_default=True)),
     )
     return model

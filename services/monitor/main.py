@@ -9,9 +9,9 @@ from prometheus_client import REGISTRY
 
 from services.monitor.app import build_app
 from services.monitor.sampler import Sampler
-from shared.httpserver import make_server
 from shared import registry
 from shared.config import MonitorSettings
+from shared.httpserver import make_server
 from shared.logs import get_logger, setup_logging
 from shared.redis_client import create_redis
 from shared.telemetry import setup_sentry

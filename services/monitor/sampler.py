@@ -41,7 +41,7 @@ class Sampler(Collector):
                 async with asyncio.timeout(self.interval):
                     self.samples[name] = await fn(self.redis)
                 self.errors.pop(name, None)
-            except Exception as exc:  # noqa: BLE001 - a failing collector is itself a signal
+            except Exception as exc:
                 self.samples[name] = []
                 self.errors[name] = f"{type(exc).__name__}: {exc}"
                 log.warning("collector failed", collector=name, error=self.errors[name])
@@ -62,7 +62,9 @@ class Sampler(Collector):
                     families[s.name] = family
                 family.add_metric([s.labels[k] for k in sorted(s.labels)], s.value)
         up = GaugeMetricFamily(
-            "tgflow_monitor_collector_up", "Whether a collector's last run worked.", labels=["collector"]
+            "tgflow_monitor_collector_up",
+            "Whether a collector's last run worked.",
+            labels=["collector"],
         )
         for name in COLLECTORS:
             up.add_metric([name], 0.0 if name in self.errors else 1.0)

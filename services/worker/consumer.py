@@ -28,7 +28,7 @@ from shared.logs import get_logger
 log = get_logger(__name__)
 
 
-class Consumer(Worker):  # type: ignore[misc]
+class Consumer(Worker):
     """Consumes one queue for one worker process."""
 
     def __init__(
@@ -105,7 +105,7 @@ class Consumer(Worker):  # type: ignore[misc]
                     for job_id in list(self.tasks):
                         pipe.pexpire(in_progress_key_prefix + job_id, int(self.lease_s * 1000))
                     await pipe.execute()
-            except Exception as exc:  # noqa: BLE001 - keep renewing through Redis blips
+            except Exception as exc:
                 log.warning("lease renewal failed", queue=self.kind.value, error=str(exc))
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
@@ -121,8 +121,11 @@ class Consumer(Worker):  # type: ignore[misc]
             status = "failed"
         await self.state.jobs.transition(
             job_id,
-            {"status": status, "error": error.model_dump_json(),
-             "finished_at": str(to_micros(utcnow()))},
+            {
+                "status": status,
+                "error": error.model_dump_json(),
+                "finished_at": str(to_micros(utcnow())),
+            },
             allowed_from=("queued", "running"),
             final=True,
         )

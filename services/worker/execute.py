@@ -77,8 +77,12 @@ class JobRunner:
         started_us = _now_us()
         changed, previous = await state.jobs.transition(
             env.id,
-            {"status": "running", "attempts": str(attempt), "started_at": started_us,
-             "worker": state.instance_id},
+            {
+                "status": "running",
+                "attempts": str(attempt),
+                "started_at": started_us,
+                "worker": state.instance_id,
+            },
             allowed_from=("queued", "running"),
         )
         if not changed:
@@ -96,7 +100,7 @@ class JobRunner:
         except asyncio.CancelledError:
             await self._cancelled(state, ctx, env)
             raise
-        except Exception as exc:  # noqa: BLE001 - every failure is classified below
+        except Exception as exc:
             outcome = classify(exc)
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, outcome.code))
@@ -104,8 +108,12 @@ class JobRunner:
         else:
             await state.jobs.transition(
                 env.id,
-                {"status": "succeeded", "result": orjson.dumps(result).decode(),
-                 "error": "", "finished_at": _now_us()},
+                {
+                    "status": "succeeded",
+                    "result": orjson.dumps(result).decode(),
+                    "error": "",
+                    "finished_at": _now_us(),
+                },
                 allowed_from=("running",),
                 final=True,
             )
@@ -129,8 +137,11 @@ class JobRunner:
             delay = backoff_seconds(policy, attempt)
             await state.jobs.transition(
                 env.id,
-                {"status": "queued", "error": _error(outcome.code, outcome.message),
-                 "run_at": str(to_micros(utcnow() + timedelta(seconds=delay)))},
+                {
+                    "status": "queued",
+                    "error": _error(outcome.code, outcome.message),
+                    "run_at": str(to_micros(utcnow() + timedelta(seconds=delay))),
+                },
                 allowed_from=("running",),
             )
             metrics.JOBS_RETRIED.labels(env.type, outcome.code).inc()
@@ -141,8 +152,11 @@ class JobRunner:
     async def _finish_failed(self, state: WorkerState, env: Envelope, outcome: Outcome) -> None:
         await state.jobs.transition(
             env.id,
-            {"status": "failed", "error": _error(outcome.code, outcome.message),
-             "finished_at": _now_us()},
+            {
+                "status": "failed",
+                "error": _error(outcome.code, outcome.message),
+                "finished_at": _now_us(),
+            },
             allowed_from=("queued", "running"),
             final=True,
         )
@@ -155,8 +169,11 @@ class JobRunner:
         if env.id in consumer.aborting_tasks:
             await state.jobs.transition(
                 env.id,
-                {"status": "cancelled", "error": _error("cancelled", "The job was cancelled."),
-                 "finished_at": _now_us()},
+                {
+                    "status": "cancelled",
+                    "error": _error("cancelled", "The job was cancelled."),
+                    "finished_at": _now_us(),
+                },
                 allowed_from=("running",),
                 final=True,
             )

@@ -14,12 +14,12 @@ from redis.asyncio import ConnectionPool
 from services.worker.archiver import Archiver
 from services.worker.consumer import Consumer, functions_for
 from services.worker.execute import JobRunner
-from shared.httpserver import bound_port, health_and_metrics_app, make_server
 from services.worker.nudge import listen_for_nudges
 from services.worker.state import WorkerState
 from services.worker.tasks import HANDLERS
 from shared import db, metrics, registry
 from shared.config import WorkerSettings
+from shared.httpserver import bound_port, health_and_metrics_app, make_server, wait_started
 from shared.jobs import REGISTRY, QueueKind, job_types_for
 from shared.logs import get_logger, setup_logging
 from shared.queue import JobStore
@@ -43,9 +43,7 @@ async def open_state(settings: WorkerSettings, instance_id: str) -> WorkerState:
         await db.migrate(settings.database_url)
     redis = create_redis(settings)
     arq_pool = ArqRedis(
-        ConnectionPool.from_url(
-            settings.redis_url, socket_connect_timeout=settings.redis_timeout
-        ),
+        ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout),
         job_serializer=dumps,
         job_deserializer=loads,
     )
@@ -99,8 +97,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     tasks.append(asyncio.create_task(archiver.run(), name="archiver"))
     tasks.append(asyncio.create_task(listen_for_nudges(blocking, consumers), name="nudges"))
     http_task = asyncio.create_task(http.serve(), name="http")
-    while not http.started and not http_task.done():
-        await asyncio.sleep(0.01)
+    await wait_started(http, http_task)
     metrics_url = f"http://{settings.worker_metrics_host}:{bound_port(http)}/metrics"
     beat = asyncio.create_task(
         registry.heartbeat_forever(
@@ -117,13 +114,17 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
             interval=settings.heartbeat_seconds,
         )
     )
-    log.info("worker started", instance=instance_id, metrics=metrics_url,
-             queues=[c.kind.value for c in consumers])
+    log.info(
+        "worker started",
+        instance=instance_id,
+        metrics=metrics_url,
+        queues=[c.kind.value for c in consumers],
+    )
     await stop.wait()
     log.info("worker stopping", instance=instance_id)
     await asyncio.gather(*(c.drain(settings.worker_drain_seconds) for c in consumers))
     archiver.stop()
-    await asyncio.gather(*tasks[len(consumers):len(consumers) + 1], return_exceptions=True)
+    await asyncio.gather(*tasks[len(consumers) : len(consumers) + 1], return_exceptions=True)
     for task in (*tasks, beat):
         task.cancel()
     await asyncio.gather(*tasks, beat, return_exceptions=True)

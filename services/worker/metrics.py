@@ -25,7 +25,5 @@ JOB_QUEUE_WAIT = Histogram(
 )
 JOBS_RUNNING = Gauge("tgflow_jobs_running", "Jobs running in this worker.", ["queue"])
 QUEUE_DEPTH = Gauge("tgflow_queue_depth", "Jobs waiting or running in a queue.", ["queue"])
-ARCHIVE_LAG = Gauge(
-    "tgflow_archive_pending", "Job changes not yet copied to Postgres.", []
-)
+ARCHIVE_LAG = Gauge("tgflow_archive_pending", "Job changes not yet copied to Postgres.", [])
 ARCHIVED = Counter("tgflow_archive_rows_total", "Job changes copied to Postgres.")

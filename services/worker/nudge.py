@@ -34,6 +34,6 @@ async def listen_for_nudges(redis: Redis, consumers: list[Consumer]) -> None:
         except (RedisError, OSError) as exc:
             log.warning("nudge listener reconnecting", error=type(exc).__name__)
         finally:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, 5.0)

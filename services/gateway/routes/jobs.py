@@ -151,7 +151,7 @@ async def list_jobs(
     state: State,
     principal: Reader,
     status: StatusFilter | None = None,
-    type: str | None = None,  # noqa: A002 - the API's field name
+    type: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
 ) -> JobPage:
