@@ -11,31 +11,38 @@ from prometheus_client.registry import Collector
 from shared.db import Pool
 
 
-class PoolCollector(Collector):
-    """Exposes an asyncpg pool's size, use and limits at scrape time."""
+class _PoolCollector(Collector):
+    """Exposes each tracked asyncpg pool's size, use and limit at scrape time."""
 
-    def __init__(self, pool: Pool, role: str) -> None:
-        self.pool = pool
-        self.role = role
+    def __init__(self) -> None:
+        self.pools: dict[str, Pool] = {}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        size = self.pool.get_size()
-        idle = self.pool.get_idle_size()
-        for name, doc, value in (
-            ("tgflow_db_pool_size", "Connections open in the pool.", size),
-            ("tgflow_db_pool_in_use", "Connections checked out of the pool.", size - idle),
-            ("tgflow_db_pool_available", "Idle connections in the pool.", idle),
-            ("tgflow_db_pool_max", "Pool size limit.", self.pool.get_max_size()),
-        ):
-            family = GaugeMetricFamily(name, doc, labels=["role"])
-            family.add_metric([self.role], value)
-            yield family
+        families = [
+            GaugeMetricFamily("tgflow_db_pool_size", "Connections open.", labels=["role"]),
+            GaugeMetricFamily("tgflow_db_pool_in_use", "Connections checked out.", labels=["role"]),
+            GaugeMetricFamily("tgflow_db_pool_available", "Idle connections.", labels=["role"]),
+            GaugeMetricFamily("tgflow_db_pool_max", "Pool size limit.", labels=["role"]),
+        ]
+        for role, pool in self.pools.items():
+            size, idle = pool.get_size(), pool.get_idle_size()
+            for family, value in zip(
+                families, (size, size - idle, idle, pool.get_max_size()), strict=True
+            ):
+                family.add_metric([role], value)
+        yield from families
 
 
-def register_pool(pool: Pool, role: str) -> PoolCollector:
-    collector = PoolCollector(pool, role)
-    REGISTRY.register(collector)
-    return collector
+_POOLS = _PoolCollector()
+REGISTRY.register(_POOLS)
+
+
+def track_pool(pool: Pool, role: str) -> None:
+    _POOLS.pools[role] = pool
+
+
+def untrack_pool(role: str) -> None:
+    _POOLS.pools.pop(role, None)
 
 
 def render() -> tuple[bytes, str]:

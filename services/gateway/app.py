@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import REGISTRY as PROMETHEUS
 
 from services.gateway import errors
 from services.gateway.middleware import BodyLimit, Metrics
@@ -29,7 +28,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     instance_id = settings.instance_name or registry.new_instance_id("gateway")
     redis = create_redis(settings)
     pool = await db.create_pool(settings, role="gateway", read_only=True)
-    collector = metrics.register_pool(pool, "gateway")
+    metrics.track_pool(pool, "gateway")
     store = JobStore(
         redis, status_ttl=settings.job_status_ttl, idempotency_ttl=settings.idempotency_ttl
     )
@@ -55,7 +54,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         beat.cancel()
         await asyncio.gather(beat, return_exceptions=True)
         await registry.withdraw(redis, instance_id)
-        PROMETHEUS.unregister(collector)
+        metrics.untrack_pool("gateway")
         await pool.close()
         await redis.aclose()
         log.info("gateway stopped", instance=instance_id)

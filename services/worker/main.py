@@ -48,7 +48,7 @@ async def open_state(settings: WorkerSettings, instance_id: str) -> WorkerState:
         job_deserializer=loads,
     )
     pool = await db.create_pool(settings, role="worker")
-    metrics.register_pool(pool, "worker")
+    metrics.track_pool(pool, "worker")
     store = JobStore(
         redis, status_ttl=settings.job_status_ttl, idempotency_ttl=settings.idempotency_ttl
     )
@@ -57,8 +57,10 @@ async def open_state(settings: WorkerSettings, instance_id: str) -> WorkerState:
 
 
 async def close_state(state: WorkerState) -> None:
+    metrics.untrack_pool("worker")
     await state.db.close()
     await state.arq.aclose()
+    await state.arq.connection_pool.disconnect()  # a pool passed in is not closed by aclose
     await state.redis.aclose()
 
 

@@ -1,0 +1,136 @@
+"""Fixtures over a real PostgreSQL and a real Redis, isolated per test.
+
+A fresh database is created for the session and migrated; every test starts with
+empty tables and an empty Redis database. URLs come from TGFLOW_TEST_DATABASE_URL
+(an admin connection) and TGFLOW_TEST_REDIS_URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from shared.db import migrate
+
+ADMIN_DSN = os.environ.get(
+    "TGFLOW_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("TGFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+TABLES = ("jobs", "tenants")
+
+
+def _with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    name = f"tgflow_test_{os.getpid()}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = _with_database(ADMIN_DSN, name)
+    asyncio.run(migrate(url))
+    yield url
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(autouse=True)
+def tgflow_env(monkeypatch: pytest.MonkeyPatch, database_url: str) -> dict[str, str]:
+    """Point every settings class (and child processes) at the test services."""
+    env = {
+        "TGFLOW_ENV": "development",
+        "TGFLOW_DATABASE_URL": database_url,
+        "TGFLOW_REDIS_URL": REDIS_URL,
+        "TGFLOW_LOG_LEVEL": "WARNING",
+        "TGFLOW_MIGRATE_ON_START": "false",
+        "TGFLOW_HEARTBEAT_SECONDS": "1",
+    }
+    for key in list(os.environ):
+        if key.startswith("TGFLOW_") and not key.startswith("TGFLOW_TEST_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture(autouse=True)
+def clean_state(database_url: str) -> None:
+    async def wipe() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
+        finally:
+            await conn.close()
+        redis = Redis.from_url(REDIS_URL)
+        try:
+            await redis.flushdb()
+        finally:
+            await redis.aclose()
+
+    asyncio.run(wipe())
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client: Redis = Redis.from_url(REDIS_URL, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def pg(database_url: str) -> AsyncIterator[asyncpg.Connection[Any]]:
+    conn: asyncpg.Connection[Any] = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+# --- hygiene: no blocking sleeps inside the event loop, no traffic beyond loopback ---
+
+_real_sleep = time.sleep
+_real_connect = socket.socket.connect
+
+
+def _guarded_sleep(seconds: float) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        _real_sleep(seconds)
+        return
+    raise AssertionError(f"time.sleep({seconds}) called inside a running event loop")
+
+
+def _guarded_connect(self: socket.socket, address: Any) -> None:
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            raise AssertionError(f"test tried to reach {address}, beyond loopback")
+    _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True)
+def hygiene(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(time, "sleep", _guarded_sleep)
+    monkeypatch.setattr(socket.socket, "connect", _guarded_connect)

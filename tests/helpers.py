@@ -1,0 +1,125 @@
+"""Test helpers: in-process gateway and worker, and real OS processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from services.gateway.app import create_app
+from services.worker.main import serve as serve_worker
+from shared.auth import mint_token
+from shared.config import DEFAULT_SECRET, GatewaySettings, WorkerSettings
+
+
+def token(tenant: str = "acme", scopes: tuple[str, ...] = ("jobs:read", "jobs:write")) -> str:
+    return mint_token(DEFAULT_SECRET, tenant, scopes=scopes)
+
+
+def auth(tenant: str = "acme", **kw: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(tenant, **kw)}"}
+
+
+@contextlib.asynccontextmanager
+async def gateway_client(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app in process, lifespan included, behind httpx."""
+    app = create_app(GatewaySettings(**overrides))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield client
+
+
+@contextlib.asynccontextmanager
+async def running_worker(**overrides: Any) -> AsyncIterator[asyncio.Event]:
+    """A worker serving in this event loop until the block ends (then drained)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve_worker(WorkerSettings(**overrides), stop))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[Any]], *, timeout: float = 10.0, interval: float = 0.02
+) -> Any:
+    """Poll ``probe`` until it returns something truthy, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+
+
+async def wait_for_status(
+    client: httpx.AsyncClient, job_id: str, statuses: set[str], tenant: str = "acme", **kw: Any
+) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        body: dict[str, Any] = (await client.get(f"/v1/jobs/{job_id}", headers=auth(tenant))).json()
+        return body if body.get("status") in statuses else None
+
+    result: dict[str, Any] = await eventually(probe, **kw)
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Proc:
+    """A tgflow subcommand as a real OS process."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tempfile.TemporaryFile()  # a pipe could fill and block the child
+
+    def start(self) -> Proc:
+        self.proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "services.cli.main", *self.args],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.args} did not exit within {timeout}s")
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
