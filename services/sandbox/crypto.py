@@ -1,9 +1,9 @@
 """Server-side key material and number helpers for the sandbox DC."""
 
+import hashlib
 import secrets
 import struct
 from dataclasses import dataclass
-from hashlib import sha1
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -60,12 +60,17 @@ class ServerRsaKey:
         return m2 + h * self.q
 
 
+def sha1(data: bytes) -> bytes:
+    """SHA-1 where MTProto's key exchange mandates it (integrity, not secrecy)."""
+    return hashlib.sha1(data, usedforsecurity=False).digest()
+
+
 def key_fingerprint(n: int, e: int) -> int:
     """Fingerprint of an RSA public key computed the way MTProto defines it."""
     data = TLObject.serialize_bytes(tl_rsa.get_byte_array(n)) + TLObject.serialize_bytes(
         tl_rsa.get_byte_array(e)
     )
-    value: int = struct.unpack("<q", sha1(data).digest()[-8:])[0]
+    value: int = struct.unpack("<q", sha1(data)[-8:])[0]
     return value
 
 

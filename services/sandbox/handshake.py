@@ -5,7 +5,6 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from hashlib import sha1
 from typing import Any
 
 from telethon import helpers
@@ -14,7 +13,7 @@ from telethon.crypto import rsa as tl_rsa
 from telethon.extensions import BinaryReader
 from telethon.tl import functions, types
 
-from .crypto import DH_G, DH_PRIME, DH_SAFETY, ServerRsaKey, dh_exponent, make_pq
+from .crypto import DH_G, DH_PRIME, DH_SAFETY, ServerRsaKey, dh_exponent, make_pq, sha1
 from .mtproto import read_object
 
 
@@ -92,7 +91,7 @@ class Handshake:
         data = value.to_bytes(255, "big")
         with BinaryReader(data[20:]) as reader:
             inner = reader.tgread_object()
-        if sha1(bytes(inner)).digest() != data[:20]:
+        if sha1(bytes(inner)) != data[:20]:
             raise HandshakeError("inner data hash mismatch")
         return inner
 
@@ -127,7 +126,7 @@ class Handshake:
                 server_time=int(time.time()),
             )
         )
-        hashed = sha1(answer).digest() + answer
+        hashed = sha1(answer) + answer
         hashed += os.urandom(-len(hashed) % 16)
         ex.tmp_key, ex.tmp_iv = helpers.generate_key_data_from_nonce(ex.server_nonce, ex.new_nonce)
         return bytes(
@@ -149,7 +148,7 @@ class Handshake:
             raise HandshakeError(f"bad client_DH_inner_data: {exc}") from exc
         if not isinstance(inner, types.ClientDHInnerData):
             raise HandshakeError("expected client_DH_inner_data")
-        if sha1(bytes(inner)).digest() != plain[:20]:
+        if sha1(bytes(inner)) != plain[:20]:
             raise HandshakeError("client_DH_inner_data hash mismatch")
         return inner
 

@@ -14,7 +14,7 @@ class SrpChallenge:
 
     srp_id: int
     b: int
-    g_b: bytes
+    srp_b: bytes
 
 
 @dataclass

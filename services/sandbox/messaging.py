@@ -89,7 +89,9 @@ def _send_private(
     mine = StoredMessage(sender.next_id(), peer, sender.id, True, text, date, random_id, fwd)
     pts = sender.store(mine)
     if target.id != sender.id:
-        theirs = StoredMessage(target.next_id(), sender.peer, sender.id, False, text, date, None, fwd)
+        theirs = StoredMessage(
+            target.next_id(), sender.peer, sender.id, False, text, date, None, fwd
+        )
         their_pts = target.store(theirs)
         _push_private(world, target, theirs, their_pts)
     return Sent(mine, pts)
@@ -215,4 +217,3 @@ def private_updates(world: World, account: Account, sent: list[tuple[Sent, int]]
         )
     users, chats = message_entities(world, account.id, [s.message for s, _ in sent])
     return types.Updates(updates=inner, users=users, chats=chats, date=now(), seq=0)
-

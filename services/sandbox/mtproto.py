@@ -105,7 +105,8 @@ def encrypt(
     msg_key = sha256(auth_key.key[96:128] + data + padding).digest()[8:24]
     aes_key, aes_iv = MTProtoState._calc_key(auth_key.key, msg_key, False)
     key_id = struct.pack("<Q", auth_key.key_id)
-    return key_id + msg_key + AES.encrypt_ige(data + padding, aes_key, aes_iv)
+    sealed: bytes = AES.encrypt_ige(data + padding, aes_key, aes_iv)
+    return key_id + msg_key + sealed
 
 
 def constructor_of(body: bytes) -> int:

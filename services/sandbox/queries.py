@@ -45,9 +45,7 @@ def history(messages: list[StoredMessage], q: HistoryQuery) -> list[StoredMessag
     limit = max(0, min(q.limit, MAX_PAGE))
     page = newest_first[start : start + limit]
     return [
-        m
-        for m in page
-        if (not q.max_id or m.id < q.max_id) and (not q.min_id or m.id > q.min_id)
+        m for m in page if (not q.max_id or m.id < q.max_id) and (not q.min_id or m.id > q.min_id)
     ]
 
 
@@ -134,7 +132,11 @@ def difference(world: World, account: Account, pts: int) -> Any:
             peer, max_id = entry.read
             other.append(
                 types.UpdateReadHistoryInbox(
-                    peer=peer_tl(peer), max_id=max_id, still_unread_count=0, pts=entry.pts, pts_count=1
+                    peer=peer_tl(peer),
+                    max_id=max_id,
+                    still_unread_count=0,
+                    pts=entry.pts,
+                    pts_count=1,
                 )
             )
     users, chats = message_entities(world, account.id, new)

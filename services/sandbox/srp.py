@@ -48,7 +48,7 @@ def challenge(pw: Password) -> SrpChallenge:
             big_b = (_k() * pw.verifier + g_b) % DH_PRIME
             if tl_password.is_good_large(big_b, DH_PRIME):
                 return SrpChallenge(
-                    srp_id=secrets.randbits(63), b=b, g_b=big_b.to_bytes(256, "big")
+                    srp_id=secrets.randbits(63), b=b, srp_b=big_b.to_bytes(256, "big")
                 )
 
 
@@ -66,7 +66,7 @@ def password_tl(pw: Password | None, srp: SrpChallenge | None) -> Any:
         secure_random=os.urandom(32),
         has_password=True,
         current_algo=algo_tl(pw.salt1, pw.salt2),
-        srp_B=srp.g_b,
+        srp_B=srp.srp_b,
         srp_id=srp.srp_id,
         hint=pw.hint or None,
     )
@@ -78,7 +78,7 @@ def verify(pw: Password, srp: SrpChallenge, a_bytes: bytes, m1: bytes) -> bool:
     if not tl_password.is_good_mod_exp_first(a_value, DH_PRIME):
         return False
     a_hash = tl_password.big_num_for_hash(a_value)
-    b_hash = tl_password.num_bytes_for_hash(srp.g_b)
+    b_hash = tl_password.num_bytes_for_hash(srp.srp_b)
     u = int.from_bytes(tl_password.sha256(a_hash, b_hash), "big")
     if u == 0:
         return False

@@ -82,10 +82,7 @@ class AbridgedCodec(Codec):
 
     async def read_packet(self, src: ByteSource) -> bytes:
         first = (await src.readexactly(1))[0]
-        if first >= 0x7F:
-            words = int.from_bytes(await src.readexactly(3), "little")
-        else:
-            words = first
+        words = int.from_bytes(await src.readexactly(3), "little") if first >= 0x7F else first
         return await src.readexactly(_check_length(words * 4))
 
     def encode_packet(self, data: bytes) -> bytes:

@@ -1,0 +1,195 @@
+"""messages.* : sending, forwarding, reading and listing messages."""
+
+from typing import Any
+
+from telethon.tl import functions, types
+
+from services.sandbox import messaging, queries
+from services.sandbox.errors import bad_request
+from services.sandbox.peers import input_peer
+from services.sandbox.render import channel_tl, message_tl
+from services.sandbox.rpc import Call, method
+from services.sandbox.state import Account, Channel, PeerRef, StoredMessage, World
+
+from .channels import join_result
+
+
+def epoch(value: Any) -> int:
+    """A TL date as Unix seconds; absent dates arrive as the epoch itself."""
+    return int(value.timestamp()) if value is not None else 0
+
+
+def _channel_of(world: World, peer: PeerRef) -> Channel | None:
+    return world.channels.get(peer.id) if peer.kind == "channel" else None
+
+
+@method(functions.messages.SendMessageRequest)
+def send_message(call: Call, req: Any) -> Any:
+    me = call.account
+    world = call.core.world
+    peer = input_peer(world, me, req.peer)
+    sent = messaging.send(world, me, peer, req.message, req.random_id)
+    channel = _channel_of(world, peer)
+    if channel is None:
+        return messaging.short_sent(sent)
+    return messaging.channel_updates(
+        world, me.id, channel, sent.message, sent.pts, random_id=req.random_id
+    )
+
+
+def _sources(world: World, me: Account, peer: PeerRef, ids: list[int]) -> list[StoredMessage]:
+    found = [messaging.lookup(world, me, peer, i) for i in ids]
+    if any(m is None for m in found):
+        raise bad_request("MESSAGE_ID_INVALID")
+    return [m for m in found if m is not None]
+
+
+@method(functions.messages.ForwardMessagesRequest)
+def forward_messages(call: Call, req: Any) -> Any:
+    me = call.account
+    world = call.core.world
+    if not req.id:
+        raise bad_request("MESSAGE_IDS_EMPTY")
+    if len(req.id) != len(req.random_id):
+        raise bad_request("RANDOM_ID_INVALID")
+    source = input_peer(world, me, req.from_peer)
+    target = input_peer(world, me, req.to_peer)
+    if source.kind == "channel":
+        messaging.channel_for(world, me, source, write=False)
+    originals = _sources(world, me, source, req.id)
+    sent = [
+        (messaging.send(world, me, target, m.text, rid, messaging.forward_source(m)), rid)
+        for m, rid in zip(originals, req.random_id, strict=True)
+    ]
+    channel = _channel_of(world, target)
+    if channel is None:
+        return messaging.private_updates(world, me, sent)
+    parts = [
+        messaging.channel_updates(world, me.id, channel, s.message, s.pts, random_id=rid)
+        for s, rid in sent
+    ]
+    merged = parts[0]
+    for extra in parts[1:]:
+        merged.updates.extend(extra.updates)
+    return merged
+
+
+@method(functions.messages.GetHistoryRequest)
+def get_history(call: Call, req: Any) -> Any:
+    me = call.account
+    world = call.core.world
+    peer = input_peer(world, me, req.peer)
+    query = queries.HistoryQuery(
+        offset_id=req.offset_id,
+        offset_date=epoch(req.offset_date),
+        add_offset=req.add_offset,
+        limit=req.limit,
+        max_id=req.max_id,
+        min_id=req.min_id,
+    )
+    every = queries.dialog_messages(world, me, peer)
+    page = queries.history(every, query)
+    return queries.messages_result(world, me, page, len(every), _channel_of(world, peer))
+
+
+def _by_ids(me: Account, items: list[Any]) -> list[Any]:
+    rendered: list[Any] = []
+    for item in items:
+        msg_id = getattr(item, "id", 0)
+        message = me.box.get(msg_id) if isinstance(item, types.InputMessageID) else None
+        rendered.append(
+            message_tl(me.id, message) if message is not None else types.MessageEmpty(id=msg_id)
+        )
+    return rendered
+
+
+@method(functions.messages.GetMessagesRequest)
+def get_messages(call: Call, req: Any) -> Any:
+    me = call.account
+    world = call.core.world
+    rendered = _by_ids(me, req.id)
+    found = [me.box[m.id] for m in rendered if isinstance(m, types.Message | types.MessageService)]
+    result = queries.messages_result(world, me, found, len(found))
+    result.messages = rendered
+    return result
+
+
+def _dialog_page(world: World, me: Account, req: Any) -> tuple[list[StoredMessage], bool]:
+    tops = queries.dialog_tops(world, me)
+    start = 0
+    offset_peer = req.offset_peer
+    if not isinstance(offset_peer, types.InputPeerEmpty):
+        after = input_peer(world, me, offset_peer)
+        start = next((i + 1 for i, m in enumerate(tops) if m.peer == after), len(tops))
+    elif epoch(req.offset_date):
+        cutoff = epoch(req.offset_date)
+        start = next((i for i, m in enumerate(tops) if m.date < cutoff), len(tops))
+    limit = max(1, min(req.limit or 100, queries.MAX_PAGE))
+    page = tops[start : start + limit]
+    return page, start + len(page) < len(tops)
+
+
+@method(functions.messages.GetDialogsRequest)
+def get_dialogs(call: Call, req: Any) -> Any:
+    me = call.account
+    world = call.core.world
+    page, more = _dialog_page(world, me, req)
+    result = queries.messages_result(world, me, page, len(page))
+    dialogs = [queries.dialog_tl(world, me, m) for m in page]
+    if more:
+        total = len(queries.dialog_tops(world, me))
+        return types.messages.DialogsSlice(
+            count=total,
+            dialogs=dialogs,
+            messages=result.messages,
+            chats=result.chats,
+            users=result.users,
+        )
+    return types.messages.Dialogs(
+        dialogs=dialogs, messages=result.messages, chats=result.chats, users=result.users
+    )
+
+
+@method(functions.messages.ReadHistoryRequest)
+def read_history(call: Call, req: Any) -> Any:
+    me = call.account
+    peer = input_peer(call.core.world, me, req.peer)
+    if peer.kind != "user":
+        raise bad_request("PEER_ID_INVALID")
+    pts = messaging.read_history(call.core.world, me, peer, req.max_id)
+    return types.messages.AffectedMessages(pts=pts, pts_count=1)
+
+
+@method(functions.messages.ImportChatInviteRequest)
+def import_chat_invite(call: Call, req: Any) -> Any:
+    world = call.core.world
+    channel_id = world.by_invite.get(req.hash)
+    if channel_id is None:
+        raise bad_request("INVITE_HASH_INVALID")
+    me = call.account
+    channel = world.channels[channel_id]
+    if not world.join(me, channel):
+        raise bad_request("USER_ALREADY_PARTICIPANT")
+    return join_result(world, me, channel)
+
+
+@method(functions.messages.CheckChatInviteRequest)
+def check_chat_invite(call: Call, req: Any) -> Any:
+    world = call.core.world
+    me = call.account
+    channel_id = world.by_invite.get(req.hash)
+    if channel_id is None:
+        raise bad_request("INVITE_HASH_INVALID")
+    channel = world.channels[channel_id]
+    if me.id in channel.members:
+        return types.ChatInviteAlready(chat=channel_tl(me.id, channel))
+    return types.ChatInvite(
+        title=channel.title,
+        photo=types.PhotoEmpty(id=0),
+        participants_count=len(channel.members),
+        color=0,
+        channel=True,
+        broadcast=not channel.megagroup or None,
+        megagroup=channel.megagroup or None,
+        public=channel.username is not None or None,
+    )
