@@ -113,6 +113,9 @@ class ServerConnection:
             reason = "fault"
         except _Close as exc:
             reason = str(exc)
+        except Exception:
+            log.exception("connection %d failed", self.record.id)
+            reason = "error"
         finally:
             await self._shutdown(reason)
 

@@ -78,6 +78,11 @@ def _execute(call: Call, spec: Method, request: Any) -> Reply:
         payload = serialize(spec.handler(call, request))
     except RpcFail as fail:
         payload = error_payload(fail.code, fail.message)
+    except Exception:
+        # A sandbox bug must not look like a network failure: the client would
+        # reconnect and resend forever. Telegram answers its own bugs with 500.
+        log.exception("handler for %s failed", spec.name)
+        payload = error_payload(500, "INTERNAL")
     after = call.core.faults.match(call.key.user_id, spec.name, "after")
     return Reply(payload, drop=after is not None)
 
@@ -93,6 +98,7 @@ def dispatch(call: Call, request: Any) -> Reply | Deferred:
             log.info("unsupported method %s", tl_name(type(inner)))
         return Reply(error_payload(fail.code, fail.message))
     assert spec is not None
+    log.debug("rpc %s from user %s", spec.name, call.key.user_id)
     fault = call.core.faults.match(call.key.user_id, spec.name, "before")
     if fault is None:
         return _execute(call, spec, inner)

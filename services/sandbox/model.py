@@ -69,6 +69,7 @@ class ModelEndpoint:
     latency: float = 0.0
     faults: dict[int, AiFault] = field(default_factory=dict)
     requests: int = 0
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
     _next: int = 0
 
     def add_fault(self, kind: AiFaultKind, **options: Any) -> AiFault:
@@ -193,7 +194,7 @@ async def _stream(req: ChatRequest, raw: bytes) -> AsyncIterator[str]:
     yield "data: [DONE]\n\n"
 
 
-async def _fault_response(fault: AiFault) -> Response | None:
+async def _fault_response(fault: AiFault, closing: asyncio.Event) -> Response | None:
     if fault.kind == "rate_limit":
         return openai_error(
             429,
@@ -204,8 +205,12 @@ async def _fault_response(fault: AiFault) -> Response | None:
         )
     if fault.kind == "server_error":
         return openai_error(500, "The server had an error (sandbox).", "server_error")
-    await asyncio.sleep(fault.seconds)
-    return None
+    # A hung upstream: answer late, or not at all if the sandbox is stopping.
+    try:
+        await asyncio.wait_for(closing.wait(), fault.seconds)
+    except TimeoutError:
+        return None
+    return openai_error(503, "Sandbox shutting down.", "server_error")
 
 
 def model_routes(endpoint: ModelEndpoint) -> list[Route]:
@@ -224,7 +229,7 @@ def model_routes(endpoint: ModelEndpoint) -> list[Route]:
             await asyncio.sleep(endpoint.latency)
         fault = endpoint.take_fault()
         if fault is not None:
-            failure = await _fault_response(fault)
+            failure = await _fault_response(fault, endpoint.closing)
             if failure is not None:
                 return failure
         if req.stream:

@@ -120,6 +120,7 @@ class Sandbox:
             await self._server.wait_closed()
             self._server = None
         if self._http is not None and self._http_task is not None:
+            self.model.closing.set()
             self._http.should_exit = True
             await self._http_task
             self._http = self._http_task = None

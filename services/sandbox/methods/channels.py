@@ -12,6 +12,10 @@ from services.sandbox.rpc import Call, method
 from services.sandbox.state import Account, Channel, World, now
 
 
+def _empty(msg_id: int) -> Any:
+    return types.MessageEmpty(id=msg_id, peer_id=None)
+
+
 def join_result(world: World, me: Account, channel: Channel) -> Any:
     """The Updates Telegram answers a join with."""
     return types.Updates(
@@ -103,7 +107,9 @@ def get_messages(call: Call, req: Any) -> Any:
     present = [m for m in found if m is not None]
     result = queries.messages_result(world, me, present, len(present), channel)
     result.messages = [
-        message_tl(me.id, m) if m is not None else types.MessageEmpty(id=getattr(i, "id", 0))
+        message_tl(me.id, m)
+        if m is not None
+        else types.MessageEmpty(id=getattr(i, "id", 0), peer_id=None)
         for m, i in zip(found, req.id, strict=True)
     ]
     return result

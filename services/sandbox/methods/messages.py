@@ -98,7 +98,9 @@ def _by_ids(me: Account, items: list[Any]) -> list[Any]:
         msg_id = getattr(item, "id", 0)
         message = me.box.get(msg_id) if isinstance(item, types.InputMessageID) else None
         rendered.append(
-            message_tl(me.id, message) if message is not None else types.MessageEmpty(id=msg_id)
+            message_tl(me.id, message)
+            if message is not None
+            else types.MessageEmpty(id=msg_id, peer_id=None)
         )
     return rendered
 

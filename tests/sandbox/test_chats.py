@@ -1,0 +1,179 @@
+"""Channels and supergroups: joining, members, history, forwarding, updates."""
+
+import asyncio
+
+import httpx
+import pytest
+from telethon import errors, events
+from telethon.tl import functions, types
+
+from .conftest import AccountFactory, ClientFactory, eventually
+
+
+async def _chat(admin: httpx.AsyncClient, **body: object) -> dict[str, object]:
+    response = await admin.post("/admin/chats", json=body)
+    assert response.status_code == 201, response.text
+    data: dict[str, object] = response.json()
+    return data
+
+
+async def test_join_public_channel_and_read_history(
+    admin: httpx.AsyncClient, new_account: AccountFactory, new_client: ClientFactory
+) -> None:
+    owner = await new_account()
+    alice = await new_account()
+    await _chat(
+        admin,
+        title="News",
+        kind="channel",
+        creator_id=owner["user_id"],
+        username="news_sb",
+        messages=[{"text": f"post {i}"} for i in range(30)],
+    )
+    client = new_client(alice["session_string"])
+    await client.connect()
+    channel = await client.get_entity("news_sb")
+    assert channel.broadcast
+    assert channel.left
+    await client(functions.channels.JoinChannelRequest(channel))
+    posts = await client.get_messages(channel, limit=10)
+    assert [m.text for m in posts] == [f"post {i}" for i in range(29, 19, -1)]
+    assert posts.total == 31  # 30 posts and the creation service message
+    older = await client.get_messages(channel, limit=5, offset_id=posts[-1].id)
+    assert [m.text for m in older] == [f"post {i}" for i in range(19, 14, -1)]
+    oldest_first = [m.text async for m in client.iter_messages(channel, reverse=True, limit=3)]
+    assert oldest_first == [None, "post 0", "post 1"]  # the service message has no text
+    with pytest.raises(errors.ChatWriteForbiddenError):
+        await client.send_message(channel, "not an admin")
+    await client.send_read_acknowledge(channel)
+
+
+async def test_invite_link_join_participants_and_group_messages(
+    admin: httpx.AsyncClient, new_account: AccountFactory, new_client: ClientFactory
+) -> None:
+    owner = await new_account(first_name="Owner")
+    members = [await new_account(first_name=f"Member{i}") for i in range(3)]
+    alice = await new_account(first_name="Alice")
+    chat = await _chat(
+        admin,
+        title="Team",
+        kind="supergroup",
+        creator_id=owner["user_id"],
+        invite_hash="teamhash1",
+        members=[m["user_id"] for m in members],
+    )
+    client = new_client(alice["session_string"])
+    await client.connect()
+    with pytest.raises(errors.InviteHashInvalidError):
+        await client(functions.messages.ImportChatInviteRequest("nope1234"))
+    joined = await client(functions.messages.ImportChatInviteRequest("teamhash1"))
+    group = joined.chats[0]
+    assert group.id == chat["chat_id"]
+    assert group.megagroup
+    with pytest.raises(errors.UserAlreadyParticipantError):
+        await client(functions.messages.ImportChatInviteRequest("teamhash1"))
+
+    people = await client.get_participants(group)
+    assert people.total == 5
+    assert {p.first_name for p in people} == {"Owner", "Alice", "Member0", "Member1", "Member2"}
+    searched = await client.get_participants(group, search="member1")
+    assert [p.first_name for p in searched] == ["Member1"]
+
+    sent = await client.send_message(group, "hello team")
+    fetched = await client.get_messages(group, ids=[sent.id, 999])
+    assert fetched[0].text == "hello team"
+    assert fetched[1] is None
+    stored = await admin.get(
+        "/admin/messages", params={"user_id": owner["user_id"], "peer": str(chat["peer"])}
+    )
+    assert stored.json()["messages"][-1]["from_id"] == alice["user_id"]
+
+
+async def test_forward_messages_keeps_origin_and_dedupes(
+    admin: httpx.AsyncClient, new_account: AccountFactory, new_client: ClientFactory
+) -> None:
+    alice = await new_account()
+    bob = await new_account(username="bob_fwd")
+    client = new_client(alice["session_string"])
+    await client.connect()
+    originals = [await client.send_message("me", f"note {i}") for i in range(3)]
+    forwarded = await client.forward_messages("bob_fwd", originals, "me")
+    assert [m.text for m in forwarded] == ["note 0", "note 1", "note 2"]
+    assert all(m.fwd_from is not None for m in forwarded)
+    peer = await client.get_input_entity("bob_fwd")
+    again = functions.messages.ForwardMessagesRequest(
+        from_peer=types.InputPeerSelf(), id=[originals[0].id], to_peer=peer, random_id=[77]
+    )
+    first = await client(again)
+    second = await client(
+        functions.messages.ForwardMessagesRequest(
+            from_peer=types.InputPeerSelf(), id=[originals[0].id], to_peer=peer, random_id=[77]
+        )
+    )
+    first_ids = [u.id for u in first.updates if isinstance(u, types.UpdateMessageID)]
+    second_ids = [u.id for u in second.updates if isinstance(u, types.UpdateMessageID)]
+    assert first_ids == second_ids
+    stored = (await admin.get("/admin/messages", params={"user_id": bob["user_id"]})).json()
+    assert len(stored["messages"]) == 4
+    assert stored["messages"][0]["fwd_from"] == alice["user_id"]
+
+
+async def test_incoming_private_message_reaches_a_live_client(
+    admin: httpx.AsyncClient, new_account: AccountFactory, new_client: ClientFactory
+) -> None:
+    alice = await new_account()
+    bob = await new_account()
+    client = new_client(bob["session_string"])
+    received: list[str] = []
+
+    @client.on(events.NewMessage(incoming=True))
+    async def on_message(event: events.NewMessage.Event) -> None:
+        received.append(event.raw_text)
+
+    await client.connect()
+    await client.get_me()
+    response = await admin.post(
+        "/admin/messages",
+        json={"from_id": alice["user_id"], "peer": str(bob["user_id"]), "text": "ping bob"},
+    )
+    assert response.status_code == 201
+
+    async def delivered() -> bool:
+        return received == ["ping bob"]
+
+    await eventually(delivered)
+    dialogs = await client.get_dialogs()
+    assert dialogs[0].unread_count == 1
+    await client.send_read_acknowledge(dialogs[0].entity)
+    assert (await client.get_dialogs())[0].unread_count == 0
+
+
+async def test_channel_post_reaches_members_through_updates(
+    admin: httpx.AsyncClient, new_account: AccountFactory, new_client: ClientFactory
+) -> None:
+    owner = await new_account()
+    reader_account = await new_account()
+    chat = await _chat(
+        admin,
+        title="Feed",
+        kind="supergroup",
+        creator_id=owner["user_id"],
+        members=[reader_account["user_id"]],
+    )
+    client = new_client(reader_account["session_string"])
+    received: list[str] = []
+    client.add_event_handler(
+        lambda e: asyncio.sleep(0, received.append(e.raw_text)), events.NewMessage()
+    )
+    await client.connect()
+    await client.get_dialogs()  # learn the channel so its updates are tracked
+    for text in ("one", "two"):
+        await admin.post(
+            "/admin/messages",
+            json={"from_id": owner["user_id"], "peer": str(chat["peer"]), "text": text},
+        )
+
+    async def delivered() -> bool:
+        return received == ["one", "two"]
+
+    await eventually(delivered)
