@@ -20,7 +20,6 @@ from .transport import Transport, TransportError, detect
 log = logging.getLogger(__name__)
 
 DETECT_TIMEOUT = 10.0
-IDLE_TIMEOUT = 300.0
 MAX_WRITE_BUFFER = 8 * 1024 * 1024
 AUTH_KEY_NOT_FOUND = struct.pack("<i", -404)
 
@@ -53,6 +52,7 @@ class ServerConnection:
         self._handshake = Handshake(core.rsa_key, self._on_new_key)
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self.last_active = asyncio.get_running_loop().time()
 
     # -- interfaces used by the layers above ----------------------------
 
@@ -85,6 +85,9 @@ class ServerConnection:
             self.core.ledger.close(self.record, reason)
             self.writer.close()
 
+    def idle_for(self, now: float) -> float:
+        return now - self.last_active
+
     def at_eof(self) -> bool:
         return self._closed or self.reader.at_eof() or self.writer.transport.is_closing()
 
@@ -97,9 +100,10 @@ class ServerConnection:
             async with asyncio.timeout(DETECT_TIMEOUT):
                 self._transport = await detect(self.reader)
             self.record.transport = self._transport.name
+            loop = asyncio.get_running_loop()
             while not self._closed:
-                async with asyncio.timeout(IDLE_TIMEOUT):
-                    packet = await self._transport.read()
+                packet = await self._transport.read()
+                self.last_active = loop.time()
                 self._on_packet(packet)
                 await self.writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):

@@ -1,7 +1,8 @@
 """MTProto 2.0 message envelopes: plain and encrypted, server side.
 
-Key derivation and AES-IGE come from telethon.crypto, so both ends share one
-implementation of the cipher; only the direction (x=0 in, x=8 out) differs.
+Key derivation comes from the client library (MTProtoState._calc_key), so both
+ends derive keys with one implementation; only the direction differs (x=0 in,
+x=8 out). AES-IGE is OpenSSL's, as in telethon.crypto (see fastaes).
 """
 
 import os
@@ -12,9 +13,11 @@ from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any
 
-from telethon.crypto import AES, AuthKey
+from telethon.crypto import AuthKey
 from telethon.extensions import BinaryReader
 from telethon.network.mtprotostate import MTProtoState
+
+from .fastaes import decrypt_ige, encrypt_ige
 
 GZIP_PACKED = 0x3072CFA1
 MSG_CONTAINER = 0x73F1F8DC
@@ -86,7 +89,7 @@ def decrypt(auth_key: AuthKey, packet: bytes) -> Envelope:
         raise ProtocolError("bad encrypted length")
     msg_key = packet[8:24]
     aes_key, aes_iv = MTProtoState._calc_key(auth_key.key, msg_key, True)
-    plain = AES.decrypt_ige(packet[24:], aes_key, aes_iv)
+    plain = decrypt_ige(packet[24:], aes_key, aes_iv)
     if sha256(auth_key.key[88:120] + plain).digest()[8:24] != msg_key:
         raise ProtocolError("msg_key mismatch")
     salt, session_id, msg_id, seq_no, length = struct.unpack_from("<qqqii", plain)
@@ -105,8 +108,7 @@ def encrypt(
     msg_key = sha256(auth_key.key[96:128] + data + padding).digest()[8:24]
     aes_key, aes_iv = MTProtoState._calc_key(auth_key.key, msg_key, False)
     key_id = struct.pack("<Q", auth_key.key_id)
-    sealed: bytes = AES.encrypt_ige(data + padding, aes_key, aes_iv)
-    return key_id + msg_key + sealed
+    return key_id + msg_key + encrypt_ige(data + padding, aes_key, aes_iv)
 
 
 def constructor_of(body: bytes) -> int:

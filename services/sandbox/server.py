@@ -19,6 +19,7 @@ from .mtproto import MsgIdClock
 log = logging.getLogger(__name__)
 
 _WILDCARDS = ("", "0.0.0.0", "::")
+IDLE_TIMEOUT = 300.0  # Telethon pings every 60 s; silence this long means a dead peer
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -57,6 +58,8 @@ class Sandbox:
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._conn_tasks: set[asyncio.Task[None]] = set()
+        self._live: set[ServerConnection] = set()
+        self._watchdog: asyncio.Task[None] | None = None
         self._clock = MsgIdClock()
         self.mtproto_port = 0
         self.admin_port = 0
@@ -95,20 +98,39 @@ class Sandbox:
                 await self._http_task
                 raise RuntimeError("admin server failed to start")
             await asyncio.sleep(0.005)
+        self._watchdog = asyncio.get_running_loop().create_task(self._reap_idle())
         log.info("sandbox DC %d on port %d", self.settings.dc_id, self.mtproto_port)
+
+    async def _reap_idle(self) -> None:
+        # One timer for all connections instead of a timeout around every read.
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(IDLE_TIMEOUT / 10)
+            now = loop.time()
+            for conn in list(self._live):
+                if conn.idle_for(now) > IDLE_TIMEOUT:
+                    conn.abort("idle")
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._conn_tasks.add(task)
+        conn = ServerConnection(self.core, self._clock, reader, writer)
+        self._live.add(conn)
         try:
-            await ServerConnection(self.core, self._clock, reader, writer).serve()
+            await conn.serve()
         finally:
+            self._live.discard(conn)
             if task is not None:
                 self._conn_tasks.discard(task)
 
     async def stop(self) -> None:
         """Stop accepting, drop every connection, stop the HTTP server."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
         if self._server is not None:
             self._server.close()
         if self._core is not None:
