@@ -105,18 +105,15 @@ class EncryptedLayer:
 
     # -- receiving -------------------------------------------------------
 
-    def _session(self, env: Envelope) -> Session:
-        session = self.sessions.get(env.session_id)
-        if session is None:
-            if len(self.sessions) >= MAX_SESSIONS:
-                self.sessions.pop(next(iter(self.sessions)))
-            session = self.sessions[env.session_id] = Session(env.session_id)
-            created = types.NewSessionCreated(
-                first_msg_id=env.msg_id, unique_id=env.session_id, server_salt=self.key.salt
-            )
-            self.send(session, bytes(created), response=False, content=False)
-        self.current = session
-        return session
+    def _open_session(self, session: Session, first_msg_id: int) -> None:
+        # Announced once the first message of the session is accepted.
+        if len(self.sessions) >= MAX_SESSIONS:
+            self.sessions.pop(next(iter(self.sessions)))
+        self.sessions[session.id] = session
+        created = types.NewSessionCreated(
+            first_msg_id=first_msg_id, unique_id=session.id, server_salt=self.key.salt
+        )
+        self.send(session, bytes(created), response=False, content=False)
 
     def _bad_msg(self, session: Session, env: Envelope, code: int) -> None:
         notice = types.BadMsgNotification(
@@ -146,9 +143,12 @@ class EncryptedLayer:
 
     def receive(self, env: Envelope) -> None:
         """Handle one decrypted message (raises DropConnection for faults)."""
-        session = self._session(env)
+        session = self.sessions.get(env.session_id) or Session(env.session_id)
         if not self._check_envelope(session, env):
             return
+        if session.id not in self.sessions:
+            self._open_session(session, env.msg_id)
+        self.current = session
         self._body(session, env.msg_id, env.seq_no, env.body, depth=0)
 
     def _body(self, session: Session, msg_id: int, seq_no: int, body: bytes, depth: int) -> None:

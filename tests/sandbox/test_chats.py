@@ -177,3 +177,27 @@ async def test_channel_post_reaches_members_through_updates(
         return received == ["one", "two"]
 
     await eventually(delivered)
+
+
+async def test_participants_are_paged(
+    admin: httpx.AsyncClient, new_account: AccountFactory, new_client: ClientFactory
+) -> None:
+    owner = await new_account()
+    members = [await new_account() for _ in range(230)]
+    chat = await _chat(
+        admin,
+        title="Crowd",
+        creator_id=owner["user_id"],
+        members=[m["user_id"] for m in members],
+    )
+    client = new_client(owner["session_string"])
+    await client.connect()
+    group = types.InputPeerChannel(int(str(chat["chat_id"])), int(str(chat["access_hash"])))
+    seen = [p.id async for p in client.iter_participants(group)]
+    assert len(seen) == len(set(seen)) == 231
+    page = await client(
+        functions.channels.GetParticipantsRequest(
+            group, types.ChannelParticipantsRecent(), offset=200, limit=100, hash=0
+        )
+    )
+    assert (page.count, len(page.participants)) == (231, 31)

@@ -9,6 +9,7 @@ from telethon.network import (
     ConnectionTcpIntermediate,
     ConnectionTcpObfuscated,
 )
+from telethon.tl import functions
 
 from services.sandbox.client import auth_key_id, sandbox_session
 from services.sandbox.server import Sandbox
@@ -131,3 +132,18 @@ async def test_every_transport(
     transports = {r.transport for r in ledger if r.auth_key_id is not None}
     assert any(t and t.endswith(expected) for t in transports)
     assert auth_key_id(alice["session_string"]) in {r.as_dict()["auth_key_id"] for r in ledger}
+
+
+async def test_resolve_phone_and_nearest_dc(
+    new_account: AccountFactory, new_client: ClientFactory
+) -> None:
+    alice = await new_account()
+    dave = await new_account(phone="+44 7700 900123", first_name="Dave")
+    client = new_client(alice["session_string"])
+    await client.connect()
+    resolved = await client(functions.contacts.ResolvePhoneRequest("447700900123"))
+    assert resolved.users[0].id == dave["user_id"]
+    with pytest.raises(errors.PhoneNotOccupiedError):
+        await client(functions.contacts.ResolvePhoneRequest("447700900999"))
+    nearest = await client(functions.help.GetNearestDcRequest())
+    assert (nearest.this_dc, nearest.nearest_dc) == (2, 2)
