@@ -1,6 +1,7 @@
 """The sandbox's shared state: world, keys, faults, ledger and live connections."""
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -51,11 +52,19 @@ class Core:
         """Telegram's test-DC convention: the DC id repeated five times."""
         return str(self.settings.dc_id) * 5
 
-    def _push(self, user_id: int, update: object) -> None:
-        tl_object: Any = update
-        body = bytes(tl_object)
+    def _push(self, user_ids: Iterable[int], make: Callable[[int], object]) -> None:
+        # One pass over live connections per event; updates are only built
+        # for users who are online.
+        wanted = set(user_ids)
+        online: dict[int, list[LiveConnection]] = {}
         for conn in list(self.connections.values()):
-            if conn.key is not None and conn.key.user_id == user_id:
+            user_id = conn.key.user_id if conn.key is not None else None
+            if user_id is not None and user_id in wanted:
+                online.setdefault(user_id, []).append(conn)
+        for user_id, conns in online.items():
+            tl_object: Any = make(user_id)
+            body = bytes(tl_object)
+            for conn in conns:
                 conn.push(body)
 
     def revoke_user_keys(self, user_id: int) -> int:

@@ -100,20 +100,22 @@ def _send_private(
 def _push_private(world: World, target: Account, message: StoredMessage, pts: int) -> None:
     if world.push is None:
         return
-    if message.fwd is None:
-        update: Any = types.UpdateShortMessage(
-            id=message.id,
-            user_id=message.peer.id,
-            message=message.text,
-            pts=pts,
-            pts_count=1,
-            date=message.date,
-        )
-    else:
-        users, chats = message_entities(world, target.id, [message])
-        inner = types.UpdateNewMessage(message=message_tl(target.id, message), pts=pts, pts_count=1)
-        update = types.Updates(updates=[inner], users=users, chats=chats, date=now(), seq=0)
-    world.push(target.id, update)
+
+    def make(viewer: int) -> Any:
+        if message.fwd is None:
+            return types.UpdateShortMessage(
+                id=message.id,
+                user_id=message.peer.id,
+                message=message.text,
+                pts=pts,
+                pts_count=1,
+                date=message.date,
+            )
+        users, chats = message_entities(world, viewer, [message])
+        inner = types.UpdateNewMessage(message=message_tl(viewer, message), pts=pts, pts_count=1)
+        return types.Updates(updates=[inner], users=users, chats=chats, date=now(), seq=0)
+
+    world.push([target.id], make)
 
 
 def _send_channel(
@@ -139,9 +141,8 @@ def _send_channel(
     )
     pts = channel.append(message)
     if world.push is not None:
-        for member in channel.members:
-            if member != sender.id:
-                world.push(member, channel_updates(world, member, channel, message, pts))
+        others = [m for m in channel.members if m != sender.id]
+        world.push(others, lambda viewer: channel_updates(world, viewer, channel, message, pts))
     return Sent(message, pts)
 
 

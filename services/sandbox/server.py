@@ -23,11 +23,27 @@ IDLE_TIMEOUT = 300.0  # Telethon pings every 60 s; silence this long means a dea
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn without its own signal handlers: the host process owns signals."""
+    """uvicorn without its own signal handlers (the host process owns signals),
+    and whose tick loop wakes at once when asked to exit instead of polling."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._wake = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def main_loop(self) -> None:
+        counter = 0
+        while not await self.on_tick(counter):
+            counter += 10  # on_tick refreshes the Date header every 10th tick
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+
+    def request_exit(self) -> None:
+        self.should_exit = True
+        self._wake.set()
 
 
 class Sandbox:
@@ -143,7 +159,7 @@ class Sandbox:
             self._server = None
         if self._http is not None and self._http_task is not None:
             self.model.closing.set()
-            self._http.should_exit = True
+            self._http.request_exit()
             await self._http_task
             self._http = self._http_task = None
 

@@ -6,7 +6,7 @@ import re
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Literal
@@ -159,7 +159,8 @@ class Channel:
         return self.pts
 
 
-Pusher = Callable[[int, object], None]
+# push(user_ids, make): deliver make(user_id) to each of those users who is online.
+Pusher = Callable[[Iterable[int], Callable[[int], object]], None]
 
 
 class World:
