@@ -7,7 +7,9 @@ import sys
 
 import httpx
 import pytest
+from telethon import errors
 
+from services.sandbox.admin_client import SandboxAdmin, SandboxAdminError
 from services.sandbox.client import auth_key_id
 from services.sandbox.server import Sandbox
 
@@ -150,3 +152,25 @@ async def test_cli_serves_until_sigterm() -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_admin_client_round_trip(sandbox: Sandbox, new_client: ClientFactory) -> None:
+    async with SandboxAdmin(sandbox.admin_url) as api:
+        assert (await api.server())["port"] == sandbox.mtproto_port
+        alice = await api.create_account(username="alice_api")
+        fault = await api.add_fault(
+            alice["user_id"], "flood_wait", method="messages.sendMessage", seconds=5, times=1
+        )
+        client = new_client(alice["session_string"])
+        await client.connect()
+        with pytest.raises(errors.FloodWaitError):
+            await client.send_message("me", "x")
+        await api.delete_fault(fault)
+        with pytest.raises(SandboxAdminError) as caught:
+            await api.delete_fault(fault)
+        assert caught.value.status == 404
+        await api.post_message(alice["user_id"], "@alice_api", "note to self")
+        assert [m["text"] for m in await api.messages(alice["user_id"])] == ["note to self"]
+        assert len(await api.ledger()) == 1
+        assert await api.overlaps() == []
+        assert api.openai_base_url == f"{sandbox.admin_url}/v1"
