@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import logging
 import struct
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -22,6 +23,22 @@ log = logging.getLogger(__name__)
 DETECT_TIMEOUT = 10.0
 MAX_WRITE_BUFFER = 8 * 1024 * 1024
 AUTH_KEY_NOT_FOUND = struct.pack("<i", -404)
+
+
+class EofStampedReader(asyncio.StreamReader):
+    """A StreamReader that remembers when the peer's EOF arrived.
+
+    The ledger closes a connection at that instant rather than when its task
+    gets round to it, so a hand-off (close, then reconnect elsewhere) is never
+    mistaken for two live connections on one key.
+    """
+
+    eof_at: float | None = None
+
+    def feed_eof(self) -> None:
+        if self.eof_at is None:
+            self.eof_at = time.time()
+        super().feed_eof()
 
 
 class _Close(Exception):
@@ -82,14 +99,18 @@ class ServerConnection:
         """Close at once (fault, reset, overload)."""
         if not self._closed:
             self._closed = True
-            self.core.ledger.close(self.record, reason)
+            self.core.ledger.close(self.record, reason, self._eof_at())
             self.writer.close()
+
+    def _eof_at(self) -> float | None:
+        return self.reader.eof_at if isinstance(self.reader, EofStampedReader) else None
 
     def idle_for(self, now: float) -> float:
         return now - self.last_active
 
     def at_eof(self) -> bool:
-        return self._closed or self.reader.at_eof() or self.writer.transport.is_closing()
+        """True once the peer has closed, even if its last bytes are unread."""
+        return self._closed or self._eof_at() is not None or self.reader.at_eof()
 
     # -- serving ----------------------------------------------------------
 

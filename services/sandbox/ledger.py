@@ -69,9 +69,10 @@ class Ledger:
             record.auth_key_id = key_id
             record.key_seen = time.time()
 
-    def close(self, record: ConnRecord, reason: str) -> None:
+    def close(self, record: ConnRecord, reason: str, at: float | None = None) -> None:
+        """Mark closed, at ``at`` when the peer's EOF time is known."""
         if self.live.pop(record.id, None) is not None:
-            record.closed = time.time()
+            record.closed = time.time() if at is None else at
             record.close_reason = reason
             self.closed.append(record)
 

@@ -10,7 +10,7 @@ from types import TracebackType
 import uvicorn
 
 from .admin import create_app
-from .connection import ServerConnection
+from .connection import EofStampedReader, ServerConnection
 from .core import Core, Settings
 from .crypto import load_server_key
 from .model import ModelEndpoint
@@ -94,8 +94,14 @@ class Sandbox:
         """Load the RSA key, bind both ports and start serving."""
         rsa_key = await asyncio.to_thread(load_server_key)
         self._core = Core(rsa_key, self.settings)
-        self._server = await asyncio.start_server(
-            self._accept, self.host, self._port, backlog=4096, reuse_address=True
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.StreamReaderProtocol:
+            # asyncio.start_server, but with readers that timestamp EOF.
+            return asyncio.StreamReaderProtocol(EofStampedReader(loop=loop), self._accept)
+
+        self._server = await loop.create_server(
+            protocol, self.host, self._port, backlog=4096, reuse_address=True
         )
         self.mtproto_port = self._server.sockets[0].getsockname()[1]
         self.settings.port = self.mtproto_port

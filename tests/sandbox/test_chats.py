@@ -201,3 +201,43 @@ async def test_participants_are_paged(
         )
     )
     assert (page.count, len(page.participants)) == (231, 31)
+
+
+async def test_get_difference_returns_missed_messages(
+    admin: httpx.AsyncClient, new_account: AccountFactory, new_client: ClientFactory
+) -> None:
+    alice = await new_account()
+    bob = await new_account()
+    client = new_client(bob["session_string"], receive_updates=False)
+    await client.connect()
+    state = await client(functions.updates.GetStateRequest())
+    for text in ("first", "second"):
+        await admin.post(
+            "/admin/messages",
+            json={"from_id": alice["user_id"], "peer": str(bob["user_id"]), "text": text},
+        )
+    diff = await client(
+        functions.updates.GetDifferenceRequest(pts=state.pts, date=state.date, qts=0)
+    )
+    assert isinstance(diff, types.updates.Difference)
+    assert [m.message for m in diff.new_messages] == ["first", "second"]
+    assert diff.state.pts == state.pts + 2
+    assert {u.id for u in diff.users} >= {alice["user_id"]}
+    again = await client(
+        functions.updates.GetDifferenceRequest(pts=diff.state.pts, date=diff.state.date, qts=0)
+    )
+    assert isinstance(again, types.updates.DifferenceEmpty)
+
+    chat = await _chat(admin, title="Log", creator_id=alice["user_id"], members=[bob["user_id"]])
+    channel = types.InputChannel(int(str(chat["chat_id"])), int(str(chat["access_hash"])))
+    await admin.post(
+        "/admin/messages",
+        json={"from_id": alice["user_id"], "peer": str(chat["peer"]), "text": "in channel"},
+    )
+    channel_diff = await client(
+        functions.updates.GetChannelDifferenceRequest(
+            channel, types.ChannelMessagesFilterEmpty(), pts=1, limit=100
+        )
+    )
+    assert [m.message for m in channel_diff.new_messages][-1] == "in channel"
+    assert channel_diff.final

@@ -186,16 +186,21 @@ async def test_two_clients_on_one_key_show_in_ledger(
     assert overlap["start"] < overlap["end"]
 
 
-async def test_sequential_reconnects_are_not_overlaps(
+async def test_rapid_handoffs_are_not_overlaps(
     admin: httpx.AsyncClient, new_account: AccountFactory, new_client: ClientFactory
 ) -> None:
     alice = await new_account()
-    for _ in range(3):
-        client = new_client(alice["session_string"])
-        await client.connect()
-        await client.disconnect()
+    owner = new_client(alice["session_string"])
+    await owner.connect()
+    for i in range(10):
+        # Busy up to the last moment, then hand the key to a new client at once.
+        await owner.send_message("me", f"turn {i}")
+        await owner.disconnect()
+        owner = new_client(alice["session_string"])
+        await owner.connect()
     connections = (await admin.get("/admin/ledger")).json()["connections"]
-    assert len(connections) == 3
+    assert len(connections) == 11
+    assert all(c["closed"] is not None for c in connections[:-1])
     assert (await admin.get("/admin/ledger/overlaps")).json()["overlaps"] == []
 
 
