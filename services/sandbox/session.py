@@ -20,6 +20,7 @@ from .mtproto import (
     MSG_CONTAINER,
     Envelope,
     MsgIdClock,
+    ProtocolError,
     constructor_of,
     encrypt,
     gunzip_bounded,
@@ -169,6 +170,8 @@ class EncryptedLayer:
             if seq_no % 2:
                 self._reply(session, msg_id, Reply(error_payload(400, METHOD_INVALID)))
             return
+        except Exception as exc:
+            raise ProtocolError(f"unreadable message body: {exc!r}") from exc
         self._object(session, msg_id, obj)
 
     def _object(self, session: Session, msg_id: int, obj: Any) -> None:

@@ -106,3 +106,26 @@ async def test_clock_skew_gets_bad_msg_notification(
         assert (notice.bad_msg_id, notice.error_code) == (sent, 16)
     finally:
         await raw.close()
+
+
+async def test_unknown_constructor_answers_error_and_broken_body_closes(
+    sandbox: Sandbox, new_account: AccountFactory
+) -> None:
+    account = await new_account()
+    raw = RawSession(account["session_string"])
+    await raw.open(sandbox.mtproto_port)
+    try:
+        raw.send(bytes(functions.updates.GetStateRequest()))
+        raw.state.salt = (await raw.receive()).new_server_salt
+        (unknown,) = raw.send(struct.pack("<I", 0x0BADC0DE) + bytes(16))
+        assert isinstance(await raw.receive(), types.NewSessionCreated)
+        answer = await raw.receive()
+        assert isinstance(answer, RpcResult)
+        assert answer.req_msg_id == unknown
+        assert answer.error.error_message == "INPUT_METHOD_INVALID"
+        truncated = bytes(functions.messages.SendMessageRequest(types.InputPeerSelf(), "hi"))[:9]
+        raw.send(truncated)
+        async with asyncio.timeout(5):
+            assert await raw.reader.read() == b""  # closed; no answer
+    finally:
+        await raw.close()
