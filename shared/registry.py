@@ -18,6 +18,8 @@ from typing import cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from shared.aio import raise_if_cancelling, sleep_unless
+
 log = logging.getLogger(__name__)
 
 INSTANCES = "tgflow:instances"
@@ -66,14 +68,17 @@ async def heartbeat_forever(
     fields: Callable[[], Mapping[str, str]],
     *,
     interval: float,
+    stop: asyncio.Event,
 ) -> None:
-    """Announce every ``interval`` seconds until cancelled, riding out Redis outages."""
-    while True:
+    """Announce every ``interval`` seconds until ``stop`` is set, riding out Redis outages."""
+    while not stop.is_set():
         try:
             await announce(redis, instance_id, fields(), ttl=interval * 3)
         except (RedisError, OSError) as exc:
+            raise_if_cancelling()
             log.warning("heartbeat of %s failed: %s", instance_id, type(exc).__name__)
-        await asyncio.sleep(interval)
+        if await sleep_unless(stop, interval):
+            return
 
 
 def new_instance_id(kind: str) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from redis.exceptions import RedisError
 
 from services.gateway import errors
 from services.gateway.middleware import BodyLimit, Metrics
@@ -34,6 +36,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.tgflow = GatewayState(settings, redis, pool, store, instance_id)
     url = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    stop = asyncio.Event()
     beat = asyncio.create_task(
         registry.heartbeat_forever(
             redis,
@@ -45,15 +48,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 "metrics_url": url + "/metrics",
             },
             interval=5.0,
+            stop=stop,
         )
     )
     log.info("gateway started", instance=instance_id)
     try:
         yield
     finally:
-        beat.cancel()
-        await asyncio.gather(beat, return_exceptions=True)
-        await registry.withdraw(redis, instance_id)
+        stop.set()
+        await beat
+        with contextlib.suppress(RedisError, OSError):
+            await registry.withdraw(redis, instance_id)
         metrics.untrack_pool("gateway")
         await pool.close()
         await redis.aclose()

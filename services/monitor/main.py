@@ -34,6 +34,7 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
                 instance_id,
                 lambda: {"id": instance_id, "kind": "monitor", "metrics_url": url + "/metrics"},
                 interval=5.0,
+                stop=stop,
             )
         ),
     ]

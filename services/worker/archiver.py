@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from services.worker import metrics
+from shared.aio import raise_if_cancelling
 from shared.db import Pool
 from shared.jobs.envelope import from_micros
 from shared.logs import get_logger
@@ -112,6 +113,7 @@ class Archiver:
                 await self.drain()
                 return
             except (RedisError, OSError) as exc:
+                raise_if_cancelling()
                 log.warning("archiver waiting for redis/postgres", error=type(exc).__name__)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)

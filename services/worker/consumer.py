@@ -20,6 +20,7 @@ from arq.worker import Function
 from services.worker import metrics
 from services.worker.state import WorkerState
 from shared import serialization
+from shared.aio import raise_if_cancelling, sleep_unless
 from shared.jobs import QueueKind, queue_key
 from shared.jobs.envelope import to_micros, utcnow
 from shared.jobs.record import JobErrorInfo
@@ -63,6 +64,7 @@ class Consumer(Worker):
         self.lease_s = settings.job_lease_seconds
         self.in_progress_timeout_s = self.lease_s
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
 
     def wake(self) -> None:
         self._wake.set()
@@ -76,7 +78,7 @@ class Consumer(Worker):
         self.ctx["redis"] = self.pool
         renewer = asyncio.create_task(self._renew_leases())
         try:
-            while True:
+            while not self._stopping.is_set():
                 await self._poll_iteration()
                 metrics.JOBS_RUNNING.labels(self.kind.value).set(len(self.tasks))
                 if self.burst and await self._burst_done():
@@ -85,9 +87,8 @@ class Consumer(Worker):
                     await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
                 self._wake.clear()
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            self._stopping.set()
+            await renewer
 
     async def _burst_done(self) -> bool:
         if self.tasks:
@@ -96,8 +97,7 @@ class Consumer(Worker):
 
     async def _renew_leases(self) -> None:
         """Extend the in-progress key of every running job well before it lapses."""
-        while True:
-            await asyncio.sleep(self.lease_s / 3)
+        while not await sleep_unless(self._stopping, self.lease_s / 3):
             if not self.tasks:
                 continue
             try:
@@ -105,7 +105,8 @@ class Consumer(Worker):
                     for job_id in list(self.tasks):
                         pipe.pexpire(in_progress_key_prefix + job_id, int(self.lease_s * 1000))
                     await pipe.execute()
-            except Exception as exc:
+            except Exception as exc:  # keep renewing through Redis blips
+                raise_if_cancelling()
                 log.warning("lease renewal failed", queue=self.kind.value, error=str(exc))
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
@@ -141,14 +142,14 @@ class Consumer(Worker):
         for task in leftover:
             task.cancel()
         await asyncio.gather(*leftover, return_exceptions=True)
+        self._stopping.set()
+        self._wake.set()
         if self.main_task is not None:
-            self.main_task.cancel()
             await asyncio.gather(self.main_task, return_exceptions=True)
 
     async def run_forever(self) -> None:
         self.main_task = asyncio.create_task(self.main())
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.main_task
+        await self.main_task
 
 
 def functions_for(kind: QueueKind, runners: dict[str, Any], grace: float) -> list[Function]:

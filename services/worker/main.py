@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from typing import Any
 
 from arq.connections import ArqRedis
 from opentelemetry import trace
 from redis.asyncio import ConnectionPool
+from redis.exceptions import RedisError
 
 from services.worker.archiver import Archiver
 from services.worker.consumer import Consumer, functions_for
@@ -93,11 +93,9 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
         settings.worker_metrics_host,
         settings.worker_metrics_port,
     )
-    tasks: list[asyncio.Task[Any]] = [
-        asyncio.create_task(c.run_forever(), name=f"consume-{c.kind}") for c in consumers
-    ]
-    tasks.append(asyncio.create_task(archiver.run(), name="archiver"))
-    tasks.append(asyncio.create_task(listen_for_nudges(blocking, consumers), name="nudges"))
+    consuming = [asyncio.create_task(c.run_forever(), name=f"consume-{c.kind}") for c in consumers]
+    archiving = asyncio.create_task(archiver.run(), name="archiver")
+    nudges = asyncio.create_task(listen_for_nudges(blocking, consumers, stop), name="nudges")
     http_task = asyncio.create_task(http.serve(), name="http")
     await wait_started(http, http_task)
     metrics_url = f"http://{settings.worker_metrics_host}:{bound_port(http)}/metrics"
@@ -114,6 +112,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
                 "metrics_url": metrics_url,
             },
             interval=settings.heartbeat_seconds,
+            stop=stop,
         )
     )
     log.info(
@@ -125,12 +124,10 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     await stop.wait()
     log.info("worker stopping", instance=instance_id)
     await asyncio.gather(*(c.drain(settings.worker_drain_seconds) for c in consumers))
-    archiver.stop()
-    await asyncio.gather(*tasks[len(consumers) : len(consumers) + 1], return_exceptions=True)
-    for task in (*tasks, beat):
-        task.cancel()
-    await asyncio.gather(*tasks, beat, return_exceptions=True)
-    with contextlib.suppress(Exception):
+    await asyncio.gather(*consuming, return_exceptions=True)
+    archiver.stop()  # after the consumers: their last transitions get archived too
+    await asyncio.gather(archiving, nudges, beat, return_exceptions=True)
+    with contextlib.suppress(RedisError, OSError):
         await registry.withdraw(state.redis, instance_id)
     http.should_exit = True
     await http_task
