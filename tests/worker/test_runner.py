@@ -1,0 +1,138 @@
+"""Outcomes of a job run: retries with backoff, permanent failures, leases."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from services.worker.context import JobContext
+from services.worker.outcomes import backoff_seconds
+from services.worker.tasks import HANDLERS
+from shared.errors import PermanentFailure, RetryableFailure
+from shared.jobs import REGISTRY, JobType, QueueKind, RetryPolicy
+from tests.helpers import auth, gateway_client, running_worker, wait_for_status
+
+
+class FlakyParams(BaseModel):
+    fail_times: int = 0
+    permanent: bool = False
+
+
+class FlakyResult(BaseModel):
+    attempt: int
+
+
+RUNS: list[int] = []
+
+
+async def flaky(ctx: JobContext, params: FlakyParams) -> FlakyResult:
+    RUNS.append(ctx.attempt)
+    if params.permanent:
+        raise PermanentFailure("bad_peer", "That peer does not exist.")
+    if ctx.attempt <= params.fail_times:
+        raise RetryableFailure("server_error", f"attempt {ctx.attempt} failed")
+    return FlakyResult(attempt=ctx.attempt)
+
+
+@pytest.fixture
+def flaky_type() -> Iterator[None]:
+    """A test-only job type with a fast retry policy, registered for one test."""
+    REGISTRY["test.flaky"] = JobType(
+        name="test.flaky",
+        params=FlakyParams,
+        result=FlakyResult,
+        queue=QueueKind.CONTROL,
+        timeout=5,
+        summary="Fails on demand.",
+        retry=RetryPolicy(max_tries=3, base_seconds=0.05, cap_seconds=0.1),
+    )
+    HANDLERS["test.flaky"] = flaky
+    RUNS.clear()
+    yield
+    del REGISTRY["test.flaky"]
+    del HANDLERS["test.flaky"]
+
+
+async def _run_flaky(params: dict[str, Any]) -> dict[str, Any]:
+    from shared.jobs.envelope import utcnow
+
+    # The gateway's union is built at import; submit straight through the job store.
+    from shared.config import BaseAppSettings
+    from shared.ids import uuid7
+    from shared.jobs.envelope import Envelope
+    from shared.queue import JobStore
+    from shared.redis_client import create_redis
+
+    settings = BaseAppSettings()
+    redis = create_redis(settings)
+    store = JobStore(redis, status_ttl=600, idempotency_ttl=600)
+    now = utcnow()
+    env = Envelope(id=str(uuid7()), type="test.flaky", tenant="acme", params=params,
+                   timeout=5, created_at=now, run_at=now)
+    await store.submit(env, QueueKind.CONTROL)
+    try:
+        async with gateway_client() as client, running_worker(worker_poll_delay=0.05):
+            return await wait_for_status(client, env.id, {"succeeded", "failed"}, timeout=10)
+    finally:
+        await redis.aclose()
+
+
+async def test_retryable_failure_is_retried_until_success(flaky_type: None) -> None:
+    job = await _run_flaky({"fail_times": 2})
+    assert job["status"] == "succeeded"
+    assert job["result"] == {"attempt": 3}
+    assert RUNS == [1, 2, 3]
+
+
+async def test_retries_stop_at_max_tries(flaky_type: None) -> None:
+    job = await _run_flaky({"fail_times": 10})
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "server_error"
+    assert RUNS == [1, 2, 3]
+
+
+async def test_permanent_failure_is_not_retried(flaky_type: None) -> None:
+    job = await _run_flaky({"permanent": True})
+    assert job["status"] == "failed"
+    assert job["error"] == {"code": "bad_peer", "message": "That peer does not exist.",
+                            "details": None}
+    assert RUNS == [1]
+
+
+def test_backoff_is_capped_full_jitter() -> None:
+    policy = RetryPolicy(max_tries=10, base_seconds=1, cap_seconds=8)
+    samples = [backoff_seconds(policy, attempt) for attempt in range(1, 10) for _ in range(50)]
+    assert all(0 <= s <= 8 for s in samples)
+    assert max(backoff_seconds(policy, 1) for _ in range(200)) <= 1
+    assert max(samples) > 4  # later attempts really do wait longer
+
+
+async def test_lease_is_renewed_so_a_long_job_runs_once(redis: Any) -> None:
+    """With a 2 s lease, a 3 s job must not be picked up again by a second worker."""
+    async with gateway_client() as client, running_worker(job_lease_seconds=2), \
+            running_worker(job_lease_seconds=2):
+        response = await client.post(
+            "/v1/jobs", json={"type": "system.sleep", "params": {"seconds": 3}}, headers=auth()
+        )
+        job_id = response.json()["id"]
+        await wait_for_status(client, job_id, {"running"})
+        ttl = await redis.pttl(f"arq:in-progress:{job_id}")
+        assert 0 < ttl <= 2000
+        job = await wait_for_status(client, job_id, {"succeeded"}, timeout=10)
+    assert job["attempts"] == 1
+
+
+async def test_many_jobs_all_finish(redis: Any) -> None:
+    async with gateway_client() as client, running_worker(worker_concurrency=20):
+        ids = [
+            (await client.post("/v1/jobs", json={"type": "system.echo",
+                                                 "params": {"message": str(i)}},
+                               headers=auth())).json()["id"]
+            for i in range(200)
+        ]
+        done = await asyncio.gather(*(wait_for_status(client, i, {"succeeded"}) for i in ids))
+    assert [d["result"]["message"] for d in done] == [str(i) for i in range(200)]
