@@ -123,3 +123,4 @@ class Proc:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self.log.close()

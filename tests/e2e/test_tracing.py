@@ -1,0 +1,103 @@
+"""One trace per job: the worker's span is a child of the gateway's request span."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from tests.e2e.conftest import workers_live
+from tests.helpers import Proc, auth, eventually, free_port, wait_for_status
+
+
+class Collector:
+    """A minimal OTLP/HTTP receiver that keeps every span it is sent."""
+
+    def __init__(self) -> None:
+        self.spans: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest.FromString(body)
+                with collector.lock:
+                    for resource in request.resource_spans:
+                        service = next(
+                            a.value.string_value
+                            for a in resource.resource.attributes
+                            if a.key == "service.name"
+                        )
+                        for scope in resource.scope_spans:
+                            for span in scope.spans:
+                                collector.spans.append({
+                                    "service": service,
+                                    "name": span.name,
+                                    "trace_id": span.trace_id.hex(),
+                                    "span_id": span.span_id.hex(),
+                                    "parent": span.parent_span_id.hex(),
+                                })
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def collector() -> Iterator[tuple[Collector, str]]:
+    c = Collector()
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), c.handler())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield c, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+async def test_gateway_and_worker_spans_share_one_trace(
+    collector: tuple[Collector, str], spawn: Callable[..., Proc]
+) -> None:
+    spans, endpoint = collector
+    env = {"TGFLOW_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "50"}
+    port = free_port()
+    spawn("gateway", "--port", str(port), env=env)
+    spawn("worker", env=env)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+
+        async def up() -> bool:
+            try:
+                return (await client.get("/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await eventually(up, timeout=20, interval=0.1)
+        await workers_live(client, 1)
+        response = await client.post("/v1/jobs", json={"type": "system.echo"}, headers=auth())
+        job = await wait_for_status(client, response.json()["id"], {"succeeded"})
+
+    def find() -> tuple[dict[str, Any], dict[str, Any]] | None:
+        with spans.lock:
+            request = [s for s in spans.spans if s["service"] == "tgflow-gateway"
+                       and s["name"] == "POST /v1/jobs"]
+            worker = [s for s in spans.spans if s["service"] == "tgflow-worker"
+                      and s["name"] == "job system.echo"]
+        return (request[0], worker[0]) if request and worker else None
+
+    async def probe() -> Any:
+        return find()
+
+    request, worker = await eventually(probe, timeout=10, interval=0.1)
+    assert worker["trace_id"] == request["trace_id"] == job["trace_id"]
+    assert worker["parent"] == request["span_id"]
