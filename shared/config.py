@@ -67,7 +67,6 @@ class GatewaySettings(BaseAppSettings):
     gateway_port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_defer_seconds: int = Field(default=30 * 86_400, ge=1)
-    monitor_url: str = "http://127.0.0.1:8001"
 
 
 class WorkerSettings(BaseAppSettings):

@@ -94,7 +94,6 @@ def up(*, workers: int = 1) -> int:
     port = env.setdefault("TGFLOW_GATEWAY_PORT", "8000")
     monitor_port = env.setdefault("TGFLOW_MONITOR_PORT", "8001")
     host = env.setdefault("TGFLOW_GATEWAY_HOST", "127.0.0.1")
-    env.setdefault("TGFLOW_MONITOR_URL", f"http://127.0.0.1:{monitor_port}")
     postgres = EmbeddedPostgres(data_dir / "postgres")
     valkey = EmbeddedValkey(data_dir / "valkey")
     children: list[subprocess.Popen[bytes]] = []

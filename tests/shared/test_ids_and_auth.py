@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from shared.auth import InvalidToken, decode_token, mint_token
+from shared.ids import uuid7
+
+SECRET = "a-test-secret-that-is-long-enough-for-hs256"
+
+
+def test_uuid7_is_version_7_and_time_ordered() -> None:
+    ids = [uuid7() for _ in range(2000)]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in ids)
+    assert len(set(ids)) == len(ids)
+    prefixes = [u.int >> 80 for u in ids]
+    assert prefixes == sorted(prefixes)
+
+
+def test_token_round_trip_and_rejections() -> None:
+    token = mint_token(SECRET, "acme", scopes=["jobs:read"])
+    principal = decode_token(SECRET, token)
+    assert principal.tenant == "acme"
+    assert principal.scopes == frozenset({"jobs:read"})
+    with pytest.raises(InvalidToken):
+        decode_token(SECRET + "x", token)
+    with pytest.raises(InvalidToken):
+        decode_token(SECRET, mint_token(SECRET, "acme", ttl_seconds=-5))
+    with pytest.raises(ValueError, match="tenant"):
+        mint_token(SECRET, "Bad Tenant!")
+    with pytest.raises(ValueError, match="unknown scopes"):
+        mint_token(SECRET, "acme", scopes=["root"])

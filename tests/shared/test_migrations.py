@@ -1,0 +1,72 @@
+"""Versioned migrations: applied once, safely from many processes at a time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from shared.db import Migration, MigrationError, _apply_pending, load_migrations, migrate
+from tests.conftest import ADMIN_DSN, _with_database
+
+
+@pytest.fixture
+async def empty_db() -> AsyncIterator[str]:
+    name = "tgflow_test_migrate"
+    admin = await asyncpg.connect(ADMIN_DSN)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    yield _with_database(ADMIN_DSN, name)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+async def test_concurrent_migrations_apply_each_version_once(empty_db: str) -> None:
+    results = await asyncio.gather(*(migrate(empty_db) for _ in range(8)))
+    versions = [m.version for m in load_migrations()]
+    assert sorted(v for r in results for v in r) == versions  # exactly one runner applied them
+    conn = await asyncpg.connect(empty_db)
+    try:
+        rows = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+        column = await conn.fetchrow(
+            "SELECT data_type FROM information_schema.columns "
+            "WHERE table_name = 'jobs' AND column_name = 'created_at'"
+        )
+    finally:
+        await conn.close()
+    assert [r["version"] for r in rows] == versions
+    assert column["data_type"] == "timestamp with time zone"
+    assert await migrate(empty_db) == []
+
+
+async def test_an_edited_migration_is_refused(empty_db: str) -> None:
+    await migrate(empty_db)
+    first = load_migrations()[0]
+    edited = Migration(first.version, first.name, first.sql + "\n-- edited")
+    conn: asyncpg.Connection[Any] = await asyncpg.connect(empty_db)
+    try:
+        with pytest.raises(MigrationError, match="changed after it was applied"):
+            await _apply_pending(conn, [edited])
+    finally:
+        await conn.close()
+
+
+async def test_pools_run_with_jit_off_in_utc(database_url: str) -> None:
+    from shared.config import BaseAppSettings
+    from shared.db import create_pool
+
+    pool = await create_pool(BaseAppSettings(), role="test")
+    try:
+        assert await pool.fetchval("SHOW jit") == "off"
+        assert await pool.fetchval("SHOW timezone") == "UTC"
+    finally:
+        await pool.close()
+    ro = await create_pool(BaseAppSettings(), role="gateway", read_only=True)
+    try:
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            await ro.execute("INSERT INTO tenants (id, name) VALUES ('x', 'x')")
+    finally:
+        await ro.close()
