@@ -91,10 +91,11 @@ class Proc:
         self.args = args
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.TemporaryFile()  # a pipe could fill and block the child
+        # A file, not a pipe: a pipe nobody reads fills up and blocks the child.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
 
     def start(self) -> Proc:
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli.main", *self.args],
             env=self.env,
             stdout=self.log,

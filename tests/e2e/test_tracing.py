@@ -26,7 +26,7 @@ class Collector:
         collector = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 request = ExportTraceServiceRequest.FromString(body)
                 with collector.lock:
@@ -38,13 +38,15 @@ class Collector:
                         )
                         for scope in resource.scope_spans:
                             for span in scope.spans:
-                                collector.spans.append({
-                                    "service": service,
-                                    "name": span.name,
-                                    "trace_id": span.trace_id.hex(),
-                                    "span_id": span.span_id.hex(),
-                                    "parent": span.parent_span_id.hex(),
-                                })
+                                collector.spans.append(
+                                    {
+                                        "service": service,
+                                        "name": span.name,
+                                        "trace_id": span.trace_id.hex(),
+                                        "span_id": span.span_id.hex(),
+                                        "parent": span.parent_span_id.hex(),
+                                    }
+                                )
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.end_headers()
@@ -89,10 +91,16 @@ async def test_gateway_and_worker_spans_share_one_trace(
 
     def find() -> tuple[dict[str, Any], dict[str, Any]] | None:
         with spans.lock:
-            request = [s for s in spans.spans if s["service"] == "tgflow-gateway"
-                       and s["name"] == "POST /v1/jobs"]
-            worker = [s for s in spans.spans if s["service"] == "tgflow-worker"
-                      and s["name"] == "job system.echo"]
+            request = [
+                s
+                for s in spans.spans
+                if s["service"] == "tgflow-gateway" and s["name"] == "POST /v1/jobs"
+            ]
+            worker = [
+                s
+                for s in spans.spans
+                if s["service"] == "tgflow-worker" and s["name"] == "job system.echo"
+            ]
         return (request[0], worker[0]) if request and worker else None
 
     async def probe() -> Any:

@@ -19,7 +19,9 @@ import pytest
 from tests.helpers import free_port
 
 
-async def _wait_for_text(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> str:
+async def _wait_for_text(
+    log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float
+) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         content = log.read_text(errors="replace")
@@ -48,7 +50,9 @@ async def test_up_runs_everything_embedded_and_stops_without_orphans(
     log = data_dir / "up.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", "up"], env=env, stdout=out,
+            [sys.executable, "-m", "services.cli.main", "up"],
+            env=env,
+            stdout=out,
             stderr=subprocess.STDOUT,
         )
     try:
@@ -60,7 +64,8 @@ async def test_up_runs_everything_embedded_and_stops_without_orphans(
         headers = {"Authorization": f"Bearer {token.group(1)}"}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             response = await client.post(
-                "/v1/jobs", json={"type": "system.echo", "params": {"message": "up"}},
+                "/v1/jobs",
+                json={"type": "system.echo", "params": {"message": "up"}},
                 headers=headers,
             )
             assert response.status_code == 202
@@ -75,13 +80,17 @@ async def test_up_runs_everything_embedded_and_stops_without_orphans(
                 body = (await fetch(f"/v1/jobs/{job_id}")).json()
                 job = body if body["status"] == "succeeded" else None
                 await asyncio.sleep(0.1)
-            assert job is not None and job["result"]["message"] == "up"
+            assert job is not None
+            assert job["result"]["message"] == "up"
         async with httpx.AsyncClient() as client:
             metrics = await client.get(f"http://127.0.0.1:{monitor_port}/metrics")
         assert "tgflow_queue_depth" in metrics.text
-        postgres = [p for p in psutil.process_iter(["cmdline"])
-                    if str(data_dir) in " ".join(p.info["cmdline"] or [])
-                    and "postgres" in " ".join(p.info["cmdline"] or [])]
+        postgres = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if str(data_dir) in " ".join(p.info["cmdline"] or [])
+            and "postgres" in " ".join(p.info["cmdline"] or [])
+        ]
         assert postgres, "the embedded PostgreSQL should be running"
         proc.send_signal(signal.SIGINT)
         assert await asyncio.to_thread(proc.wait, 60) == 0

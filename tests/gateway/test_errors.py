@@ -119,7 +119,9 @@ async def test_expired_or_foreign_tokens_are_401() -> None:
     now = int(time.time())
     claims = {"iss": "tgflow", "tenant": "acme", "scopes": ["jobs:read"], "jti": "x"}
     expired = jwt.encode({**claims, "iat": now - 100, "exp": now - 10}, DEFAULT_SECRET)
-    foreign = jwt.encode({**claims, "iat": now, "exp": now + 60}, "another-secret-that-is-long-enough-for-hs256")
+    foreign = jwt.encode(
+        {**claims, "iat": now, "exp": now + 60}, "another-secret-that-is-long-enough-for-hs256"
+    )
     async with gateway_client() as client:
         for bad in (expired, foreign):
             response = await client.get("/v1/jobs", headers={"Authorization": f"Bearer {bad}"})

@@ -39,8 +39,9 @@ def test_pool_bounds_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_every_setting_is_documented_in_env_example() -> None:
-    documented = set(re.findall(r"^#?\s*(TGFLOW_[A-Z0-9_]+)=", (ROOT / ".env.example").read_text(),
-                                re.MULTILINE))
+    documented = set(
+        re.findall(r"^#?\s*(TGFLOW_[A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE)
+    )
     fields = {
         f"TGFLOW_{name.upper()}"
         for cls in (GatewaySettings, WorkerSettings, MonitorSettings)

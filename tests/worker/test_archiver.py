@@ -10,22 +10,34 @@ import orjson
 from redis.asyncio import Redis
 
 from services.worker.archiver import GROUP, Archiver
-from shared.db import create_pool
 from shared.config import BaseAppSettings
+from shared.db import create_pool
 from shared.queue import ARCHIVE_STREAM
 
 
 def snapshot(job_id: str, seq: int, status: str) -> dict[str, str]:
-    return {"job": orjson.dumps({
-        "id": job_id, "tenant": "acme", "type": "system.echo", "queue": "control",
-        "status": status, "params": "{}", "attempts": "1", "seq": str(seq),
-        "created_at": "1700000000000000", "run_at": "1700000000000000",
-        "result": '{"ok": true}' if status == "succeeded" else "",
-    }).decode()}
+    return {
+        "job": orjson.dumps(
+            {
+                "id": job_id,
+                "tenant": "acme",
+                "type": "system.echo",
+                "queue": "control",
+                "status": status,
+                "params": "{}",
+                "attempts": "1",
+                "seq": str(seq),
+                "created_at": "1700000000000000",
+                "run_at": "1700000000000000",
+                "result": '{"ok": true}' if status == "succeeded" else "",
+            }
+        ).decode()
+    }
 
 
-async def test_highest_seq_wins_whatever_the_order(redis: Redis,
-                                                    pg: asyncpg.Connection[Any]) -> None:
+async def test_highest_seq_wins_whatever_the_order(
+    redis: Redis, pg: asyncpg.Connection[Any]
+) -> None:
     job_id = str(uuid.uuid4())
     pool = await create_pool(BaseAppSettings(), role="test")
     archiver = Archiver(redis, pool, "c1")
@@ -38,14 +50,14 @@ async def test_highest_seq_wins_whatever_the_order(redis: Redis,
         await archiver.step(block=False)
     finally:
         await pool.close()
-    row = await pg.fetchrow("SELECT status, seq, result FROM jobs WHERE id = $1",
-                            uuid.UUID(job_id))
+    row = await pg.fetchrow("SELECT status, seq, result FROM jobs WHERE id = $1", uuid.UUID(job_id))
     assert (row["status"], row["seq"]) == ("succeeded", 3)
     assert await redis.xlen(ARCHIVE_STREAM) == 0  # acknowledged and deleted
 
 
-async def test_entries_of_a_dead_archiver_are_claimed(redis: Redis,
-                                                      pg: asyncpg.Connection[Any]) -> None:
+async def test_entries_of_a_dead_archiver_are_claimed(
+    redis: Redis, pg: asyncpg.Connection[Any]
+) -> None:
     job_id = str(uuid.uuid4())
     pool = await create_pool(BaseAppSettings(), role="test")
     dead = Archiver(redis, pool, "dead")
@@ -58,7 +70,6 @@ async def test_entries_of_a_dead_archiver_are_claimed(redis: Redis,
         await survivor._claim_abandoned()
     finally:
         await pool.close()
-    assert await pg.fetchval("SELECT status FROM jobs WHERE id = $1",
-                             uuid.UUID(job_id)) == "queued"
+    assert await pg.fetchval("SELECT status FROM jobs WHERE id = $1", uuid.UUID(job_id)) == "queued"
     pending = await redis.xpending(ARCHIVE_STREAM, GROUP)
     assert pending["pending"] == 0

@@ -12,8 +12,13 @@ from pydantic import BaseModel
 from services.worker.context import JobContext
 from services.worker.outcomes import backoff_seconds
 from services.worker.tasks import HANDLERS
+from shared.config import BaseAppSettings
 from shared.errors import PermanentFailure, RetryableFailure
+from shared.ids import uuid7
 from shared.jobs import REGISTRY, JobType, QueueKind, RetryPolicy
+from shared.jobs.envelope import Envelope, utcnow
+from shared.queue import JobStore
+from shared.redis_client import create_redis
 from tests.helpers import auth, gateway_client, running_worker, wait_for_status
 
 
@@ -58,21 +63,19 @@ def flaky_type() -> Iterator[None]:
 
 
 async def _run_flaky(params: dict[str, Any]) -> dict[str, Any]:
-    from shared.jobs.envelope import utcnow
-
-    # The gateway's union is built at import; submit straight through the job store.
-    from shared.config import BaseAppSettings
-    from shared.ids import uuid7
-    from shared.jobs.envelope import Envelope
-    from shared.queue import JobStore
-    from shared.redis_client import create_redis
-
-    settings = BaseAppSettings()
-    redis = create_redis(settings)
+    """Submit through the job store: the gateway's body schema is fixed at import."""
+    redis = create_redis(BaseAppSettings())
     store = JobStore(redis, status_ttl=600, idempotency_ttl=600)
     now = utcnow()
-    env = Envelope(id=str(uuid7()), type="test.flaky", tenant="acme", params=params,
-                   timeout=5, created_at=now, run_at=now)
+    env = Envelope(
+        id=str(uuid7()),
+        type="test.flaky",
+        tenant="acme",
+        params=params,
+        timeout=5,
+        created_at=now,
+        run_at=now,
+    )
     await store.submit(env, QueueKind.CONTROL)
     try:
         async with gateway_client() as client, running_worker(worker_poll_delay=0.05):
@@ -98,8 +101,11 @@ async def test_retries_stop_at_max_tries(flaky_type: None) -> None:
 async def test_permanent_failure_is_not_retried(flaky_type: None) -> None:
     job = await _run_flaky({"permanent": True})
     assert job["status"] == "failed"
-    assert job["error"] == {"code": "bad_peer", "message": "That peer does not exist.",
-                            "details": None}
+    assert job["error"] == {
+        "code": "bad_peer",
+        "message": "That peer does not exist.",
+        "details": None,
+    }
     assert RUNS == [1]
 
 
@@ -113,8 +119,11 @@ def test_backoff_is_capped_full_jitter() -> None:
 
 async def test_lease_is_renewed_so_a_long_job_runs_once(redis: Any) -> None:
     """With a 2 s lease, a 3 s job must not be picked up again by a second worker."""
-    async with gateway_client() as client, running_worker(job_lease_seconds=2), \
-            running_worker(job_lease_seconds=2):
+    async with (
+        gateway_client() as client,
+        running_worker(job_lease_seconds=2),
+        running_worker(job_lease_seconds=2),
+    ):
         response = await client.post(
             "/v1/jobs", json={"type": "system.sleep", "params": {"seconds": 3}}, headers=auth()
         )
@@ -129,9 +138,13 @@ async def test_lease_is_renewed_so_a_long_job_runs_once(redis: Any) -> None:
 async def test_many_jobs_all_finish(redis: Any) -> None:
     async with gateway_client() as client, running_worker(worker_concurrency=20):
         ids = [
-            (await client.post("/v1/jobs", json={"type": "system.echo",
-                                                 "params": {"message": str(i)}},
-                               headers=auth())).json()["id"]
+            (
+                await client.post(
+                    "/v1/jobs",
+                    json={"type": "system.echo", "params": {"message": str(i)}},
+                    headers=auth(),
+                )
+            ).json()["id"]
             for i in range(200)
         ]
         done = await asyncio.gather(*(wait_for_status(client, i, {"succeeded"}) for i in ids))
