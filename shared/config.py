@@ -67,6 +67,8 @@ class GatewaySettings(BaseAppSettings):
     gateway_port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_defer_seconds: int = Field(default=30 * 86_400, ge=1)
+    monitor_url: str = "http://127.0.0.1:8001"
+    monitor_timeout: float = Field(default=5.0, gt=0, le=60)
 
 
 class WorkerSettings(BaseAppSettings):
@@ -88,4 +90,13 @@ class WorkerSettings(BaseAppSettings):
 class MonitorSettings(BaseAppSettings):
     monitor_host: str = "127.0.0.1"
     monitor_port: int = Field(default=8001, ge=0, le=65535)
-    monitor_interval: float = Field(default=5.0, gt=0)
+    monitor_interval: float = Field(default=15.0, gt=0)
+    monitor_rules_path: str = ""
+    monitor_config_path: str = ""
+    monitor_history_days: int = Field(default=30, ge=1)
+    monitor_history_max: int = Field(default=10_000, ge=10)
+    monitor_slow_query_ms: float = Field(default=1000.0, gt=0)
+    monitor_failure_window: float = Field(default=900.0, gt=0)
+    monitor_failure_min_jobs: int = Field(default=10, ge=1)
+    monitor_disk_paths: str = "/"
+    monitor_scrape_timeout: float = Field(default=2.0, gt=0, le=60)

@@ -26,7 +26,14 @@ ADMIN_DSN = os.environ.get(
     "TGFLOW_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("TGFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
-TABLES = ("jobs", "tenants")
+TABLES = (
+    "jobs",
+    "tenants",
+    "monitor_alerts",
+    "monitor_silences",
+    "monitor_nflog",
+    "monitor_notifications",
+)
 
 
 def _with_database(dsn: str, name: str) -> str:

@@ -31,6 +31,10 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _monitor(args: argparse.Namespace) -> int:
+    if args.monitor_command == "check-rules":
+        from services.monitor.cli import check_rules
+
+        return check_rules(args.files)
     from services.monitor.main import run
 
     overrides = {k: v for k, v in (("monitor_host", args.host), ("monitor_port", args.port)) if v}
@@ -93,10 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queues", help="comma-separated: control,ai,telegram")
     p.set_defaults(fn=_worker)
 
-    p = sub.add_parser("monitor", help="collect metrics")
+    p = sub.add_parser("monitor", help="collect metrics, evaluate alert rules, notify")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.set_defaults(fn=_monitor)
+    monitor = p.add_subparsers(dest="monitor_command")
+    check = monitor.add_parser("check-rules", help="validate rule files and run their tests")
+    check.add_argument("files", nargs="+", metavar="FILE")
 
     p = sub.add_parser("migrate", help="apply database migrations")
     p.set_defaults(fn=_migrate)

@@ -1,0 +1,1 @@
+"""Alert rules: the model, the YAML loader, pure evaluation and the unit-test runner."""
