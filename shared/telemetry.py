@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,13 +55,16 @@ def trace_id_of(carrier: Mapping[str, str]) -> str:
     return parts[1] if len(parts) == 4 else ""
 
 
+@functools.lru_cache(maxsize=4096)
+def is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(s in lowered for s in SECRET_KEYS)
+
+
 def scrub(value: Any) -> Any:
     """Replace values under secret-looking keys, recursively."""
     if isinstance(value, Mapping):
-        return {
-            k: "[redacted]" if any(s in str(k).lower() for s in SECRET_KEYS) else scrub(v)
-            for k, v in value.items()
-        }
+        return {k: "[redacted]" if is_secret_key(str(k)) else scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [scrub(v) for v in value]
     return value

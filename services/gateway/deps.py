@@ -1,4 +1,8 @@
-"""Dependency aliases, declared once."""
+"""Dependency aliases, declared once.
+
+All are ``async def``: FastAPI runs plain ``def`` dependencies in a thread pool, a
+thread hand-off per request that these non-blocking checks do not need.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from shared.auth import InvalidToken, Principal, decode_token
 _bearer = HTTPBearer(auto_error=False, description="A token from `tgflow token create`.")
 
 
-def get_state(request: Request) -> GatewayState:
+async def get_state(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.tgflow
     return state
 
@@ -22,7 +26,7 @@ def get_state(request: Request) -> GatewayState:
 State = Annotated[GatewayState, Depends(get_state)]
 
 
-def get_principal(
+async def get_principal(
     state: State,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -45,7 +49,7 @@ def get_principal(
 
 
 def scope_checker(scope: str) -> object:
-    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if scope not in principal.scopes and "admin" not in principal.scopes:
             raise ApiError(403, "insufficient_scope", f"The token lacks the {scope} scope.")
         return principal
