@@ -81,5 +81,15 @@ async def heartbeat_forever(
             return
 
 
+def advertised_host(bind_host: str) -> str:
+    """A host others can reach this process at: the bind address, or our IP for a wildcard."""
+    if bind_host in ("0.0.0.0", "::", ""):
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return socket.gethostname()
+    return bind_host
+
+
 def new_instance_id(kind: str) -> str:
     return f"{kind}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"

@@ -35,7 +35,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis, status_ttl=settings.job_status_ttl, idempotency_ttl=settings.idempotency_ttl
     )
     app.state.tgflow = GatewayState(settings, redis, pool, store, instance_id)
-    url = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    url = f"http://{registry.advertised_host(settings.gateway_host)}:{settings.gateway_port}"
     stop = asyncio.Event()
     beat = asyncio.create_task(
         registry.heartbeat_forever(

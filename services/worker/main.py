@@ -98,7 +98,8 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     nudges = asyncio.create_task(listen_for_nudges(blocking, consumers, stop), name="nudges")
     http_task = asyncio.create_task(http.serve(), name="http")
     await wait_started(http, http_task)
-    metrics_url = f"http://{settings.worker_metrics_host}:{bound_port(http)}/metrics"
+    host = registry.advertised_host(settings.worker_metrics_host)
+    metrics_url = f"http://{host}:{bound_port(http)}/metrics"
     beat = asyncio.create_task(
         registry.heartbeat_forever(
             state.redis,
