@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from enum import StrEnum
 from typing import Self
 
@@ -48,6 +50,12 @@ class BaseAppSettings(BaseSettings):
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("TGFLOW_DB_POOL_MIN must not exceed TGFLOW_DB_POOL_MAX")
         return self
+
+    def monitor_api_key(self) -> str:
+        """The header value the gateway sends and the monitor checks, derived from the
+        signing secret so the two processes share it without another setting."""
+        secret = self.secret_key.get_secret_value().encode()
+        return hmac.new(secret, b"tgflow-monitor-api", hashlib.sha256).hexdigest()
 
     @property
     def is_development(self) -> bool:
