@@ -2,7 +2,9 @@
 
 A fresh database is created for the session and migrated; every test starts with
 empty tables and an empty Redis database. URLs come from TGFLOW_TEST_DATABASE_URL
-(an admin connection) and TGFLOW_TEST_REDIS_URL.
+(an admin connection) and TGFLOW_TEST_REDIS_URL. Without a database number in the Redis
+URL, each session claims a free one of 9-15 with a lock key, so that two test sessions
+on one machine never flush each other's data.
 """
 
 from __future__ import annotations
@@ -25,7 +27,42 @@ from shared.db import migrate
 ADMIN_DSN = os.environ.get(
     "TGFLOW_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-REDIS_URL = os.environ.get("TGFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+REDIS_BASE = os.environ.get("TGFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_URL = REDIS_BASE  # pytest_configure appends the database this session claims
+SESSION_LOCK = "tgflow:test-session"
+
+
+def _claim_redis_db() -> str:
+    import redis as sync_redis
+
+    if urlsplit(REDIS_BASE).path.strip("/"):
+        return REDIS_BASE
+    owner = str(os.getpid())
+    for db in range(9, 16):
+        url = f"{REDIS_BASE.rstrip('/')}/{db}"
+        client = sync_redis.Redis.from_url(url)
+        try:
+            if client.set(SESSION_LOCK, owner, nx=True, ex=6 * 3600):
+                return url
+        finally:
+            client.close()
+    raise RuntimeError("Redis databases 9-15 are all claimed by other test sessions")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global REDIS_URL
+    REDIS_URL = _claim_redis_db()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(REDIS_URL)
+    try:
+        if client.get(SESSION_LOCK) == str(os.getpid()).encode():
+            client.delete(SESSION_LOCK)
+    finally:
+        client.close()
 TABLES = (
     "jobs",
     "tenants",
@@ -90,6 +127,7 @@ def clean_state(database_url: str) -> None:
         redis = Redis.from_url(REDIS_URL)
         try:
             await redis.flushdb()
+            await redis.set(SESSION_LOCK, str(os.getpid()), ex=6 * 3600)  # keep our claim
         finally:
             await redis.aclose()
 

@@ -114,7 +114,7 @@ class Archiver:
                 return
             except (RedisError, OSError) as exc:
                 raise_if_cancelling()
-                log.warning("archiver waiting for redis/postgres", error=type(exc).__name__)
+                log.warning("archiver retrying", error=type(exc).__name__, detail=str(exc))
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
             if self._stopping.is_set():

@@ -13,7 +13,7 @@ import httpx
 from tests.e2e.conftest import workers_live
 from tests.helpers import Proc, auth, eventually, wait_for_status
 
-FAST_WORKER = {"TGFLOW_WORKER_DRAIN_SECONDS": "0.3", "TGFLOW_JOB_LEASE_SECONDS": "3"}
+FAST_WORKER = {"TGFLOW_WORKER_DRAIN_SECONDS": "0.3", "TGFLOW_JOB_LEASE_SECONDS": "3", "TGFLOW_LOG_LEVEL": "INFO", "TGFLOW_LOG_JSON": "false"}
 
 
 async def test_echo_through_real_processes(
@@ -57,11 +57,16 @@ async def test_sigterm_mid_job_hands_it_back_and_a_restart_finishes_it(
     ).json()["id"]
     await wait_for_status(client, job_id, {"running"})
     first.signal(signal.SIGTERM)
-    assert await first.wait(timeout=15) == 0
+    code = await first.wait(timeout=15)
+    assert code == 0, first.output()
     handed_back = (await client.get(f"/v1/jobs/{job_id}", headers=auth())).json()
-    assert handed_back["status"] == "queued"
-    spawn("worker", env=FAST_WORKER)
-    job = await wait_for_status(client, job_id, {"succeeded"}, timeout=20)
+    assert handed_back["status"] == "queued", first.output()
+    second = spawn("worker", env=FAST_WORKER)
+    try:
+        job = await wait_for_status(client, job_id, {"succeeded"}, timeout=20)
+    except AssertionError:
+        print(second.output())
+        raise
     assert job["attempts"] == 2
 
 
