@@ -11,6 +11,7 @@ from opentelemetry import trace
 from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
+from services.worker import metrics as metrics_
 from services.worker.archiver import Archiver
 from services.worker.consumer import Consumer, functions_for
 from services.worker.execute import JobRunner
@@ -96,6 +97,9 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     consuming = [asyncio.create_task(c.run_forever(), name=f"consume-{c.kind}") for c in consumers]
     archiving = asyncio.create_task(archiver.run(), name="archiver")
     nudges = asyncio.create_task(listen_for_nudges(blocking, consumers, stop), name="nudges")
+    gauges = asyncio.create_task(
+        metrics_.sample_queues(state.redis, settings.queue_kinds, stop, settings.heartbeat_seconds)
+    )
     http_task = asyncio.create_task(http.serve(), name="http")
     await wait_started(http, http_task)
     host = registry.advertised_host(settings.worker_metrics_host)
@@ -127,7 +131,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     await asyncio.gather(*(c.drain(settings.worker_drain_seconds) for c in consumers))
     await asyncio.gather(*consuming, return_exceptions=True)
     archiver.stop()  # after the consumers: their last transitions get archived too
-    await asyncio.gather(archiving, nudges, beat, return_exceptions=True)
+    await asyncio.gather(archiving, nudges, beat, gauges, return_exceptions=True)
     with contextlib.suppress(RedisError, OSError):
         await registry.withdraw(state.redis, instance_id)
     http.should_exit = True

@@ -19,7 +19,7 @@ from shared.jobs import REGISTRY, JobType, QueueKind, RetryPolicy
 from shared.jobs.envelope import Envelope, utcnow
 from shared.queue import JobStore
 from shared.redis_client import create_redis
-from tests.helpers import auth, gateway_client, running_worker, wait_for_status
+from tests.helpers import auth, eventually, gateway_client, running_worker, wait_for_status
 
 
 class FlakyParams(BaseModel):
@@ -149,3 +149,29 @@ async def test_many_jobs_all_finish(redis: Any) -> None:
         ]
         done = await asyncio.gather(*(wait_for_status(client, i, {"succeeded"}) for i in ids))
     assert [d["result"]["message"] for d in done] == [str(i) for i in range(200)]
+
+
+async def test_worker_metrics_count_jobs_and_queue_depth(redis: Any) -> None:
+    import httpx
+
+    from shared import registry
+
+    async with gateway_client() as client, running_worker(heartbeat_seconds=0.2):
+        job_id = (
+            await client.post("/v1/jobs", json={"type": "system.echo"}, headers=auth())
+        ).json()["id"]
+        await wait_for_status(client, job_id, {"succeeded"})
+        await client.post(
+            "/v1/jobs", json={"type": "system.echo", "defer_seconds": 60}, headers=auth()
+        )
+        worker = (await registry.live_instances(redis, "worker"))[0]
+        async with httpx.AsyncClient() as http:
+
+            async def scraped() -> str | None:
+                text = (await http.get(worker["metrics_url"])).text
+                return text if 'tgflow_queue_depth{queue="control"} 1.0' in text else None
+
+            text = await eventually(scraped, timeout=5)
+    assert 'tgflow_jobs_succeeded_total{type="system.echo"}' in text
+    assert "tgflow_job_duration_seconds_bucket" in text
+    assert "tgflow_archive_backlog" in text
