@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import structlog
 from arq import Retry
+from arq.constants import retry_key_prefix
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.worker import metrics
@@ -132,6 +133,8 @@ class JobRunner:
     async def _failed(
         self, state: WorkerState, env: Envelope, attempt: int, outcome: Outcome
     ) -> None:
+        if outcome.action is Action.DEFER and outcome.until is not None:
+            await self._defer(state, env, outcome)
         policy = self.job_type.retry
         if outcome.action is Action.RETRY and attempt < policy.max_tries:
             delay = backoff_seconds(policy, attempt)
@@ -148,6 +151,25 @@ class JobRunner:
             log.warning("job will retry", code=outcome.code, delay=round(delay, 3))
             raise Retry(defer=timedelta(seconds=delay))
         await self._finish_failed(state, env, outcome)
+
+    async def _defer(self, state: WorkerState, env: Envelope, outcome: Outcome) -> None:
+        """Run again at ``outcome.until`` without spending a try (a wait, not a failure)."""
+        assert outcome.until is not None
+        delay = max(0.0, (outcome.until - utcnow()).total_seconds())
+        await state.jobs.transition(
+            env.id,
+            {
+                "status": "queued",
+                "error": _error(outcome.code, outcome.message),
+                "run_at": str(to_micros(outcome.until)),
+            },
+            allowed_from=("running",),
+        )
+        # ARQ counts every pickup as a try; give this one back.
+        await state.arq.decr(retry_key_prefix + env.id)
+        metrics.JOBS_DEFERRED.labels(env.type, outcome.code).inc()
+        log.info("job deferred", code=outcome.code, delay=round(delay, 3))
+        raise Retry(defer=timedelta(seconds=delay))
 
     async def _finish_failed(self, state: WorkerState, env: Envelope, outcome: Outcome) -> None:
         await state.jobs.transition(

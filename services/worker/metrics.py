@@ -18,6 +18,9 @@ JOBS_STARTED = Counter("tgflow_jobs_started_total", "Job runs started.", ["type"
 JOBS_SUCCEEDED = Counter("tgflow_jobs_succeeded_total", "Jobs that succeeded.", ["type"])
 JOBS_FAILED = Counter("tgflow_jobs_failed_total", "Jobs that failed for good.", ["type", "code"])
 JOBS_RETRIED = Counter("tgflow_jobs_retried_total", "Job runs scheduled again.", ["type", "code"])
+JOBS_DEFERRED = Counter(
+    "tgflow_jobs_deferred_total", "Job runs put off until a later time.", ["type", "code"]
+)
 JOBS_CANCELLED = Counter("tgflow_jobs_cancelled_total", "Jobs cancelled while running.", ["type"])
 JOBS_REQUEUED = Counter(
     "tgflow_jobs_requeued_total", "Running jobs handed back on shutdown.", ["type"]

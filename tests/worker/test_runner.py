@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from services.worker.context import JobContext
 from services.worker.outcomes import backoff_seconds
 from services.worker.tasks import HANDLERS
 from shared.config import BaseAppSettings
-from shared.errors import PermanentFailure, RetryableFailure
+from shared.errors import Deferral, PermanentFailure, RetryableFailure
 from shared.ids import uuid7
 from shared.jobs import REGISTRY, JobType, QueueKind, RetryPolicy
 from shared.jobs.envelope import Envelope, utcnow
@@ -25,6 +26,7 @@ from tests.helpers import auth, eventually, gateway_client, running_worker, wait
 class FlakyParams(BaseModel):
     fail_times: int = 0
     permanent: bool = False
+    defer_times: int = 0
 
 
 class FlakyResult(BaseModel):
@@ -36,6 +38,9 @@ RUNS: list[int] = []
 
 async def flaky(ctx: JobContext, params: FlakyParams) -> FlakyResult:
     RUNS.append(ctx.attempt)
+    if len(RUNS) <= params.defer_times:
+        until = utcnow() + timedelta(seconds=0.2)
+        raise Deferral("flood_wait", "Wait a moment.", until)
     if params.permanent:
         raise PermanentFailure("bad_peer", "That peer does not exist.")
     if ctx.attempt <= params.fail_times:
@@ -107,6 +112,14 @@ async def test_permanent_failure_is_not_retried(flaky_type: None) -> None:
         "details": None,
     }
     assert RUNS == [1]
+
+
+async def test_deferral_waits_without_spending_a_try(flaky_type: None) -> None:
+    job = await _run_flaky({"defer_times": 5})
+    assert job["status"] == "succeeded"
+    assert RUNS == [1, 1, 1, 1, 1, 1]  # five waits, then the first real try
+    assert job["result"] == {"attempt": 1}
+    assert job["error"] is None
 
 
 def test_backoff_is_capped_full_jitter() -> None:
