@@ -89,10 +89,36 @@ class WorkerSettings(BaseAppSettings):
     job_lease_seconds: float = Field(default=15.0, ge=2)
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     migrate_on_start: bool = True
+    # Telegram: without an API id the worker talks to the sandbox DC.
+    telegram_api_id: int | None = None
+    telegram_api_hash: SecretStr | None = None
+    vault_keys: SecretStr | None = None
+    telegram_max_clients: int = Field(default=50, ge=1, le=100_000)
+    telegram_idle_seconds: float = Field(default=300.0, gt=0)
+    telegram_request_timeout: float = Field(default=20.0, gt=0)
+    telegram_health_seconds: float = Field(default=60.0, gt=0)
+    telegram_flood_sleep_threshold: int = Field(default=3, ge=0)
+    telegram_long_flood_seconds: int = Field(default=300, ge=1)
+    telegram_send_rate: float = Field(default=1.0, gt=0)
+    telegram_send_burst: int = Field(default=20, ge=1)
+    telegram_peer_send_rate: float = Field(default=0.34, gt=0)
+    telegram_peer_send_burst: int = Field(default=3, ge=1)
 
     @property
     def queue_kinds(self) -> list[str]:
         return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
+
+    @property
+    def telegram_sandbox(self) -> bool:
+        """No Telegram credentials configured: use the sandbox DC."""
+        return self.telegram_api_id is None or self.telegram_api_hash is None
+
+    def ensure_safe(self) -> None:
+        super().ensure_safe()
+        if not self.is_development and self.vault_keys is None:
+            raise InsecureSettingsError(
+                "TGFLOW_VAULT_KEYS is required outside development (see `tgflow keys generate`)"
+            )
 
 
 class MonitorSettings(BaseAppSettings):

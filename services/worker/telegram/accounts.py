@@ -1,0 +1,187 @@
+"""Accounts as the worker sees them: sealed sessions, health state and events.
+
+Workers own every write. A state change and its event row commit together.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from services.worker.telegram.vault import Sealed
+from shared.db import Pool
+from shared.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class State(StrEnum):
+    LOGIN_PENDING = "login_pending"
+    ACTIVE = "active"
+    FLOOD_WAIT = "flood_wait"
+    RECONNECTING = "reconnecting"
+    DISABLED = "disabled"
+
+
+class DisabledReason(StrEnum):
+    REVOKED = "revoked"
+    DUPLICATED = "duplicated"
+    DEACTIVATED = "deactivated"
+    BANNED = "banned"
+    INVALID = "invalid"
+    LOGGED_OUT = "logged_out"
+
+
+# Which health states may follow which; "disabled" is left only by a new login or import.
+ALLOWED: dict[State, frozenset[State]] = {
+    State.LOGIN_PENDING: frozenset({State.ACTIVE, State.DISABLED}),
+    State.ACTIVE: frozenset({State.FLOOD_WAIT, State.RECONNECTING, State.DISABLED}),
+    State.FLOOD_WAIT: frozenset({State.ACTIVE, State.RECONNECTING, State.DISABLED}),
+    State.RECONNECTING: frozenset({State.ACTIVE, State.FLOOD_WAIT, State.DISABLED}),
+    State.DISABLED: frozenset({State.LOGIN_PENDING, State.ACTIVE}),
+}
+
+
+@dataclass(frozen=True)
+class Account:
+    id: uuid.UUID
+    tenant: str
+    state: State
+    disabled_reason: str | None
+    flood_until: datetime | None
+    sealed: Sealed | None
+    tg_user_id: int | None
+
+    @property
+    def aad(self) -> bytes:
+        return self.id.bytes
+
+
+def _row_to_account(row: Any) -> Account:
+    sealed = None
+    if row["session_ciphertext"] is not None:
+        sealed = Sealed(
+            row["session_key_id"],
+            bytes(row["session_wrapped_key"]),
+            bytes(row["session_ciphertext"]),
+        )
+    return Account(
+        id=row["id"],
+        tenant=row["tenant_id"],
+        state=State(row["state"]),
+        disabled_reason=row["disabled_reason"],
+        flood_until=row["flood_until"],
+        sealed=sealed,
+        tg_user_id=row["tg_user_id"],
+    )
+
+
+async def load(db: Pool, account_id: uuid.UUID, tenant: str | None = None) -> Account | None:
+    row = await db.fetchrow(
+        """SELECT id, tenant_id, state, disabled_reason, flood_until, session_ciphertext,
+                  session_wrapped_key, session_key_id, tg_user_id
+           FROM accounts WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)""",
+        account_id,
+        tenant,
+    )
+    return _row_to_account(row) if row else None
+
+
+async def record_event(
+    db: Pool | Any, account_id: uuid.UUID, tenant: str, kind: str, details: dict[str, Any]
+) -> None:
+    await db.execute(
+        "INSERT INTO account_events (account_id, tenant_id, kind, details) VALUES ($1, $2, $3, $4)",
+        account_id,
+        tenant,
+        kind,
+        details,
+    )
+
+
+async def set_state(
+    db: Pool,
+    account: Account,
+    state: State,
+    *,
+    reason: DisabledReason | None = None,
+    flood_until: datetime | None = None,
+    error: str | None = None,
+) -> bool:
+    """Move an account to ``state`` if allowed; record the change as an event."""
+    async with db.acquire() as conn, conn.transaction():
+        current = await conn.fetchval(
+            "SELECT state FROM accounts WHERE id = $1 FOR UPDATE", account.id
+        )
+        if current is None:
+            return False
+        before = State(current)
+        if before == state or state not in ALLOWED[before]:
+            return False
+        await conn.execute(
+            """UPDATE accounts SET state = $2, disabled_reason = $3, flood_until = $4,
+                   last_error = COALESCE($5, last_error),
+                   invalid_since = CASE WHEN $2 = 'disabled' THEN now() ELSE NULL END,
+                   updated_at = now()
+               WHERE id = $1""",
+            account.id,
+            state.value,
+            reason.value if reason else None,
+            flood_until,
+            error,
+        )
+        details: dict[str, Any] = {"from": before.value, "to": state.value}
+        if reason:
+            details["reason"] = reason.value
+        if flood_until:
+            details["until"] = flood_until.isoformat()
+        if error:
+            details["error"] = error
+        await record_event(conn, account.id, account.tenant, "state_change", details)
+    log.info("account state changed", account_id=str(account.id), **details)
+    return True
+
+
+async def insert_active(
+    db: Pool,
+    *,
+    account_id: uuid.UUID,
+    tenant: str,
+    sealed: Sealed,
+    me: dict[str, Any],
+) -> uuid.UUID:
+    """Store an imported, validated session; the same Telegram user again updates it."""
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO tenants (id, name) VALUES ($1, $1) ON CONFLICT (id) DO NOTHING", tenant
+        )
+        stored: uuid.UUID = await conn.fetchval(
+            """INSERT INTO accounts (id, tenant_id, phone, tg_user_id, username, first_name,
+                   dc_id, state, session_ciphertext, session_wrapped_key, session_key_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, $9, $10)
+               ON CONFLICT (tenant_id, tg_user_id) WHERE tg_user_id IS NOT NULL DO UPDATE SET
+                   state = 'active', disabled_reason = NULL, invalid_since = NULL,
+                   session_ciphertext = EXCLUDED.session_ciphertext,
+                   session_wrapped_key = EXCLUDED.session_wrapped_key,
+                   session_key_id = EXCLUDED.session_key_id, updated_at = now()
+               RETURNING id""",
+            account_id,
+            tenant,
+            me.get("phone"),
+            me["id"],
+            me.get("username"),
+            me.get("first_name"),
+            me.get("dc_id"),
+            sealed.ciphertext,
+            sealed.wrapped_key,
+            sealed.key_id,
+        )
+        await record_event(conn, stored, tenant, "imported", {"tg_user_id": me["id"]})
+    return stored
+
+
+async def touch(db: Pool, account_id: uuid.UUID) -> None:
+    await db.execute("UPDATE accounts SET last_used_at = now() WHERE id = $1", account_id)

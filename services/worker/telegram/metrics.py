@@ -1,0 +1,29 @@
+"""Telegram metrics: per account and MTProto method."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CLIENTS_CONNECTED = Gauge("tgflow_telegram_clients_connected", "Telegram clients connected.")
+CONNECTS = Counter("tgflow_telegram_connects_total", "Client connects.", ["outcome"])
+DISCONNECTS = Counter("tgflow_telegram_disconnects_total", "Client disconnects.", ["reason"])
+RECONNECTS = Counter("tgflow_telegram_reconnects_total", "Reconnect attempts.", ["account"])
+REQUESTS = Counter(
+    "tgflow_telegram_requests_total", "MTProto requests.", ["account", "method", "outcome"]
+)
+ERRORS = Counter("tgflow_telegram_errors_total", "MTProto errors.", ["account", "method", "code"])
+FLOOD_WAITS = Counter(
+    "tgflow_telegram_flood_waits_total", "FLOOD_WAIT answers.", ["account", "method"]
+)
+FLOOD_SECONDS = Counter(
+    "tgflow_telegram_flood_wait_seconds_total", "Seconds of flood wait imposed.", ["account"]
+)
+REQUEST_LATENCY = Histogram(
+    "tgflow_telegram_request_duration_seconds",
+    "MTProto request latency.",
+    ["method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+BUDGET_WAITS = Counter(
+    "tgflow_telegram_budget_waits_total", "Sends paced by the send budget.", ["scope"]
+)

@@ -1,0 +1,210 @@
+"""One TelegramClient per account this worker serves, connected on demand.
+
+Clients are created on first use, kept connected while used, disconnected after
+``telegram_idle_seconds`` unused, health-checked every ``telegram_health_seconds``,
+and evicted least-recently-used first when the pool is full. A client in use is never
+evicted or recycled under a running job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from telethon import TelegramClient
+from telethon.sessions import StringSession
+
+from services.worker.telegram import metrics
+from services.worker.telegram.accounts import Account
+from services.worker.telegram.vault import Vault
+from shared.config import WorkerSettings
+from shared.errors import Deferral, PermanentFailure
+from shared.jobs.envelope import utcnow
+from shared.logs import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Entry:
+    client: TelegramClient
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    in_use: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    last_health: float = field(default_factory=time.monotonic)
+    failures: int = 0
+
+
+def client_options(settings: WorkerSettings) -> dict[str, Any]:
+    """Telethon settings chosen for a job runner rather than an interactive app.
+
+    receive_updates off: jobs ask for what they need, so no update loop runs per client.
+    A small flood_sleep_threshold: long flood waits go back to the queue, not to a
+    sleeping coroutine holding a job slot. One quick connection and request retry: the
+    job's own retry policy and the reconnect backoff own the waiting. A bounded entity
+    cache keeps memory per account flat.
+    """
+    return {
+        "receive_updates": False,
+        "flood_sleep_threshold": settings.telegram_flood_sleep_threshold,
+        "request_retries": 1,
+        "connection_retries": 1,
+        "retry_delay": 0,
+        "auto_reconnect": True,
+        "timeout": settings.telegram_request_timeout,
+        "entity_cache_limit": 1000,
+        "device_model": "tgflow",
+        "app_version": "tgflow 0.1",
+    }
+
+
+def api_credentials(settings: WorkerSettings) -> tuple[int, str]:
+    if settings.telegram_sandbox:
+        from services.sandbox.client import TEST_API_HASH, TEST_API_ID, register_sandbox_key
+
+        register_sandbox_key()  # sandbox mode only: trust the local DC's RSA key
+        return TEST_API_ID, TEST_API_HASH
+    api_id, api_hash = settings.telegram_api_id, settings.telegram_api_hash
+    assert api_id is not None
+    assert api_hash is not None
+    return api_id, api_hash.get_secret_value()
+
+
+class ClientPool:
+    def __init__(self, settings: WorkerSettings, vault: Vault) -> None:
+        self.settings = settings
+        self.vault = vault
+        self.api_id, self.api_hash = api_credentials(settings)
+        self.options = client_options(settings)
+        self._entries: OrderedDict[uuid.UUID, Entry] = OrderedDict()
+        self._creating: dict[uuid.UUID, asyncio.Lock] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def connected(self) -> list[uuid.UUID]:
+        return [k for k, e in self._entries.items() if e.client.is_connected()]
+
+    @contextlib.asynccontextmanager
+    async def lease(self, account: Account) -> AsyncIterator[TelegramClient]:
+        """A connected client for ``account``, held for the duration of the block."""
+        entry = await self._entry(account)
+        entry.in_use += 1
+        try:
+            await self._ensure_connected(account, entry)
+            yield entry.client
+        finally:
+            entry.in_use -= 1
+            entry.last_used = time.monotonic()
+            self._entries.move_to_end(account.id)
+
+    async def _entry(self, account: Account) -> Entry:
+        entry = self._entries.get(account.id)
+        if entry is not None:
+            return entry
+        lock = self._creating.setdefault(account.id, asyncio.Lock())
+        async with lock:
+            entry = self._entries.get(account.id)
+            if entry is None:
+                await self._make_room()
+                entry = Entry(self._new_client(account))
+                self._entries[account.id] = entry
+        return entry
+
+    def _new_client(self, account: Account) -> TelegramClient:
+        if account.sealed is None:
+            raise PermanentFailure("account_no_session", "The account has no stored session.")
+        session = self.vault.open(account.sealed, aad=account.aad)
+        return TelegramClient(StringSession(session), self.api_id, self.api_hash, **self.options)
+
+    async def _make_room(self) -> None:
+        while len(self._entries) >= self.settings.telegram_max_clients:
+            idle = next((k for k, e in self._entries.items() if e.in_use == 0), None)
+            if idle is None:
+                raise Deferral(
+                    "pool_full", "Every client slot is busy.", utcnow() + timedelta(seconds=1)
+                )
+            await self.drop(idle, reason="evicted")
+
+    async def _ensure_connected(self, account: Account, entry: Entry) -> None:
+        if entry.client.is_connected():
+            return
+        async with entry.lock:
+            if entry.client.is_connected():
+                return
+            try:
+                await asyncio.wait_for(
+                    entry.client.connect(), self.settings.telegram_request_timeout
+                )
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                entry.failures += 1
+                metrics.CONNECTS.labels("error").inc()
+                metrics.RECONNECTS.labels(str(account.id)).inc()
+                delay = min(60.0, 0.5 * 2 ** min(entry.failures, 7))
+                raise Deferral(
+                    "reconnecting",
+                    f"Telegram unreachable ({type(exc).__name__}); retrying with backoff.",
+                    utcnow() + timedelta(seconds=delay),
+                ) from exc
+            entry.failures = 0
+            entry.last_health = time.monotonic()
+            metrics.CONNECTS.labels("ok").inc()
+            metrics.CLIENTS_CONNECTED.set(len(self.connected()))
+            log.info("telegram client connected", account_id=str(account.id))
+
+    async def drop(self, account_id: uuid.UUID, *, reason: str) -> bool:
+        """Disconnect and forget a client (unless a job is using it)."""
+        entry = self._entries.get(account_id)
+        if entry is None or entry.in_use:
+            return False
+        del self._entries[account_id]
+        with contextlib.suppress(Exception):
+            await entry.client.disconnect()
+        metrics.DISCONNECTS.labels(reason).inc()
+        metrics.CLIENTS_CONNECTED.set(len(self.connected()))
+        log.info("telegram client disconnected", account_id=str(account_id), reason=reason)
+        return True
+
+    async def maintain(self) -> None:
+        """One pass: drop idle clients and recycle unhealthy ones."""
+        now = time.monotonic()
+        for account_id, entry in list(self._entries.items()):
+            if entry.in_use:
+                continue
+            if now - entry.last_used > self.settings.telegram_idle_seconds:
+                await self.drop(account_id, reason="idle")
+            elif now - entry.last_health > self.settings.telegram_health_seconds:
+                await self._health_check(account_id, entry)
+
+    async def _health_check(self, account_id: uuid.UUID, entry: Entry) -> None:
+        entry.last_health = time.monotonic()
+        if not entry.client.is_connected():
+            return
+        try:
+            await asyncio.wait_for(entry.client.get_me(), self.settings.telegram_request_timeout)
+        except Exception as exc:  # any failure: start over with a fresh connection
+            log.warning("health check failed", account_id=str(account_id), error=type(exc).__name__)
+            await self.drop(account_id, reason="unhealthy")
+
+    async def run_maintenance(self, stop: asyncio.Event) -> None:
+        from shared.aio import sleep_unless
+
+        interval = min(
+            30.0, self.settings.telegram_idle_seconds / 4, self.settings.telegram_health_seconds / 2
+        )
+        while not await sleep_unless(stop, interval):
+            await self.maintain()
+
+    async def close(self) -> None:
+        for account_id in list(self._entries):
+            entry = self._entries.pop(account_id)
+            with contextlib.suppress(Exception):
+                await entry.client.disconnect()
+        metrics.CLIENTS_CONNECTED.set(0)
