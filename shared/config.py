@@ -75,6 +75,7 @@ class GatewaySettings(BaseAppSettings):
     gateway_port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_defer_seconds: int = Field(default=30 * 86_400, ge=1)
+    control_wait_seconds: float = Field(default=20.0, gt=0, le=120)
     monitor_url: str = "http://127.0.0.1:8001"
     monitor_timeout: float = Field(default=5.0, gt=0, le=60)
 

@@ -63,6 +63,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             client.delete(SESSION_LOCK)
     finally:
         client.close()
+
+
 TABLES = (
     "jobs",
     "tenants",

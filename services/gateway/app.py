@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from services.gateway import errors
 from services.gateway.middleware import BodyLimit, Metrics
-from services.gateway.routes import health, jobs
+from services.gateway.routes import accounts, health, jobs
 from services.gateway.state import GatewayState
 from shared import db, metrics, registry
 from shared.config import GatewaySettings
@@ -76,6 +76,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.settings = settings
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(accounts.router)
     errors.install(app, tags=set(REGISTRY))
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(Metrics)

@@ -21,3 +21,9 @@ class JobContext:
     @property
     def tenant(self) -> str:
         return self.envelope.tenant
+
+    async def annotate(self, **fields: str | int) -> None:
+        """Record extra fields on the running job (kept in its record and the archive)."""
+        await self.state.jobs.transition(
+            self.job_id, {k: str(v) for k, v in fields.items()}, allowed_from=("running",)
+        )

@@ -18,6 +18,8 @@ from services.worker.execute import JobRunner
 from services.worker.nudge import listen_for_nudges
 from services.worker.state import WorkerState
 from services.worker.tasks import HANDLERS
+from services.worker.telegram.runtime import TelegramRuntime
+from services.worker.telegram.vault import vault_from_settings
 from shared import db, metrics, registry
 from shared.config import WorkerSettings
 from shared.httpserver import bound_port, health_and_metrics_app, make_server, wait_started
@@ -54,10 +56,16 @@ async def open_state(settings: WorkerSettings, instance_id: str) -> WorkerState:
         redis, status_ttl=settings.job_status_ttl, idempotency_ttl=settings.idempotency_ttl
     )
     tracer = trace.get_tracer("tgflow.worker")
-    return WorkerState(settings, instance_id, redis, arq_pool, pool, store, tracer)
+    vault = vault_from_settings(
+        settings.vault_keys.get_secret_value() if settings.vault_keys else None,
+        settings.secret_key.get_secret_value(),
+    )
+    telegram = TelegramRuntime(settings, pool, redis, vault)
+    return WorkerState(settings, instance_id, redis, arq_pool, pool, store, tracer, telegram)
 
 
 async def close_state(state: WorkerState) -> None:
+    await state.telegram.close()
     metrics.untrack_pool("worker")
     await state.db.close()
     await state.arq.aclose()
@@ -97,6 +105,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     consuming = [asyncio.create_task(c.run_forever(), name=f"consume-{c.kind}") for c in consumers]
     archiving = asyncio.create_task(archiver.run(), name="archiver")
     nudges = asyncio.create_task(listen_for_nudges(blocking, consumers, stop), name="nudges")
+    pool_care = asyncio.create_task(state.telegram.pool.run_maintenance(stop))
     gauges = asyncio.create_task(
         metrics_.sample_queues(state.redis, settings.queue_kinds, stop, settings.heartbeat_seconds)
     )
@@ -131,7 +140,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     await asyncio.gather(*(c.drain(settings.worker_drain_seconds) for c in consumers))
     await asyncio.gather(*consuming, return_exceptions=True)
     archiver.stop()  # after the consumers: their last transitions get archived too
-    await asyncio.gather(archiving, nudges, beat, gauges, return_exceptions=True)
+    await asyncio.gather(archiving, nudges, beat, gauges, pool_care, return_exceptions=True)
     with contextlib.suppress(RedisError, OSError):
         await registry.withdraw(state.redis, instance_id)
     http.should_exit = True

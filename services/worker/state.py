@@ -8,6 +8,7 @@ from arq.connections import ArqRedis
 from opentelemetry.trace import Tracer
 from redis.asyncio import Redis
 
+from services.worker.telegram.runtime import TelegramRuntime
 from shared.config import WorkerSettings
 from shared.db import Pool
 from shared.queue import JobStore
@@ -22,4 +23,5 @@ class WorkerState:
     db: Pool
     jobs: JobStore
     tracer: Tracer
+    telegram: TelegramRuntime
     running: dict[str, str] = field(default_factory=dict)  # job id -> type

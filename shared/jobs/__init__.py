@@ -1,6 +1,6 @@
 """Job contract: every job type tgflow knows, importable from one place."""
 
-from shared.jobs import system
+from shared.jobs import accounts, system, telegram
 from shared.jobs.contract import (
     REGISTRY,
     TERMINAL_STATUSES,
@@ -20,8 +20,10 @@ __all__ = [
     "JobType",
     "QueueKind",
     "RetryPolicy",
+    "accounts",
     "job_types_for",
     "queue_key",
     "register",
     "system",
+    "telegram",
 ]

@@ -13,7 +13,12 @@ import httpx
 from tests.e2e.conftest import workers_live
 from tests.helpers import Proc, auth, eventually, wait_for_status
 
-FAST_WORKER = {"TGFLOW_WORKER_DRAIN_SECONDS": "0.3", "TGFLOW_JOB_LEASE_SECONDS": "3", "TGFLOW_LOG_LEVEL": "INFO", "TGFLOW_LOG_JSON": "false"}
+FAST_WORKER = {
+    "TGFLOW_WORKER_DRAIN_SECONDS": "0.3",
+    "TGFLOW_JOB_LEASE_SECONDS": "3",
+    "TGFLOW_LOG_LEVEL": "INFO",  # shown when a process test fails
+    "TGFLOW_LOG_JSON": "false",
+}
 
 
 async def test_echo_through_real_processes(

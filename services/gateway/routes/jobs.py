@@ -10,6 +10,7 @@ from prometheus_client import Counter
 from services.gateway import repository
 from services.gateway.deps import Reader, State, Writer
 from services.gateway.errors import ApiError
+from services.gateway.routes.accounts import check_account
 from services.gateway.schemas import (
     JobAccepted,
     JobOut,
@@ -108,6 +109,8 @@ async def submit_job(
     response: Response,
 ) -> JobAccepted:
     env = _envelope(body, principal.tenant, state.settings.max_defer_seconds)
+    if "account_id" in env.params:
+        await check_account(state, principal.tenant, uuid.UUID(env.params["account_id"]))
     queue = REGISTRY[env.type].queue
     job_id, created = await state.jobs.submit(env, queue)
     if created:

@@ -6,11 +6,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from services.worker.context import JobContext
-from services.worker.tasks import system
+from services.worker.tasks import accounts, system, telegram
 
 Handler = Callable[[JobContext, Any], Awaitable[Any]]
 
 HANDLERS: dict[str, Handler] = {
     "system.echo": system.echo,
     "system.sleep": system.sleep,
+    "account.import": accounts.import_session,
+    "telegram.get_me": telegram.get_me,
+    "telegram.send_message": telegram.send_message,
+    "telegram.get_history": telegram.get_history,
+    "telegram.resolve": telegram.resolve,
 }

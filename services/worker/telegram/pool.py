@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from telethon import TelegramClient
+from telethon import TelegramClient, types
 from telethon.sessions import StringSession
+from telethon.tl.functions.users import GetUsersRequest
 
 from services.worker.telegram import metrics
 from services.worker.telegram.accounts import Account
@@ -40,6 +41,7 @@ class Entry:
     last_used: float = field(default_factory=time.monotonic)
     last_health: float = field(default_factory=time.monotonic)
     failures: int = 0
+    retired: bool = False
 
 
 def client_options(settings: WorkerSettings) -> dict[str, Any]:
@@ -103,7 +105,10 @@ class ClientPool:
         finally:
             entry.in_use -= 1
             entry.last_used = time.monotonic()
-            self._entries.move_to_end(account.id)
+            if account.id in self._entries:
+                self._entries.move_to_end(account.id)
+            if entry.retired and entry.in_use == 0:
+                await self.drop(account.id, reason="retired")
 
     async def _entry(self, account: Account) -> Entry:
         entry = self._entries.get(account.id)
@@ -159,6 +164,12 @@ class ClientPool:
             metrics.CLIENTS_CONNECTED.set(len(self.connected()))
             log.info("telegram client connected", account_id=str(account.id))
 
+    def retire(self, account_id: uuid.UUID) -> None:
+        """Disconnect this account's client as soon as no job uses it (a dead session)."""
+        entry = self._entries.get(account_id)
+        if entry is not None:
+            entry.retired = True
+
     async def drop(self, account_id: uuid.UUID, *, reason: str) -> bool:
         """Disconnect and forget a client (unless a job is using it)."""
         entry = self._entries.get(account_id)
@@ -188,7 +199,8 @@ class ClientPool:
         if not entry.client.is_connected():
             return
         try:
-            await asyncio.wait_for(entry.client.get_me(), self.settings.telegram_request_timeout)
+            request = GetUsersRequest([types.InputUserSelf()])
+            await asyncio.wait_for(entry.client(request), self.settings.telegram_request_timeout)
         except Exception as exc:  # any failure: start over with a fresh connection
             log.warning("health check failed", account_id=str(account_id), error=type(exc).__name__)
             await self.drop(account_id, reason="unhealthy")

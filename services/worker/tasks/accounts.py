@@ -1,0 +1,60 @@
+"""Account control handlers (control queue)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from telethon import TelegramClient
+from telethon.sessions import StringSession
+
+from services.worker.context import JobContext
+from services.worker.telegram import accounts
+from services.worker.telegram.errors import Kind, map_error
+from services.worker.telegram.pool import api_credentials, client_options
+from shared import transit
+from shared.errors import PermanentFailure, RetryableFailure
+from shared.jobs.accounts import AccountOut, ImportParams
+
+
+async def import_session(ctx: JobContext, params: ImportParams) -> AccountOut:
+    """Validate a session with one get_me, then store it sealed."""
+    settings = ctx.state.settings
+    session = await transit.take(
+        ctx.state.redis, settings.secret_key.get_secret_value(), params.session_ref
+    )
+    if session is None:
+        raise PermanentFailure("session_expired", "The session handed to this job is gone.")
+    api_id, api_hash = api_credentials(settings)
+    client = TelegramClient(StringSession(session), api_id, api_hash, **client_options(settings))
+    try:
+        await asyncio.wait_for(client.connect(), settings.telegram_request_timeout)
+        me = await asyncio.wait_for(client.get_me(), settings.telegram_request_timeout)
+    except Exception as exc:
+        mapped = map_error(exc)
+        if mapped.kind is Kind.RETRY:
+            raise RetryableFailure(mapped.code, mapped.message) from exc
+        raise PermanentFailure("session_invalid", "Telegram does not accept this session.") from exc
+    finally:
+        await client.disconnect()
+    if me is None:
+        raise PermanentFailure("session_invalid", "The session is not logged in.")
+    existing = await ctx.state.db.fetchval(
+        "SELECT id FROM accounts WHERE tenant_id = $1 AND tg_user_id = $2", ctx.tenant, me.id
+    )
+    account_id: uuid.UUID = existing or uuid.uuid4()
+    sealed = ctx.state.telegram.vault.seal(session, aad=account_id.bytes)
+    stored = await accounts.insert_active(
+        ctx.state.db,
+        account_id=account_id,
+        tenant=ctx.tenant,
+        sealed=sealed,
+        me={
+            "id": me.id,
+            "username": me.username,
+            "first_name": me.first_name,
+            "phone": me.phone,
+            "dc_id": client.session.dc_id,
+        },
+    )
+    return AccountOut(account_id=stored, tg_user_id=me.id, username=me.username, state="active")

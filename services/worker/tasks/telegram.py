@@ -1,0 +1,119 @@
+"""Telegram job handlers: thin; the runtime owns clients, floods, budgets and errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from telethon import types
+from telethon.tl.functions.messages import SendMessageRequest
+from telethon.tl.functions.users import GetUsersRequest
+
+from services.worker.context import JobContext
+from services.worker.telegram.runtime import AccountSession, message_out, random_id_for
+from shared.errors import PermanentFailure
+from shared.jobs.telegram import (
+    AccountParams,
+    GetHistoryParams,
+    MessagesResult,
+    PeerOut,
+    PeerParams,
+    ResolveResult,
+    SendMessageParams,
+    SendMessageResult,
+    UserOut,
+)
+
+
+async def get_me(ctx: JobContext, params: AccountParams) -> UserOut:
+    async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
+        # The raw request: client.get_me() turns an unauthorised session into None.
+        users = await tg.call(
+            "users.getUsers", lambda: tg.client(GetUsersRequest([types.InputUserSelf()]))
+        )
+    me = users[0]
+    return UserOut(
+        id=me.id,
+        username=me.username,
+        first_name=me.first_name,
+        last_name=me.last_name,
+        phone=me.phone,
+        bot=bool(me.bot),
+    )
+
+
+async def _input_peer(tg: AccountSession, peer: str) -> Any:
+    method = "contacts.resolveUsername" if peer.startswith("@") else "peer.resolve"
+    value: Any = int(peer) if peer.lstrip("-").isdigit() else peer
+    return await tg.call(method, lambda: tg.client.get_input_entity(value))
+
+
+async def send_message(ctx: JobContext, params: SendMessageParams) -> SendMessageResult:
+    """Send with a random_id fixed by the job id: a re-run resends the same one, and
+    Telegram answers with the message it already has instead of a second one."""
+    random_id = random_id_for(ctx.job_id)
+    await ctx.annotate(random_id=random_id)
+    async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
+        await tg.take_send_budget(params.peer)
+        peer = await _input_peer(tg, params.peer)
+        text, entities = await tg.client._parse_message_text(params.text, params.parse_mode or ())
+        request = SendMessageRequest(
+            peer=peer,
+            message=text,
+            random_id=random_id,
+            entities=entities or None,
+            reply_to=types.InputReplyToMessage(params.reply_to) if params.reply_to else None,
+            silent=params.silent or None,
+            no_webpage=not params.link_preview or None,
+        )
+        result = await tg.call("messages.sendMessage", lambda: tg.client(request))
+    message_id, date = _sent_message(result, random_id)
+    return SendMessageResult(message_id=message_id, random_id=random_id, date=date)
+
+
+def _sent_message(result: Any, random_id: int) -> tuple[int, Any]:
+    if isinstance(result, types.UpdateShortSentMessage):
+        return result.id, result.date
+    updates = getattr(result, "updates", [])
+    ids = [
+        u.id for u in updates if isinstance(u, types.UpdateMessageID) and u.random_id == random_id
+    ]
+    messages = [u.message for u in updates if hasattr(u, "message") and hasattr(u.message, "id")]
+    if ids:
+        date = next((m.date for m in messages if m.id == ids[0]), None)
+        return ids[0], date
+    if messages:
+        return messages[0].id, messages[0].date
+    raise PermanentFailure("unexpected_response", f"Telegram answered {type(result).__name__}.")
+
+
+async def get_history(ctx: JobContext, params: GetHistoryParams) -> MessagesResult:
+    async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
+        peer = await _input_peer(tg, params.peer)
+        messages = await tg.call(
+            "messages.getHistory",
+            lambda: tg.client.get_messages(
+                peer, limit=params.limit, offset_id=params.offset_id, min_id=params.min_id
+            ),
+        )
+    return MessagesResult.model_validate(
+        {"messages": [message_out(m) for m in messages if isinstance(m, types.Message)]}
+    )
+
+
+async def resolve(ctx: JobContext, params: PeerParams) -> ResolveResult:
+    async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
+        value: Any = int(params.peer) if params.peer.lstrip("-").isdigit() else params.peer
+        entity = await tg.call("contacts.resolveUsername", lambda: tg.client.get_entity(value))
+    return ResolveResult(peer=peer_out(entity))
+
+
+def peer_out(entity: Any) -> PeerOut:
+    if isinstance(entity, types.User):
+        return PeerOut(id=entity.id, kind="user", username=entity.username, title=entity.first_name)
+    kind = "channel" if isinstance(entity, types.Channel) and entity.broadcast else "group"
+    return PeerOut(
+        id=entity.id,
+        kind=kind,
+        username=getattr(entity, "username", None),
+        title=getattr(entity, "title", None),
+    )

@@ -1,0 +1,99 @@
+"""Every Telethon error a job can meet, mapped once to an outcome.
+
+defer: wait, then run again without spending a try (flood and slow-mode waits);
+retry: transient, with backoff (server errors, timeouts, lost connections);
+disable: the session is dead (revoked, duplicated, deactivated, banned): disable the
+         account, fail the job with that code and raise an alert-worthy event;
+fail: anything else the server refused, with a stable snake_case code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from telethon import errors as tg
+
+from services.worker.telegram.accounts import DisabledReason
+
+
+class Kind(StrEnum):
+    DEFER = "defer"
+    RETRY = "retry"
+    DISABLE = "disable"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Mapped:
+    kind: Kind
+    code: str
+    message: str
+    seconds: int = 0
+    reason: DisabledReason | None = None
+
+
+DISABLING: dict[type[BaseException], DisabledReason] = {
+    tg.AuthKeyUnregisteredError: DisabledReason.REVOKED,
+    tg.SessionRevokedError: DisabledReason.REVOKED,
+    tg.SessionExpiredError: DisabledReason.REVOKED,
+    tg.AuthKeyDuplicatedError: DisabledReason.DUPLICATED,
+    tg.UserDeactivatedBanError: DisabledReason.BANNED,
+    tg.UserDeactivatedError: DisabledReason.DEACTIVATED,
+    tg.AuthKeyInvalidError: DisabledReason.INVALID,
+    tg.AuthKeyPermEmptyError: DisabledReason.INVALID,
+    tg.AuthKeyNotFound: DisabledReason.INVALID,
+}
+
+WAITS: tuple[type[BaseException], ...] = (
+    tg.FloodWaitError,
+    tg.FloodPremiumWaitError,
+    tg.SlowModeWaitError,
+)
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    tg.ServerError,
+    tg.RpcCallFailError,
+    tg.RpcMcgetFailError,
+    tg.TimedOutError,
+    TimeoutError,
+    ConnectionError,
+    OSError,
+)
+
+
+def code_of(exc: BaseException) -> str:
+    """A stable snake_case code, from the specific error class when Telethon has one.
+
+    Telethon's specific errors carry only their HTTP-like category in ``message``
+    (AuthKeyUnregisteredError says UNAUTHORIZED), so the class name is the better code;
+    an error Telethon has no class for keeps the server's name (``SOME_NEW_ERROR``).
+    """
+    generic = type(exc).__module__ == "telethon.errors.rpcbaseerrors"
+    message = getattr(exc, "message", None)
+    if generic and isinstance(message, str) and message:
+        return re.sub(r"_\d+$|_X$", "", message).lower()
+    name = type(exc).__name__.removesuffix("Error")
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def map_error(exc: BaseException) -> Mapped:
+    """The outcome for one exception raised by a Telegram call."""
+    for kind, reason in DISABLING.items():
+        if isinstance(exc, kind):
+            return Mapped(Kind.DISABLE, code_of(exc), str(exc), reason=reason)
+    if isinstance(exc, WAITS):
+        seconds = int(getattr(exc, "seconds", 0) or 0)
+        return Mapped(Kind.DEFER, code_of(exc), f"Telegram asks to wait {seconds} s.", seconds)
+    if isinstance(exc, TRANSIENT):
+        return Mapped(Kind.RETRY, code_of(exc), f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, ValueError):  # Telethon's own peer resolution failures
+        text = str(exc)
+        if "as username" in text:
+            return Mapped(Kind.FAIL, "username_not_occupied", text)
+        if "entity" in text.lower():
+            return Mapped(Kind.FAIL, "peer_not_found", text)
+    if isinstance(exc, tg.RPCError):
+        return Mapped(Kind.FAIL, code_of(exc), str(exc))
+    return Mapped(Kind.FAIL, "telegram_error", f"{type(exc).__name__}: {exc}")

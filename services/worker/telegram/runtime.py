@@ -1,0 +1,173 @@
+"""What Telegram handlers use: an account's client, with floods, budgets and errors handled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from typing import Any, NoReturn, TypeVar
+
+from opentelemetry import trace
+from redis.asyncio import Redis
+from telethon import TelegramClient
+
+from services.worker.telegram import accounts, metrics
+from services.worker.telegram.accounts import Account, State
+from services.worker.telegram.errors import Kind, map_error
+from services.worker.telegram.limits import Limits
+from services.worker.telegram.pool import ClientPool
+from services.worker.telegram.vault import Vault
+from shared.config import WorkerSettings
+from shared.db import Pool
+from shared.errors import Deferral, PermanentFailure, RetryableFailure
+from shared.jobs.envelope import utcnow
+from shared.logs import get_logger
+
+log = get_logger(__name__)
+tracer = trace.get_tracer("tgflow.telegram")
+T = TypeVar("T")
+
+
+def random_id_for(job_id: str) -> int:
+    """The MTProto random_id of a send: fixed by the job id, so every re-run repeats it."""
+    digest = hashlib.sha256(b"tgflow-random-id:" + job_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class TelegramRuntime:
+    def __init__(self, settings: WorkerSettings, db: Pool, redis: Redis, vault: Vault) -> None:
+        self.settings = settings
+        self.db = db
+        self.vault = vault
+        self.limits = Limits(redis)
+        self.pool = ClientPool(settings, vault)
+
+    async def load_usable(self, tenant: str, account_id: uuid.UUID) -> Account:
+        account = await accounts.load(self.db, account_id, tenant)
+        if account is None:
+            raise PermanentFailure("account_not_found", f"No account {account_id} for this tenant.")
+        if account.state is State.DISABLED:
+            raise PermanentFailure(
+                "account_disabled", f"The account is disabled ({account.disabled_reason})."
+            )
+        if account.state is State.LOGIN_PENDING:
+            raise PermanentFailure("account_not_active", "The account has not finished logging in.")
+        return account
+
+    @contextlib.asynccontextmanager
+    async def session(self, tenant: str, account_id: uuid.UUID) -> AsyncIterator[AccountSession]:
+        account = await self.load_usable(tenant, account_id)
+        try:
+            async with self.pool.lease(account) as client:
+                yield AccountSession(self, account, client)
+        except Deferral as exc:
+            if exc.code == "reconnecting":
+                await accounts.set_state(self.db, account, State.RECONNECTING, error=exc.message)
+            raise
+        except (PermanentFailure, RetryableFailure):
+            raise
+        except Exception as exc:  # failures while connecting map like any call's
+            await self.fail(account, "connect", exc)
+
+    async def fail(self, account: Account, method: str, exc: BaseException) -> NoReturn:
+        """Record what an error means for the account, then raise the job's outcome."""
+        mapped = map_error(exc)
+        metrics.ERRORS.labels(str(account.id), method, mapped.code).inc()
+        if mapped.kind is Kind.DEFER:
+            until = await self.limits.record_flood(account.id, method, mapped.seconds)
+            metrics.FLOOD_WAITS.labels(str(account.id), method).inc()
+            metrics.FLOOD_SECONDS.labels(str(account.id)).inc(mapped.seconds)
+            if mapped.seconds >= self.settings.telegram_long_flood_seconds:
+                await accounts.set_state(self.db, account, State.FLOOD_WAIT, flood_until=until)
+                await accounts.record_event(
+                    self.db,
+                    account.id,
+                    account.tenant,
+                    "flood_wait",
+                    {"method": method, "seconds": mapped.seconds, "until": until.isoformat()},
+                )
+            raise Deferral(mapped.code, mapped.message, until) from exc
+        if mapped.kind is Kind.RETRY:
+            raise RetryableFailure(mapped.code, mapped.message) from exc
+        if mapped.kind is Kind.DISABLE:
+            await accounts.set_state(
+                self.db, account, State.DISABLED, reason=mapped.reason, error=mapped.code
+            )
+            await accounts.record_event(
+                self.db,
+                account.id,
+                account.tenant,
+                "error",
+                {"code": mapped.code, "method": method, "alert": True},
+            )
+            self.pool.retire(account.id)
+        raise PermanentFailure(mapped.code, mapped.message) from exc
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+class AccountSession:
+    """One job's use of one account's client."""
+
+    def __init__(self, runtime: TelegramRuntime, account: Account, client: TelegramClient) -> None:
+        self.runtime = runtime
+        self.account = account
+        self.client = client
+
+    async def call(self, method: str, request: Callable[[], Awaitable[T]]) -> T:
+        """Run one Telegram call under the shared flood state, timeout and error map."""
+        until = await self.runtime.limits.flood_until(self.account.id, method)
+        if until is not None:
+            raise Deferral("flood_wait", f"{method} is in a flood wait for this account.", until)
+        start = time.perf_counter()
+        account_id = str(self.account.id)
+        with tracer.start_as_current_span(
+            f"telegram {method}",
+            attributes={"tgflow.account.id": account_id, "rpc.method": method},
+        ):
+            try:
+                result = await asyncio.wait_for(
+                    request(), self.runtime.settings.telegram_request_timeout
+                )
+            except Exception as exc:
+                metrics.REQUESTS.labels(account_id, method, "error").inc()
+                await self.runtime.fail(self.account, method, exc)
+        metrics.REQUESTS.labels(account_id, method, "ok").inc()
+        metrics.REQUEST_LATENCY.labels(method).observe(time.perf_counter() - start)
+        if self.account.state in (State.FLOOD_WAIT, State.RECONNECTING):
+            await accounts.set_state(self.runtime.db, self.account, State.ACTIVE)
+        return result
+
+    async def take_send_budget(self, peer: str) -> None:
+        settings = self.runtime.settings
+        wait = await self.runtime.limits.take_send(
+            self.account.id,
+            peer,
+            rate=settings.telegram_send_rate,
+            burst=settings.telegram_send_burst,
+            peer_rate=settings.telegram_peer_send_rate,
+            peer_burst=settings.telegram_peer_send_burst,
+        )
+        if wait > 0:
+            metrics.BUDGET_WAITS.labels("send").inc()
+            until = utcnow() + timedelta(seconds=wait)
+            raise Deferral("send_budget", f"Paced by the send budget for {wait:.2f} s.", until)
+
+
+def message_out(message: Any) -> dict[str, Any]:
+    media = None
+    if message.media is not None:
+        media = type(message.media).__name__.removeprefix("MessageMedia").lower()
+    return {
+        "id": message.id,
+        "date": message.date,
+        "sender_id": message.sender_id,
+        "text": message.message or "",
+        "reply_to": message.reply_to_msg_id,
+        "media": media,
+    }

@@ -1,0 +1,148 @@
+"""Telegram job types: params and results, shared by gateway and worker."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.jobs.contract import JobType, QueueKind, RetryPolicy, register
+
+_USERNAME = re.compile(r"^@?[A-Za-z][A-Za-z0-9_]{3,31}$")
+_LINK = re.compile(
+    r"^(?:https?://)?(?:t\.me|telegram\.me)/(?:\+|joinchat/)?[A-Za-z0-9_\-]{4,64}/?$"
+)
+_PHONE = re.compile(r"^\+[0-9]{7,15}$")
+
+
+def normalize_peer(value: str) -> str:
+    """Accept ``me``, @username, a numeric id, a t.me link or +phone; reject the rest."""
+    text = value.strip()
+    if text.lower() in ("me", "self"):
+        return "me"
+    if re.fullmatch(r"-?[0-9]{1,20}", text) or _PHONE.match(text):
+        return text
+    if _USERNAME.match(text):
+        return "@" + text.lstrip("@")
+    if _LINK.match(text):
+        return text
+    raise ValueError("peer must be 'me', @username, a numeric id, a t.me link or +phone")
+
+
+class AccountParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    account_id: uuid.UUID
+
+
+class PeerParams(AccountParams):
+    peer: str = Field(description="me, @username, numeric id, t.me link or +phone")
+
+    @field_validator("peer")
+    @classmethod
+    def _peer(cls, value: str) -> str:
+        return normalize_peer(value)
+
+
+class SendMessageParams(PeerParams):
+    text: str = Field(min_length=1, max_length=4096)
+    parse_mode: Literal["markdown", "html"] | None = None
+    reply_to: int | None = Field(default=None, ge=1)
+    silent: bool = False
+    link_preview: bool = True
+
+
+class SendMessageResult(BaseModel):
+    message_id: int
+    random_id: int
+    date: datetime | None = None
+
+
+class GetHistoryParams(PeerParams):
+    limit: int = Field(default=50, ge=1, le=100)
+    offset_id: int = Field(default=0, ge=0)
+    min_id: int = Field(default=0, ge=0)
+
+
+class MessageOut(BaseModel):
+    id: int
+    date: datetime | None
+    sender_id: int | None
+    text: str
+    reply_to: int | None
+    media: str | None
+
+
+class MessagesResult(BaseModel):
+    messages: list[MessageOut]
+
+
+class UserOut(BaseModel):
+    id: int
+    username: str | None
+    first_name: str | None
+    last_name: str | None
+    phone: str | None
+    bot: bool
+
+
+class PeerOut(BaseModel):
+    id: int
+    kind: Literal["user", "group", "channel"]
+    username: str | None
+    title: str | None
+
+
+class ResolveResult(BaseModel):
+    peer: PeerOut
+
+
+_TELEGRAM_RETRY = RetryPolicy(max_tries=5, base_seconds=1.0, cap_seconds=60.0)
+
+GET_ME = register(
+    JobType(
+        name="telegram.get_me",
+        params=AccountParams,
+        result=UserOut,
+        queue=QueueKind.TELEGRAM,
+        timeout=60,
+        summary="The account's own user.",
+        retry=_TELEGRAM_RETRY,
+    )
+)
+SEND_MESSAGE = register(
+    JobType(
+        name="telegram.send_message",
+        params=SendMessageParams,
+        result=SendMessageResult,
+        queue=QueueKind.TELEGRAM,
+        timeout=60,
+        summary="Send a text message exactly once (random_id derived from the job id).",
+        retry=_TELEGRAM_RETRY,
+    )
+)
+GET_HISTORY = register(
+    JobType(
+        name="telegram.get_history",
+        params=GetHistoryParams,
+        result=MessagesResult,
+        queue=QueueKind.TELEGRAM,
+        timeout=60,
+        summary="Messages of a chat, newest first.",
+        retry=_TELEGRAM_RETRY,
+    )
+)
+RESOLVE = register(
+    JobType(
+        name="telegram.resolve",
+        params=PeerParams,
+        result=ResolveResult,
+        queue=QueueKind.TELEGRAM,
+        timeout=60,
+        summary="Resolve a username, phone, id or t.me link to a peer.",
+        retry=_TELEGRAM_RETRY,
+    )
+)

@@ -1,0 +1,85 @@
+"""Importing sessions: validated, sealed at rest, never shown again."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from services.sandbox.admin_client import SandboxAdmin
+from tests.helpers import auth
+from tests.telegram.conftest import import_account
+
+
+async def test_import_validates_and_stores_the_session_sealed(
+    api: httpx.AsyncClient,
+    admin: SandboxAdmin,
+    pg: asyncpg.Connection[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    account, created = await import_account(api, admin, username="alice_sb", first_name="Alice")
+    assert account["state"] == "active"
+    assert account["tg_user_id"] == created["user_id"]
+    assert account["username"] == "alice_sb"
+    session = created["session_string"]
+    row = await pg.fetchrow(
+        "SELECT session_ciphertext, session_key_id FROM accounts WHERE id = $1",
+        uuid.UUID(account["id"]),
+    )
+    assert row["session_key_id"] == "dev"
+    assert session.encode() not in bytes(row["session_ciphertext"])
+    listed = (await api.get("/v1/accounts", headers=auth())).json()["items"]
+    assert [a["id"] for a in listed] == [account["id"]]
+    events = await pg.fetch(
+        "SELECT kind FROM account_events WHERE account_id = $1", uuid.UUID(account["id"])
+    )
+    assert [e["kind"] for e in events] == ["imported"]
+    # The session never appears in responses, job records or logs.
+    jobs = (await api.get("/v1/jobs", headers=auth())).text
+    assert session not in jobs
+    assert session not in str(
+        (await api.get(f"/v1/accounts/{account['id']}", headers=auth())).json()
+    )
+    assert session not in caplog.text
+
+
+async def test_importing_garbage_is_422(api: httpx.AsyncClient) -> None:
+    for garbage in ("not a session at all", "1" + "A" * 60):
+        response = await api.post(
+            "/v1/accounts/import", json={"session_string": garbage}, headers=auth()
+        )
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "invalid_session"
+
+
+async def test_a_session_the_dc_does_not_know_is_refused(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    created = await admin.create_account()
+    await admin.add_fault(created["user_id"], "revoke")
+    response = await api.post(
+        "/v1/accounts/import",
+        json={"session_string": created["session_string"]},
+        headers=auth(),
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "session_invalid"
+
+
+async def test_accounts_are_tenant_scoped(api: httpx.AsyncClient, admin: SandboxAdmin) -> None:
+    account, _ = await import_account(api, admin)
+    other = await api.get(f"/v1/accounts/{account['id']}", headers=auth("globex"))
+    assert other.status_code == 404
+    assert (await api.get("/v1/accounts", headers=auth("globex"))).json()["items"] == []
+    job = await api.post(
+        "/v1/jobs",
+        json={"type": "telegram.get_me", "params": {"account_id": account["id"]}},
+        headers=auth("globex"),
+    )
+    assert job.status_code == 404
+    assert job.json()["error"]["code"] == "account_not_found"

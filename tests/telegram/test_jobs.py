@@ -1,0 +1,147 @@
+"""Telegram jobs through the real Telethon client against the sandbox DC."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+from redis.asyncio import Redis
+
+from services.sandbox.admin_client import SandboxAdmin
+from tests.helpers import auth, eventually, wait_for_status
+from tests.telegram.conftest import import_account
+
+
+async def run(api: httpx.AsyncClient, job_type: str, **params: Any) -> dict[str, Any]:
+    response = await api.post("/v1/jobs", json={"type": job_type, "params": params}, headers=auth())
+    assert response.status_code == 202, response.text
+    return await wait_for_status(api, response.json()["id"], {"succeeded", "failed"}, timeout=15)
+
+
+async def test_get_me_send_and_read_back(api: httpx.AsyncClient, admin: SandboxAdmin) -> None:
+    account, created = await import_account(api, admin, username="bob_sb", first_name="Bob")
+    me = await run(api, "telegram.get_me", account_id=account["id"])
+    assert me["status"] == "succeeded"
+    assert me["result"]["id"] == created["user_id"]
+    assert me["result"]["username"] == "bob_sb"
+    sent = await run(
+        api, "telegram.send_message", account_id=account["id"], peer="me", text="hello from tgflow"
+    )
+    assert sent["status"] == "succeeded", sent
+    stored = await admin.messages(created["user_id"])
+    assert [(m["id"], m["text"]) for m in stored] == [
+        (sent["result"]["message_id"], "hello from tgflow")
+    ]
+    assert stored[0]["random_id"] == sent["result"]["random_id"]
+    history = await run(api, "telegram.get_history", account_id=account["id"], peer="me", limit=10)
+    assert [m["text"] for m in history["result"]["messages"]] == ["hello from tgflow"]
+
+
+async def test_resolve_a_username(api: httpx.AsyncClient, admin: SandboxAdmin) -> None:
+    account, _ = await import_account(api, admin)
+    target = await admin.create_account(username="carol_sb", first_name="Carol")
+    resolved = await run(api, "telegram.resolve", account_id=account["id"], peer="@carol_sb")
+    assert resolved["result"]["peer"] == {
+        "id": target["user_id"],
+        "kind": "user",
+        "username": "carol_sb",
+        "title": "Carol",
+    }
+    missing = await run(api, "telegram.resolve", account_id=account["id"], peer="@nobody_here")
+    assert missing["status"] == "failed"
+    assert missing["error"]["code"] == "username_not_occupied"
+
+
+async def test_send_is_exactly_once_when_the_connection_drops_after_executing(
+    api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
+    account, created = await import_account(api, admin)
+    await admin.add_fault(created["user_id"], "drop_after", method="messages.sendMessage", times=1)
+    sent = await run(
+        api, "telegram.send_message", account_id=account["id"], peer="me", text="only once"
+    )
+    assert sent["status"] == "succeeded", sent
+    stored = await admin.messages(created["user_id"])
+    assert [m["text"] for m in stored] == ["only once"]
+    assert stored[0]["id"] == sent["result"]["message_id"]
+    row = await eventually(
+        lambda: pg.fetchrow(
+            "SELECT random_id FROM jobs WHERE id = $1 AND status = 'succeeded'",
+            uuid.UUID(sent["id"]),
+        )
+    )
+    assert row["random_id"] == sent["result"]["random_id"]
+
+
+async def test_flood_wait_defers_and_is_shared(
+    api: httpx.AsyncClient, admin: SandboxAdmin, redis: Redis
+) -> None:
+    account, created = await import_account(api, admin)
+    # Longer than the in-client sleep threshold (3 s), so the queue does the waiting.
+    await admin.add_fault(
+        created["user_id"], "flood_wait", method="messages.sendMessage", seconds=4, times=1
+    )
+    response = await api.post(
+        "/v1/jobs",
+        json={
+            "type": "telegram.send_message",
+            "params": {"account_id": account["id"], "peer": "me", "text": "after the wait"},
+        },
+        headers=auth(),
+    )
+    job_id = response.json()["id"]
+
+    async def deferred() -> Any:
+        body = (await api.get(f"/v1/jobs/{job_id}", headers=auth())).json()
+        return body if body["error"] and body["error"]["code"] == "flood_wait" else None
+
+    waiting = await eventually(deferred, timeout=10)
+    assert waiting["status"] in ("queued", "running")
+    assert await redis.exists(f"tgflow:flood:{account['id']}:messages.sendMessage")
+    done = await wait_for_status(api, job_id, {"succeeded", "failed"}, timeout=15)
+    assert done["status"] == "succeeded"
+    assert done["attempts"] == 1  # the wait spent no try
+    assert [m["text"] for m in await admin.messages(created["user_id"])] == ["after the wait"]
+
+
+async def test_revoked_session_disables_the_account(
+    api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
+    account, created = await import_account(api, admin)
+    await admin.add_fault(created["user_id"], "revoke")
+    failed = await run(api, "telegram.get_me", account_id=account["id"])
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "auth_key_unregistered"
+    state = (await api.get(f"/v1/accounts/{account['id']}", headers=auth())).json()
+    assert state["state"] == "disabled"
+    assert state["disabled_reason"] == "revoked"
+    refused = await api.post(
+        "/v1/jobs",
+        json={"type": "telegram.get_me", "params": {"account_id": account["id"]}},
+        headers=auth(),
+    )
+    assert refused.status_code == 409
+    assert refused.json()["error"]["details"]["state"] == "disabled"
+    kinds = [
+        r["kind"]
+        for r in await pg.fetch(
+            "SELECT kind FROM account_events WHERE account_id = $1 ORDER BY id",
+            uuid.UUID(account["id"]),
+        )
+    ]
+    assert kinds == ["imported", "state_change", "error"]
+
+
+async def test_invalid_peer_is_422_before_any_worker(api: httpx.AsyncClient) -> None:
+    response = await api.post(
+        "/v1/jobs",
+        json={
+            "type": "telegram.send_message",
+            "params": {"account_id": str(uuid.uuid4()), "peer": "not a peer!", "text": "x"},
+        },
+        headers=auth(),
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["details"][0]["field"] == "params.peer"
