@@ -79,6 +79,12 @@ def _up(args: argparse.Namespace) -> int:
     return up(workers=args.workers)
 
 
+def _keys(action: str, args: argparse.Namespace) -> int:
+    from services.cli import keys
+
+    return keys.run_generate(args.key_id) if action == "generate" else keys.run_rotate()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tgflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=int, default=30 * 86_400, help="lifetime in seconds")
     p.add_argument("--subject", default="cli")
     p.set_defaults(fn=_token_create)
+
+    keys = sub.add_parser("keys", help="vault keys for sessions").add_subparsers(
+        dest="action", required=True
+    )
+    p = keys.add_parser("generate", help="print a new TGFLOW_VAULT_KEYS entry")
+    p.add_argument("--id", dest="key_id", help="key id (default: random)")
+    p.set_defaults(fn=lambda a: _keys("generate", a))
+    p = keys.add_parser("rotate", help="re-wrap every session under the first key")
+    p.set_defaults(fn=lambda a: _keys("rotate", a))
 
     sub.add_parser("sandbox", help="serve the local Telegram DC and model endpoint")
     return parser

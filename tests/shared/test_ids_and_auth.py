@@ -31,3 +31,18 @@ def test_token_round_trip_and_rejections() -> None:
         mint_token(SECRET, "Bad Tenant!")
     with pytest.raises(ValueError, match="unknown scopes"):
         mint_token(SECRET, "acme", scopes=["root"])
+
+
+def test_secrets_are_scrubbed_from_sentry_events_and_logs() -> None:
+    from shared.telemetry import scrub
+
+    session = "1BVtsOKABu0secret-session-string"
+    event = {
+        "extra": {"session_string": session, "nested": [{"password": "hunter2"}], "ok": 1},
+        "request": {"headers": {"Authorization": "Bearer abc"}},
+    }
+    cleaned = scrub(event)
+    assert session not in str(cleaned)
+    assert "hunter2" not in str(cleaned)
+    assert "Bearer abc" not in str(cleaned)
+    assert cleaned["extra"]["ok"] == 1

@@ -1,0 +1,36 @@
+"""Send budgets and flood state in Redis."""
+
+from __future__ import annotations
+
+import uuid
+
+from redis.asyncio import Redis
+
+from services.worker.telegram.limits import Limits
+
+
+async def test_send_budget_paces_bursts_per_account_and_peer(redis: Redis) -> None:
+    limits = Limits(redis)
+    account = uuid.uuid4()
+    budget = {"rate": 10.0, "burst": 5, "peer_rate": 1.0, "peer_burst": 2}
+    assert await limits.take_send(account, "@a", **budget) == 0
+    assert await limits.take_send(account, "@a", **budget) == 0
+    wait = await limits.take_send(account, "@a", **budget)
+    assert 0.5 < wait <= 1.0  # the peer bucket is empty: one token per second
+    assert await limits.take_send(account, "@b", **budget) == 0  # another peer flows
+    assert await limits.take_send(account, "@c", **budget) == 0
+    assert await limits.take_send(account, "@d", **budget) == 0
+    assert await limits.take_send(account, "@e", **budget) > 0  # the account's burst of 5
+    assert await limits.take_send(uuid.uuid4(), "@a", **budget) == 0  # other accounts flow
+
+
+async def test_flood_state_is_shared_and_expires(redis: Redis) -> None:
+    first, second = Limits(redis), Limits(redis)  # two workers
+    account = uuid.uuid4()
+    until = await first.record_flood(account, "messages.sendMessage", 30)
+    seen = await second.flood_until(account, "messages.sendMessage")
+    assert seen is not None
+    assert abs((seen - until).total_seconds()) < 0.01
+    assert await second.flood_until(account, "messages.getHistory") is None
+    ttl = await redis.pttl(f"tgflow:flood:{account}:messages.sendMessage")
+    assert 29_000 < ttl <= 30_000

@@ -1,0 +1,89 @@
+"""Envelope encryption of sessions and key rotation."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from services.cli.keys import rotate
+from services.worker.telegram.vault import Sealed, Vault, VaultError
+from shared.config import WorkerSettings
+
+SESSION = "1BVtsOKABu" + "x" * 300
+
+
+def test_seal_open_round_trip_binds_the_account() -> None:
+    vault = Vault.parse(Vault.generate_entry("k1"))
+    owner, other = uuid.uuid4().bytes, uuid.uuid4().bytes
+    sealed = vault.seal(SESSION, aad=owner)
+    assert sealed.key_id == "k1"
+    assert SESSION.encode() not in sealed.ciphertext
+    assert vault.open(sealed, aad=owner) == SESSION
+    with pytest.raises(VaultError):
+        vault.open(sealed, aad=other)  # moved to another account's row
+    assert vault.seal(SESSION, aad=owner).ciphertext != sealed.ciphertext  # fresh data key
+
+
+def test_rotation_rewraps_and_old_keys_keep_opening() -> None:
+    old_entry, new_entry = Vault.generate_entry("old"), Vault.generate_entry("new")
+    old = Vault.parse(old_entry)
+    both = Vault.parse(f"{new_entry},{old_entry}")
+    aad = uuid.uuid4().bytes
+    sealed = old.seal(SESSION, aad=aad)
+    assert both.open(sealed, aad=aad) == SESSION  # during rotation
+    rewrapped = both.rewrap(sealed, aad=aad)
+    assert rewrapped.key_id == "new"
+    assert rewrapped.ciphertext == sealed.ciphertext  # data untouched, only the key rewrapped
+    assert Vault.parse(new_entry).open(rewrapped, aad=aad) == SESSION  # old key retired
+    with pytest.raises(VaultError, match="not configured"):
+        Vault.parse(new_entry).open(sealed, aad=aad)
+
+
+@pytest.mark.parametrize("bad", ["nokey", "k1:%%%", "k1:" + "QUJD", ""])
+def test_malformed_keys_are_refused(bad: str) -> None:
+    with pytest.raises(VaultError):
+        Vault.parse(bad)
+
+
+def test_production_requires_vault_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.config import InsecureSettingsError
+
+    monkeypatch.setenv("TGFLOW_ENV", "production")
+    monkeypatch.setenv("TGFLOW_SECRET_KEY", "a-real-secret-with-enough-entropy-0123456789")
+    with pytest.raises(InsecureSettingsError, match="VAULT_KEYS"):
+        WorkerSettings().ensure_safe()
+    monkeypatch.setenv("TGFLOW_VAULT_KEYS", Vault.generate_entry("k1"))
+    WorkerSettings().ensure_safe()
+
+
+async def test_keys_rotate_rewraps_every_stored_session(
+    pg: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old_entry, new_entry = Vault.generate_entry("old"), Vault.generate_entry("new")
+    old = Vault.parse(old_entry)
+    await pg.execute("INSERT INTO tenants (id, name) VALUES ('acme', 'acme')")
+    ids = [uuid.uuid4() for _ in range(5)]
+    for i, account_id in enumerate(ids):
+        sealed = old.seal(f"{SESSION}{i}", aad=account_id.bytes)
+        await pg.execute(
+            """INSERT INTO accounts (id, tenant_id, tg_user_id, state, session_ciphertext,
+                   session_wrapped_key, session_key_id)
+               VALUES ($1, 'acme', $2, 'active', $3, $4, $5)""",
+            account_id,
+            1000 + i,
+            sealed.ciphertext,
+            sealed.wrapped_key,
+            sealed.key_id,
+        )
+    monkeypatch.setenv("TGFLOW_VAULT_KEYS", f"{new_entry},{old_entry}")
+    assert await rotate(WorkerSettings(), batch=2) == 5
+    assert await rotate(WorkerSettings()) == 0  # idempotent
+    new_only = Vault.parse(new_entry)
+    for i, account_id in enumerate(ids):
+        row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
+        assert row["session_key_id"] == "new"
+        sealed = Sealed("new", bytes(row["session_wrapped_key"]), bytes(row["session_ciphertext"]))
+        assert new_only.open(sealed, aad=account_id.bytes) == f"{SESSION}{i}"
