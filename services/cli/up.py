@@ -93,6 +93,7 @@ def up(*, workers: int = 1) -> int:
     data_dir = Path(env.get("TGFLOW_DATA_DIR", ".tgflow")).resolve()
     port = env.setdefault("TGFLOW_GATEWAY_PORT", "8000")
     monitor_port = env.setdefault("TGFLOW_MONITOR_PORT", "8001")
+    env.setdefault("TGFLOW_MONITOR_URL", f"http://127.0.0.1:{monitor_port}")
     host = env.setdefault("TGFLOW_GATEWAY_HOST", "127.0.0.1")
     postgres = EmbeddedPostgres(data_dir / "postgres")
     valkey = EmbeddedValkey(data_dir / "valkey")

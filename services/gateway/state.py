@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import httpx
 from redis.asyncio import Redis
 
 from shared.config import GatewaySettings
@@ -18,3 +19,4 @@ class GatewayState:
     db: Pool
     jobs: JobStore
     instance_id: str
+    monitor: httpx.AsyncClient | None = None

@@ -178,7 +178,13 @@ class AlertsApi:
                 "by_severity": by_severity,
                 "mean_time_to_resolve_seconds": round(mttr, 3) if mttr is not None else None,
                 "by_rule": [
-                    {**r, "mttr": None, "mean_time_to_resolve_seconds": _round(r["mttr"])}
+                    {
+                        "rule": r["rule"],
+                        "severity": r["severity"],
+                        "total": r["total"],
+                        "resolved": r["resolved"],
+                        "mean_time_to_resolve_seconds": _round(r["mttr"]),
+                    }
                     for r in stored["by_rule"]
                 ],
                 "open": _count_open(self.engine),

@@ -101,7 +101,7 @@ async def _run(
     server_task = asyncio.create_task(server.serve())
     try:
         await wait_started(server, server_task)
-        url = f"http://{settings.monitor_host}:{bound_port(server)}"
+        url = f"http://{registry.advertised_host(settings.monitor_host)}:{bound_port(server)}"
         beat = asyncio.create_task(
             registry.heartbeat_forever(
                 engine.sampler.ctx.redis,

@@ -130,7 +130,7 @@ class Repository:
                 """SELECT rule, severity, count(*) AS total,
                           count(*) FILTER (WHERE state = 'resolved') AS resolved,
                           avg(extract(epoch FROM resolved_at - active_at))
-                              FILTER (WHERE state = 'resolved') AS mttr
+                              FILTER (WHERE state = 'resolved')::float8 AS mttr
                    FROM monitor_alerts WHERE active_at >= $1 AND state <> 'pending'
                    GROUP BY rule, severity ORDER BY total DESC, rule""",
                 to_datetime(since),

@@ -31,7 +31,6 @@ from shared.config import MonitorSettings
 from shared.db import Pool
 from shared.httpserver import bound_port, make_server, wait_started
 from shared.queue import JobStore
-from tests.conftest import REDIS_URL
 
 
 @pytest.fixture
@@ -53,7 +52,8 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 async def ctx(settings: MonitorSettings, pool: Pool, clock: ManualClock) -> AsyncIterator[Context]:
-    redis = Redis.from_url(REDIS_URL, decode_responses=True, socket_timeout=2)
+    # The session's Redis database is chosen at start-up; the settings carry it.
+    redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=2)
     http = httpx.AsyncClient()
     yield Context(settings, redis, pool, http, clock)
     await http.aclose()

@@ -275,6 +275,8 @@ tgflow_http_request_duration_seconds_count{method="GET",route="/v1/jobs"} 94.0
 tgflow_http_request_duration_seconds_sum{method="GET",route="/v1/jobs"} 120.0
 tgflow_http_request_duration_seconds_bucket{le="5.0",method="POST",route="/v1/jobs"} 0.0
 tgflow_http_request_duration_seconds_bucket{le="+Inf",method="POST",route="/v1/jobs"} 1.0
+# HELP tgflow_telegram_reconnects_total Reconnect attempts.
+# TYPE tgflow_telegram_reconnects_total counter
 """
 
 
@@ -305,6 +307,8 @@ async def test_scrape_discovers_instances_and_derives_series(ctx: Context, redis
     assert values[("tgflow_http_5xx_total", gw)] == 5
     assert values[("tgflow_http_slow_requests_total", gw)] == 3 + 1  # above 5 s, both routes
     assert values[("tgflow_monitor_scrape_up", gw)] == 1
+    # A counter family with no samples yet: a real zero, so the rule has data.
+    assert values[("tgflow_telegram_instance_reconnects_total", gw)] == 0
     assert values[("tgflow_monitor_scrape_up", (("instance", "w-9"), ("kind", "worker")))] == 0
     passthrough = ("tgflow_http_requests_total", (("instance", "gw-1"), ("kind", "gateway"),
                    ("method", "GET"), ("route", "/v1/jobs"), ("status", "200")))  # fmt: skip
@@ -369,7 +373,7 @@ async def test_default_collectors_run_against_the_real_services(ctx: Context, re
     states = {n: s.state for n, s in sampler.status.items()}
     assert states == {
         "postgres": "ok", "redis": "ok", "system": "ok", "queues": "ok", "workers": "ok",
-        "shards": "absent", "deadletters": "absent", "jobs": "ok", "accounts": "absent",
+        "shards": "absent", "deadletters": "absent", "jobs": "ok", "accounts": "ok",
         "alerts": "ok", "scrape": "ok",
     }  # fmt: skip
     assert sampler.latest["alerts"] == [

@@ -6,12 +6,14 @@ are the receivers (HTTP on loopback, a small SMTP server)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
+from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
 from services.monitor.api import NewSilence, create_silence
@@ -21,7 +23,6 @@ from services.monitor.lifecycle import AlertState
 from services.monitor.notifiers.payload import sign
 from services.monitor.notifiers.telegram import JOB_TYPE
 from shared.jobs import REGISTRY, JobType, QueueKind
-from shared.jobs.system import EchoParams
 from tests.monitor.conftest import StaticCollector, serving
 from tests.monitor.receivers import Hook, SmtpServer
 
@@ -433,15 +434,48 @@ async def test_email_over_smtp(
 
 
 TELEGRAM = {
-    "receivers": [{"name": "tg", "kind": "telegram", "account": "acc-1", "chat": "@ops"}],
+    "receivers": [
+        {"name": "tg", "kind": "telegram", "chat": "@opsteam",
+         "account": "00000000-0000-4000-8000-000000000001"}
+    ],
     "route": {"receiver": "tg", "group_wait": "0s"},
-}
+}  # fmt: skip
 
 
+class _StandInParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    account_id: uuid.UUID
+    peer: str = Field(min_length=4)
+    text: str
+
+
+@pytest.fixture
+def without_send_message() -> Iterator[None]:
+    """The notifier as it is where Telegram jobs are not part of the build."""
+    saved = REGISTRY.pop(JOB_TYPE, None)
+    yield
+    if saved is not None:
+        REGISTRY[JOB_TYPE] = saved
+
+
+@pytest.fixture
+def send_message() -> Iterator[JobType[Any, Any]]:
+    """The registered job type, or a stand-in of its shape where it is not."""
+    if JOB_TYPE in REGISTRY:
+        yield REGISTRY[JOB_TYPE]
+        return
+    REGISTRY[JOB_TYPE] = JobType(
+        name=JOB_TYPE, params=_StandInParams, result=_StandInParams, queue=QueueKind.TELEGRAM,
+        timeout=30, summary="stand-in",
+    )  # fmt: skip
+    yield REGISTRY[JOB_TYPE]
+    del REGISTRY[JOB_TYPE]
+
+
+@pytest.mark.usefixtures("without_send_message")
 async def test_telegram_refuses_clearly_without_the_job_type(
     engine_factory: Factory, clock: ManualClock, pg: asyncpg.Connection[Any], redis: Redis
 ) -> None:
-    assert JOB_TYPE not in REGISTRY
     src = StaticCollector("src", {"load"})
     engine = engine_factory(RULES, TELEGRAM, [src])
     await engine.start()
@@ -453,32 +487,38 @@ async def test_telegram_refuses_clearly_without_the_job_type(
     assert await redis.zcard("tgflow:queue:telegram") == 0
 
 
-async def test_telegram_enqueues_one_job_per_notification_once_registered(
-    engine_factory: Factory, clock: ManualClock, redis: Redis
+async def test_telegram_enqueues_one_send_message_job_per_notification(
+    engine_factory: Factory,
+    clock: ManualClock,
+    redis: Redis,
+    pg: asyncpg.Connection[Any],
+    send_message: JobType[Any, Any],
 ) -> None:
-    class SendParams(EchoParams.__base__):  # type: ignore[misc,name-defined]
-        account_id: str
-        peer: str
-        text: str
-
-    REGISTRY[JOB_TYPE] = JobType(
-        name=JOB_TYPE, params=SendParams, result=SendParams, queue=QueueKind.TELEGRAM,
-        timeout=30, summary="test stand-in",
+    src = StaticCollector("src", {"load"})
+    engine = engine_factory(RULES, TELEGRAM, [src])
+    await engine.start()
+    src.set("load", 2, svc="a")
+    await at(engine, clock, 0)
+    (job_id,) = await redis.zrange("tgflow:queue:telegram", 0, -1)
+    job = await redis.hgetall(f"tgflow:job:{job_id}")
+    params = orjson.loads(job["params"])
+    assert job["type"] == JOB_TYPE
+    assert (params["account_id"], params["peer"]) == (
+        "00000000-0000-4000-8000-000000000001", "@opsteam"
     )  # fmt: skip
-    try:
-        src = StaticCollector("src", {"load"})
-        engine = engine_factory(RULES, TELEGRAM, [src])
-        await engine.start()
-        src.set("load", 2, svc="a")
-        await at(engine, clock, 0)
-        (job_id,) = await redis.zrange("tgflow:queue:telegram", 0, -1)
-        job = await redis.hgetall(f"tgflow:job:{job_id}")
-        params = orjson.loads(job["params"])
-        assert (params["account_id"], params["peer"]) == ("acc-1", "@ops")
-        assert params["text"].startswith("[FIRING] High (1 firing)")
-        assert job["idempotency_key"].startswith("monitor:")
-    finally:
-        del REGISTRY[JOB_TYPE]
+    assert params["text"].startswith("[FIRING] High (1 firing)")
+    assert job["idempotency_key"].startswith("monitor:")
+    # Params the job type refuses are a clear, final failure, not a queued job.
+    bad = {**TELEGRAM, "receivers": [{**TELEGRAM["receivers"][0], "chat": "x"}]}  # type: ignore[dict-item]
+    engine2 = engine_factory(RULES.replace("High", "Other"), bad, [src])
+    await engine2.start()
+    await at(engine2, clock, 15)
+    row = await pg.fetchrow(
+        "SELECT outcome, attempts, error FROM monitor_notifications ORDER BY id DESC LIMIT 1"
+    )
+    assert (row["outcome"], row["attempts"]) == ("failed", 1)
+    assert "params do not fit" in row["error"]
+    assert await redis.zcard("tgflow:queue:telegram") == 1
 
 
 async def test_a_failing_collector_is_an_error_alert_not_silence(

@@ -39,7 +39,8 @@ async def test_serve_discovers_itself_evaluates_rules_and_stops_cleanly(redis: R
             rules = (await client.get("/v1/monitoring/rules")).json()["rules"]
             health = {r["name"]: r["last_evaluation"]["health"] for r in rules}
             assert health["NoLiveWorker"] == "ok"  # evaluated, and no worker: it is pending
-            assert health["AccountDisabled"] == "nodata"  # no accounts table yet
+            assert health["AccountDisabled"] == "ok"  # accounts exist; none is disabled
+            assert health["ShardsUnowned"] == "nodata"  # no worker announces shards yet
             active = (await client.get("/v1/monitoring/alerts/active")).json()["alerts"]
             assert ("NoLiveWorker", "pending") in {(a["rule"], a["state"]) for a in active}
             metrics = (await client.get("/metrics")).text

@@ -2,7 +2,7 @@
 
 Scraped series keep their labels plus ``instance`` and ``kind``. From them come
 derived series the rules use: pool utilisation and free connections per process,
-and the gateway's 5xx and slow-request counts.
+the gateway's 5xx and slow-request counts, and Telegram reconnects per process.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ DERIVED = frozenset(
         "tgflow_db_pool_free",
         "tgflow_http_5xx_total",
         "tgflow_http_slow_requests_total",
+        "tgflow_telegram_instance_reconnects_total",
         "tgflow_monitor_scrape_up",
         "tgflow_monitor_scrape_duration_seconds",
     }
@@ -85,7 +86,8 @@ class ScrapeCollector:
 
 
 def derive(families: list[Metric], base: dict[str, str]) -> list[Sample]:
-    """Pool utilisation and free connections per role; gateway 5xx and slow requests."""
+    """Pool utilisation and free connections per role; gateway 5xx and slow requests;
+    Telegram reconnects summed over accounts."""
     values: dict[str, dict[str, float]] = {}
     out: list[Sample] = []
     by_name = {f.name: f for f in families}
@@ -114,6 +116,17 @@ def derive(families: list[Metric], base: dict[str, str]) -> list[Sample]:
             if s.name.endswith("_total") and s.labels.get("status", "").startswith("5")
         )
         out.append(Sample("tgflow_http_5xx_total", errors, base, "Responses with a 5xx status."))
+    reconnects = by_name.get("tgflow_telegram_reconnects")
+    if reconnects is not None:  # declared but never incremented is a true zero
+        total = sum(s.value for s in reconnects.samples if s.name.endswith("_total"))
+        out.append(
+            Sample(
+                "tgflow_telegram_instance_reconnects_total",
+                total,
+                base,
+                "Reconnects, all accounts.",
+            )
+        )
     latency = by_name.get("tgflow_http_request_duration_seconds")
     if latency is not None:
         out.append(Sample("tgflow_http_slow_requests_total", _slower_than(latency), base, "Slow."))
