@@ -146,3 +146,99 @@ RESOLVE = register(
         retry=_TELEGRAM_RETRY,
     )
 )
+
+
+class GetMessagesParams(PeerParams):
+    ids: list[int] = Field(min_length=1, max_length=100)
+
+
+class DialogsParams(AccountParams):
+    limit: int = Field(default=100, ge=1, le=500)
+
+
+class DialogOut(BaseModel):
+    peer: PeerOut
+    unread_count: int
+    last_message_id: int | None
+    pinned: bool
+
+
+class DialogsResult(BaseModel):
+    dialogs: list[DialogOut]
+
+
+class JoinChatParams(AccountParams):
+    target: str = Field(description="@username of a public chat, or a t.me invite link")
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        return normalize_peer(value)
+
+
+class ForwardParams(AccountParams):
+    from_peer: str
+    to_peer: str
+    ids: list[int] = Field(min_length=1, max_length=100)
+    silent: bool = False
+
+    @field_validator("from_peer", "to_peer")
+    @classmethod
+    def _peers(cls, value: str) -> str:
+        return normalize_peer(value)
+
+
+class ForwardResult(BaseModel):
+    message_ids: list[int]
+
+
+class MarkReadParams(PeerParams):
+    max_id: int = Field(default=0, ge=0, description="0: everything")
+
+
+class OkResult(BaseModel):
+    ok: bool
+
+
+class ParticipantsParams(PeerParams):
+    offset: int = Field(default=0, ge=0)
+    limit: int = Field(default=200, ge=1, le=200)
+    search: str = Field(default="", max_length=64)
+
+
+class ParticipantsResult(BaseModel):
+    participants: list[UserOut]
+    total: int
+    next_offset: int | None
+
+
+def _register(name: str, params: type[BaseModel], result: type[BaseModel], summary: str) -> None:
+    register(
+        JobType(
+            name=name,
+            params=params,
+            result=result,
+            queue=QueueKind.TELEGRAM,
+            timeout=120,
+            summary=summary,
+            retry=_TELEGRAM_RETRY,
+        )
+    )
+
+
+_register("telegram.get_messages", GetMessagesParams, MessagesResult, "Messages by id.")
+_register("telegram.get_dialogs", DialogsParams, DialogsResult, "The account's chats.")
+_register("telegram.join_chat", JoinChatParams, ResolveResult, "Join by @username or invite link.")
+_register(
+    "telegram.forward_messages",
+    ForwardParams,
+    ForwardResult,
+    "Forward messages exactly once (random_ids derived from the job id).",
+)
+_register("telegram.mark_read", MarkReadParams, OkResult, "Mark a chat read up to a message.")
+_register(
+    "telegram.get_participants",
+    ParticipantsParams,
+    ParticipantsResult,
+    "One page of a group's or channel's members.",
+)

@@ -145,3 +145,58 @@ async def test_invalid_peer_is_422_before_any_worker(api: httpx.AsyncClient) -> 
     )
     assert response.status_code == 422
     assert response.json()["error"]["details"][0]["field"] == "params.peer"
+
+
+async def test_channel_join_read_members_and_forward_once(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    account, me = await import_account(api, admin)
+    owner = await admin.create_account(username="owner_sb", first_name="Owner")
+    members = [(await admin.create_account(first_name=f"M{i}"))["user_id"] for i in range(5)]
+    chat = await admin.create_chat(
+        title="News",
+        kind="supergroup",
+        creator_id=owner["user_id"],
+        username="news_sb",
+        invite_hash="joinme123",
+        members=members,
+        messages=[{"text": f"post {i}"} for i in range(3)],
+    )
+    joined = await run(api, "telegram.join_chat", account_id=account["id"], target="@news_sb")
+    assert joined["status"] == "succeeded", joined
+    assert joined["result"]["peer"]["id"] == chat["chat_id"]
+    history = await run(
+        api, "telegram.get_history", account_id=account["id"], peer="@news_sb", limit=10
+    )
+    posts = history["result"]["messages"]
+    assert [m["text"] for m in posts] == ["post 2", "post 1", "post 0"]
+    by_id = await run(
+        api,
+        "telegram.get_messages",
+        account_id=account["id"],
+        peer="@news_sb",
+        ids=[posts[-1]["id"]],
+    )
+    assert [m["text"] for m in by_id["result"]["messages"]] == ["post 0"]
+    page = await run(
+        api, "telegram.get_participants", account_id=account["id"], peer="@news_sb", limit=3
+    )
+    assert len(page["result"]["participants"]) == 3
+    assert page["result"]["total"] >= 5
+    assert page["result"]["next_offset"] == 3
+    dialogs = await run(api, "telegram.get_dialogs", account_id=account["id"])
+    assert chat["chat_id"] in [d["peer"]["id"] for d in dialogs["result"]["dialogs"]]
+    read = await run(api, "telegram.mark_read", account_id=account["id"], peer="@news_sb")
+    assert read["status"] == "succeeded", read
+    forwarded = await run(
+        api,
+        "telegram.forward_messages",
+        account_id=account["id"],
+        from_peer="@news_sb",
+        to_peer="me",
+        ids=[posts[0]["id"], posts[1]["id"]],
+    )
+    assert forwarded["status"] == "succeeded", forwarded
+    saved = await admin.messages(me["user_id"], peer=me["user_id"])
+    assert sorted(m["id"] for m in saved) == sorted(forwarded["result"]["message_ids"])
+    assert len(saved) == 2

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from services.worker.context import JobContext
-from services.worker.tasks import accounts, system, telegram
+from services.worker.tasks import accounts, system, telegram, telegram_more
 
 Handler = Callable[[JobContext, Any], Awaitable[Any]]
 
@@ -18,4 +18,10 @@ HANDLERS: dict[str, Handler] = {
     "telegram.send_message": telegram.send_message,
     "telegram.get_history": telegram.get_history,
     "telegram.resolve": telegram.resolve,
+    "telegram.get_messages": telegram_more.get_messages,
+    "telegram.get_dialogs": telegram_more.get_dialogs,
+    "telegram.join_chat": telegram_more.join_chat,
+    "telegram.forward_messages": telegram_more.forward_messages,
+    "telegram.mark_read": telegram_more.mark_read,
+    "telegram.get_participants": telegram_more.get_participants,
 }

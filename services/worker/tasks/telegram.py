@@ -30,18 +30,21 @@ async def get_me(ctx: JobContext, params: AccountParams) -> UserOut:
         users = await tg.call(
             "users.getUsers", lambda: tg.client(GetUsersRequest([types.InputUserSelf()]))
         )
-    me = users[0]
+    return user_out(users[0])
+
+
+def user_out(user: Any) -> UserOut:
     return UserOut(
-        id=me.id,
-        username=me.username,
-        first_name=me.first_name,
-        last_name=me.last_name,
-        phone=me.phone,
-        bot=bool(me.bot),
+        id=user.id,
+        username=user.username,
+        first_name=user.first_name,
+        last_name=user.last_name,
+        phone=user.phone,
+        bot=bool(user.bot),
     )
 
 
-async def _input_peer(tg: AccountSession, peer: str) -> Any:
+async def input_peer(tg: AccountSession, peer: str) -> Any:
     method = "contacts.resolveUsername" if peer.startswith("@") else "peer.resolve"
     value: Any = int(peer) if peer.lstrip("-").isdigit() else peer
     return await tg.call(method, lambda: tg.client.get_input_entity(value))
@@ -54,7 +57,7 @@ async def send_message(ctx: JobContext, params: SendMessageParams) -> SendMessag
     await ctx.annotate(random_id=random_id)
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
         await tg.take_send_budget(params.peer)
-        peer = await _input_peer(tg, params.peer)
+        peer = await input_peer(tg, params.peer)
         text, entities = await tg.client._parse_message_text(params.text, params.parse_mode or ())
         request = SendMessageRequest(
             peer=peer,
@@ -88,7 +91,7 @@ def _sent_message(result: Any, random_id: int) -> tuple[int, Any]:
 
 async def get_history(ctx: JobContext, params: GetHistoryParams) -> MessagesResult:
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
-        peer = await _input_peer(tg, params.peer)
+        peer = await input_peer(tg, params.peer)
         messages = await tg.call(
             "messages.getHistory",
             lambda: tg.client.get_messages(

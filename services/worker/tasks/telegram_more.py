@@ -1,0 +1,131 @@
+"""The rest of the Telegram catalogue: reads, joins, forwards and members."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from telethon import types
+from telethon.tl.functions.channels import GetParticipantsRequest, JoinChannelRequest
+from telethon.tl.functions.messages import ForwardMessagesRequest, ImportChatInviteRequest
+
+from services.worker.context import JobContext
+from services.worker.tasks.telegram import input_peer, peer_out, user_out
+from services.worker.telegram.runtime import message_out, random_id_for
+from shared.errors import PermanentFailure
+from shared.jobs.telegram import (
+    DialogsParams,
+    DialogsResult,
+    ForwardParams,
+    ForwardResult,
+    GetMessagesParams,
+    JoinChatParams,
+    MarkReadParams,
+    MessagesResult,
+    OkResult,
+    ParticipantsParams,
+    ParticipantsResult,
+    ResolveResult,
+)
+
+_INVITE = re.compile(r"(?:\+|joinchat/)([A-Za-z0-9_\-]+)/?$")
+
+
+async def get_messages(ctx: JobContext, params: GetMessagesParams) -> MessagesResult:
+    async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
+        peer = await input_peer(tg, params.peer)
+        found = await tg.call(
+            "messages.getMessages", lambda: tg.client.get_messages(peer, ids=params.ids)
+        )
+    return MessagesResult.model_validate(
+        {"messages": [message_out(m) for m in found if isinstance(m, types.Message)]}
+    )
+
+
+async def get_dialogs(ctx: JobContext, params: DialogsParams) -> DialogsResult:
+    async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
+        dialogs = await tg.call(
+            "messages.getDialogs", lambda: tg.client.get_dialogs(limit=params.limit)
+        )
+    return DialogsResult.model_validate(
+        {
+            "dialogs": [
+                {
+                    "peer": peer_out(d.entity),
+                    "unread_count": d.unread_count,
+                    "last_message_id": d.message.id if d.message else None,
+                    "pinned": bool(d.pinned),
+                }
+                for d in dialogs
+            ]
+        }
+    )
+
+
+async def join_chat(ctx: JobContext, params: JoinChatParams) -> ResolveResult:
+    invite = _INVITE.search(params.target)
+    async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
+        if invite:
+            request: Any = ImportChatInviteRequest(invite.group(1))
+            updates = await tg.call("messages.importChatInvite", lambda: tg.client(request))
+        else:
+            channel = await input_peer(tg, params.target)
+            updates = await tg.call(
+                "channels.joinChannel", lambda: tg.client(JoinChannelRequest(channel))
+            )
+    chats = getattr(updates, "chats", [])
+    if not chats:
+        raise PermanentFailure("unexpected_response", "Joining returned no chat.")
+    return ResolveResult(peer=peer_out(chats[0]))
+
+
+async def forward_messages(ctx: JobContext, params: ForwardParams) -> ForwardResult:
+    """One random_id per forwarded message, derived from the job id: re-runs repeat them."""
+    random_ids = [random_id_for(f"{ctx.job_id}:{i}") for i in range(len(params.ids))]
+    async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
+        await tg.take_send_budget(params.to_peer)
+        source = await input_peer(tg, params.from_peer)
+        target = await input_peer(tg, params.to_peer)
+        request = ForwardMessagesRequest(
+            from_peer=source,
+            id=params.ids,
+            random_id=random_ids,
+            to_peer=target,
+            silent=params.silent or None,
+        )
+        updates = await tg.call("messages.forwardMessages", lambda: tg.client(request))
+    by_random = {
+        u.random_id: u.id
+        for u in getattr(updates, "updates", [])
+        if isinstance(u, types.UpdateMessageID)
+    }
+    return ForwardResult(message_ids=[by_random[r] for r in random_ids if r in by_random])
+
+
+async def mark_read(ctx: JobContext, params: MarkReadParams) -> OkResult:
+    async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
+        peer = await input_peer(tg, params.peer)
+        done = await tg.call(
+            "messages.readHistory",
+            lambda: tg.client.send_read_acknowledge(peer, max_id=params.max_id or None),
+        )
+    return OkResult(ok=bool(done))
+
+
+async def get_participants(ctx: JobContext, params: ParticipantsParams) -> ParticipantsResult:
+    async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
+        channel = await input_peer(tg, params.peer)
+        request = GetParticipantsRequest(
+            channel,
+            types.ChannelParticipantsSearch(params.search),
+            params.offset,
+            params.limit,
+            hash=0,
+        )
+        page = await tg.call("channels.getParticipants", lambda: tg.client(request))
+    users = [user_out(u) for u in getattr(page, "users", [])]
+    total = int(getattr(page, "count", len(users)))
+    following = params.offset + len(users)
+    return ParticipantsResult(
+        participants=users, total=total, next_offset=following if following < total else None
+    )
