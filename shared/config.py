@@ -93,6 +93,7 @@ class WorkerSettings(BaseAppSettings):
     # Telegram: without an API id the worker talks to the sandbox DC.
     telegram_api_id: int | None = None
     telegram_api_hash: SecretStr | None = None
+    sandbox_dc: str = "127.0.0.1:10443"
     vault_keys: SecretStr | None = None
     telegram_max_clients: int = Field(default=50, ge=1, le=100_000)
     telegram_idle_seconds: float = Field(default=300.0, gt=0)

@@ -33,3 +33,56 @@ IMPORT = register(
         retry=RetryPolicy(max_tries=2, base_seconds=1.0, cap_seconds=5.0),
     )
 )
+
+
+class LoginStartParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    phone: str = Field(pattern=r"^\+[0-9]{7,15}$")
+
+
+class LoginCodeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    account_id: uuid.UUID
+    code: str = Field(pattern=r"^[0-9]{4,8}$")
+
+
+class LoginPasswordParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    account_id: uuid.UUID
+    password_ref: str = Field(min_length=8, max_length=64, description="A transit reference.")
+
+
+class AccountIdParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    account_id: uuid.UUID
+
+
+class LoginStep(BaseModel):
+    account_id: uuid.UUID
+    state: str
+    next: str | None = Field(description="code, password, or null when logged in")
+    tg_user_id: int | None = None
+
+
+def _control(name: str, params: type[BaseModel], result: type[BaseModel], summary: str) -> None:
+    register(
+        JobType(
+            name=name,
+            params=params,
+            result=result,
+            queue=QueueKind.CONTROL,
+            timeout=60,
+            summary=summary,
+            retry=RetryPolicy(max_tries=1),
+        )
+    )
+
+
+_control("account.login_start", LoginStartParams, LoginStep, "Send a login code to a phone.")
+_control("account.login_code", LoginCodeParams, LoginStep, "Complete a login with the code.")
+_control("account.login_password", LoginPasswordParams, LoginStep, "Complete a 2FA login.")
+_control("account.logout", AccountIdParams, LoginStep, "Log out and erase the session.")

@@ -26,9 +26,10 @@ async def admin(sandbox: Sandbox) -> AsyncIterator[SandboxAdmin]:
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[httpx.AsyncClient]:
+async def api(sandbox: Sandbox) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway plus one worker (a single owner for every account)."""
-    async with gateway_client() as client, running_worker(worker_poll_delay=0.05):
+    dc = f"127.0.0.1:{sandbox.mtproto_port}"
+    async with gateway_client() as client, running_worker(worker_poll_delay=0.05, sandbox_dc=dc):
         yield client
 
 

@@ -77,18 +77,30 @@ async def await_job(state: State, job_id: str, wait_seconds: float) -> JobRecord
     return None
 
 
-@router.post("/import", status_code=201, response_model=AccountView, summary="Adopt a session")
-async def import_account(body: ImportRequest, state: State, principal: Writer) -> Any:
-    _check_session(body.session_string)
-    secret = state.settings.secret_key.get_secret_value()
-    ref = await transit.put(state.redis, secret, body.session_string.strip())
-    job_type = REGISTRY["account.import"]
+# How a failed control job answers: the client's mistakes are 4xx, the rest 502.
+_ERROR_STATUS = {
+    "session_invalid": 422,
+    "session_expired": 422,
+    "phone_code_invalid": 400,
+    "phone_code_expired": 400,
+    "password_invalid": 400,
+    "password_expired": 400,
+    "account_not_found": 404,
+    "login_not_pending": 409,
+    "phone_number_invalid": 422,
+    "phone_number_banned": 403,
+}
+
+
+async def control(state: State, tenant: str, name: str, params: dict[str, Any]) -> Any:
+    """Run a control job and wait for it: its result, or a 202 with the job to follow."""
+    job_type = REGISTRY[name]
     now = utcnow()
     env = Envelope(
         id=str(uuid7()),
-        type=job_type.name,
-        tenant=principal.tenant,
-        params={"session_ref": ref},
+        type=name,
+        tenant=tenant,
+        params=params,
         timeout=job_type.timeout,
         created_at=now,
         run_at=now,
@@ -102,11 +114,72 @@ async def import_account(body: ImportRequest, state: State, principal: Writer) -
             status_code=202,
         )
     if record.error is not None:
-        status = 422 if record.error.code in ("session_invalid", "session_expired") else 502
+        status = _ERROR_STATUS.get(record.error.code, 502)
         raise ApiError(status, record.error.code, record.error.message, {"job_id": env.id})
-    account = await _load(state, principal.tenant, uuid.UUID(record.result["account_id"]))
-    assert account is not None
-    return account
+    return record.result
+
+
+@router.post("/import", status_code=201, response_model=AccountView, summary="Adopt a session")
+async def import_account(body: ImportRequest, state: State, principal: Writer) -> Any:
+    _check_session(body.session_string)
+    secret = state.settings.secret_key.get_secret_value()
+    ref = await transit.put(state.redis, secret, body.session_string.strip())
+    result = await control(state, principal.tenant, "account.import", {"session_ref": ref})
+    if isinstance(result, JSONResponse):
+        return result
+    return await _load(state, principal.tenant, uuid.UUID(result["account_id"]))
+
+
+class LoginRequest(BaseModel):
+    phone: str = Field(pattern=r"^\+[0-9]{7,15}$", description="International format, +...")
+
+
+class CodeRequest(BaseModel):
+    code: str = Field(pattern=r"^[0-9]{4,8}$")
+
+
+class PasswordRequest(BaseModel):
+    password: str = Field(min_length=1, max_length=256, repr=False)
+
+
+class LoginStepOut(BaseModel):
+    account_id: uuid.UUID
+    state: str
+    next: str | None
+    tg_user_id: int | None = None
+
+
+@router.post("", status_code=201, response_model=LoginStepOut, summary="Start a login")
+async def start_login(body: LoginRequest, state: State, principal: Writer) -> Any:
+    return await control(state, principal.tenant, "account.login_start", {"phone": body.phone})
+
+
+@router.post("/{account_id}/login/code", response_model=LoginStepOut, summary="Send the code")
+async def login_code(
+    account_id: uuid.UUID, body: CodeRequest, state: State, principal: Writer
+) -> Any:
+    params = {"account_id": str(account_id), "code": body.code}
+    return await control(state, principal.tenant, "account.login_code", params)
+
+
+@router.post(
+    "/{account_id}/login/password", response_model=LoginStepOut, summary="Send the 2FA password"
+)
+async def login_password(
+    account_id: uuid.UUID, body: PasswordRequest, state: State, principal: Writer
+) -> Any:
+    secret = state.settings.secret_key.get_secret_value()
+    ref = await transit.put(state.redis, secret, body.password)
+    params = {"account_id": str(account_id), "password_ref": ref}
+    return await control(state, principal.tenant, "account.login_password", params)
+
+
+@router.delete("/{account_id}", response_model=LoginStepOut, summary="Log out and erase")
+async def delete_account(account_id: uuid.UUID, state: State, principal: Writer) -> Any:
+    if await _load(state, principal.tenant, account_id) is None:
+        raise ApiError(404, "account_not_found", f"No account {account_id} for this tenant.")
+    params = {"account_id": str(account_id)}
+    return await control(state, principal.tenant, "account.logout", params)
 
 
 async def _load(state: State, tenant: str, account_id: uuid.UUID) -> AccountView | None:

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from services.worker.context import JobContext
-from services.worker.tasks import accounts, system, telegram, telegram_more
+from services.worker.tasks import accounts, login, system, telegram, telegram_more
 
 Handler = Callable[[JobContext, Any], Awaitable[Any]]
 
@@ -14,6 +14,10 @@ HANDLERS: dict[str, Handler] = {
     "system.echo": system.echo,
     "system.sleep": system.sleep,
     "account.import": accounts.import_session,
+    "account.login_start": login.login_start,
+    "account.login_code": login.login_code,
+    "account.login_password": login.login_password,
+    "account.logout": login.logout,
     "telegram.get_me": telegram.get_me,
     "telegram.send_message": telegram.send_message,
     "telegram.get_history": telegram.get_history,

@@ -1,0 +1,201 @@
+"""Interactive login (phone, code, 2FA password) and logout, as control jobs.
+
+Between steps the half-made session lives sealed in the account row (state
+login_pending), so each step may run on any worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from telethon import TelegramClient
+from telethon import errors as tg
+from telethon.sessions import StringSession
+
+from services.worker.context import JobContext
+from services.worker.telegram import accounts
+from services.worker.telegram.accounts import DisabledReason, State
+from services.worker.telegram.errors import Kind, map_error
+from services.worker.telegram.pool import api_credentials, client_options
+from shared import transit
+from shared.errors import PermanentFailure, RetryableFailure
+from shared.jobs.accounts import (
+    AccountIdParams,
+    LoginCodeParams,
+    LoginPasswordParams,
+    LoginStartParams,
+    LoginStep,
+)
+
+
+def _fresh_session(ctx: JobContext) -> StringSession:
+    session = StringSession()
+    if ctx.state.settings.telegram_sandbox:  # production starts from Telethon's own DC list
+        host, _, port = ctx.state.settings.sandbox_dc.rpartition(":")
+        session.set_dc(2, host, int(port))
+    return session
+
+
+@contextlib.asynccontextmanager
+async def _client(ctx: JobContext, session: StringSession) -> AsyncIterator[TelegramClient]:
+    settings = ctx.state.settings
+    api_id, api_hash = api_credentials(settings)
+    client = TelegramClient(session, api_id, api_hash, **client_options(settings))
+    try:
+        await asyncio.wait_for(client.connect(), settings.telegram_request_timeout)
+        yield client
+    except (PermanentFailure, RetryableFailure):
+        raise
+    except Exception as exc:
+        mapped = map_error(exc)
+        if mapped.kind is Kind.RETRY:
+            raise RetryableFailure(mapped.code, mapped.message) from exc
+        raise PermanentFailure(mapped.code, mapped.message) from exc
+    finally:
+        await client.disconnect()
+
+
+async def _pending(ctx: JobContext, account_id: uuid.UUID) -> Any:
+    row = await ctx.state.db.fetchrow(
+        "SELECT * FROM accounts WHERE id = $1 AND tenant_id = $2", account_id, ctx.tenant
+    )
+    if row is None:
+        raise PermanentFailure("account_not_found", f"No account {account_id} for this tenant.")
+    if row["state"] != State.LOGIN_PENDING.value or row["session_ciphertext"] is None:
+        raise PermanentFailure("login_not_pending", f"The account is {row['state']}.")
+    return row
+
+
+async def _save_session(ctx: JobContext, account_id: uuid.UUID, session: str, **cols: Any) -> None:
+    sealed = ctx.state.telegram.vault.seal(session, aad=account_id.bytes)
+    sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(cols, start=5))
+    await ctx.state.db.execute(
+        f"""UPDATE accounts SET session_ciphertext = $2, session_wrapped_key = $3,
+               session_key_id = $4{", " + sets if sets else ""}, updated_at = now()
+           WHERE id = $1""",  # noqa: S608 - column names are ours, values are bound
+        account_id,
+        sealed.ciphertext,
+        sealed.wrapped_key,
+        sealed.key_id,
+        *cols.values(),
+    )
+
+
+async def login_start(ctx: JobContext, params: LoginStartParams) -> LoginStep:
+    account_id = uuid.uuid4()
+    session = _fresh_session(ctx)
+    async with _client(ctx, session) as client:
+        sent = await client.send_code_request(params.phone)
+        saved = session.save()
+    await ctx.state.db.execute(
+        "INSERT INTO tenants (id, name) VALUES ($1, $1) ON CONFLICT (id) DO NOTHING", ctx.tenant
+    )
+    await ctx.state.db.execute(
+        """INSERT INTO accounts (id, tenant_id, phone, state, dc_id)
+           VALUES ($1, $2, $3, 'login_pending', $4)""",
+        account_id,
+        ctx.tenant,
+        params.phone,
+        session.dc_id,
+    )
+    await _save_session(ctx, account_id, saved, login_code_hash=sent.phone_code_hash)
+    await accounts.record_event(
+        ctx.state.db, account_id, ctx.tenant, "login_started", {"phone": params.phone}
+    )
+    return LoginStep(account_id=account_id, state="login_pending", next="code")
+
+
+async def _finish(ctx: JobContext, row: Any, client: TelegramClient) -> LoginStep:
+    me = await client.get_me()
+    session = client.session.save()
+    await _save_session(
+        ctx,
+        row["id"],
+        session,
+        tg_user_id=me.id,
+        username=me.username,
+        first_name=me.first_name,
+        login_code_hash=None,
+        login_needs_password=False,
+    )
+    account = await accounts.load(ctx.state.db, row["id"])
+    assert account is not None
+    await accounts.set_state(ctx.state.db, account, State.ACTIVE)
+    return LoginStep(account_id=row["id"], state="active", next=None, tg_user_id=me.id)
+
+
+async def login_code(ctx: JobContext, params: LoginCodeParams) -> LoginStep:
+    row = await _pending(ctx, params.account_id)
+    vault = ctx.state.telegram.vault
+    session = StringSession(vault.open(_sealed(row), aad=row["id"].bytes))
+    async with _client(ctx, session) as client:
+        try:
+            await client.sign_in(row["phone"], params.code, phone_code_hash=row["login_code_hash"])
+        except tg.SessionPasswordNeededError:
+            await ctx.state.db.execute(
+                "UPDATE accounts SET login_needs_password = true WHERE id = $1", row["id"]
+            )
+            return LoginStep(account_id=row["id"], state="login_pending", next="password")
+        except (tg.PhoneCodeInvalidError, tg.PhoneCodeExpiredError) as exc:
+            await ctx.state.db.execute(
+                "UPDATE accounts SET login_attempts = login_attempts + 1 WHERE id = $1", row["id"]
+            )
+            code = (
+                "phone_code_expired"
+                if isinstance(exc, tg.PhoneCodeExpiredError)
+                else ("phone_code_invalid")
+            )
+            raise PermanentFailure(code, "The login code is wrong or expired.") from exc
+        return await _finish(ctx, row, client)
+
+
+async def login_password(ctx: JobContext, params: LoginPasswordParams) -> LoginStep:
+    row = await _pending(ctx, params.account_id)
+    secret = ctx.state.settings.secret_key.get_secret_value()
+    password = await transit.take(ctx.state.redis, secret, params.password_ref)
+    if password is None:
+        raise PermanentFailure("password_expired", "The password handed to this job is gone.")
+    session = StringSession(ctx.state.telegram.vault.open(_sealed(row), aad=row["id"].bytes))
+    async with _client(ctx, session) as client:
+        try:
+            await client.sign_in(password=password)
+        except tg.PasswordHashInvalidError as exc:
+            await ctx.state.db.execute(
+                "UPDATE accounts SET login_attempts = login_attempts + 1 WHERE id = $1", row["id"]
+            )
+            raise PermanentFailure("password_invalid", "The 2FA password is wrong.") from exc
+        return await _finish(ctx, row, client)
+
+
+async def logout(ctx: JobContext, params: AccountIdParams) -> LoginStep:
+    """Log the session out at Telegram (best effort) and erase it here."""
+    account = await accounts.load(ctx.state.db, params.account_id, ctx.tenant)
+    if account is None:
+        raise PermanentFailure("account_not_found", f"No account {params.account_id}.")
+    await ctx.state.telegram.pool.drop(account.id, reason="logout")
+    if account.sealed is not None and account.state is not State.DISABLED:
+        session = StringSession(ctx.state.telegram.vault.open(account.sealed, aad=account.aad))
+        with contextlib.suppress(PermanentFailure, RetryableFailure):
+            async with _client(ctx, session) as client:
+                await client.log_out()
+    await ctx.state.db.execute(
+        """UPDATE accounts SET session_ciphertext = NULL, session_wrapped_key = NULL,
+               session_key_id = NULL, updated_at = now() WHERE id = $1""",
+        account.id,
+    )
+    await accounts.set_state(
+        ctx.state.db, account, State.DISABLED, reason=DisabledReason.LOGGED_OUT
+    )
+    return LoginStep(account_id=account.id, state="disabled", next=None)
+
+
+def _sealed(row: Any) -> Any:
+    from services.worker.telegram.vault import Sealed
+
+    return Sealed(
+        row["session_key_id"], bytes(row["session_wrapped_key"]), bytes(row["session_ciphertext"])
+    )

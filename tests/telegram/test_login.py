@@ -1,0 +1,94 @@
+"""Logging in by phone and code (and 2FA password), and logging out."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+
+from services.sandbox.admin_client import SandboxAdmin
+from tests.helpers import auth
+from tests.telegram.test_jobs import run
+
+CODE = "22222"  # the sandbox's login code: the DC id five times
+
+
+async def test_login_by_phone_and_code(api: httpx.AsyncClient, pg: asyncpg.Connection[Any]) -> None:
+    started = await api.post("/v1/accounts", json={"phone": "+15550001111"}, headers=auth())
+    assert started.status_code == 201, started.text
+    step = started.json()
+    assert (step["state"], step["next"]) == ("login_pending", "code")
+    account_id = step["account_id"]
+    wrong = await api.post(
+        f"/v1/accounts/{account_id}/login/code", json={"code": "11111"}, headers=auth()
+    )
+    assert wrong.status_code == 400
+    assert wrong.json()["error"]["code"] == "phone_code_invalid"
+    done = await api.post(
+        f"/v1/accounts/{account_id}/login/code", json={"code": CODE}, headers=auth()
+    )
+    assert done.status_code == 200, done.text
+    assert done.json()["state"] == "active"
+    row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", uuid.UUID(account_id))
+    assert row["login_attempts"] == 1
+    assert row["tg_user_id"] == done.json()["tg_user_id"]
+    me = await run(api, "telegram.get_me", account_id=account_id)
+    assert me["result"]["id"] == done.json()["tg_user_id"]
+
+
+async def test_login_with_two_factor_password(api: httpx.AsyncClient, admin: SandboxAdmin) -> None:
+    await admin.create_account(phone="+15550002222", password="open sesame", authorized=False)
+    account_id = (
+        await api.post("/v1/accounts", json={"phone": "+15550002222"}, headers=auth())
+    ).json()["account_id"]
+    step = await api.post(
+        f"/v1/accounts/{account_id}/login/code", json={"code": CODE}, headers=auth()
+    )
+    assert step.json()["next"] == "password"
+    wrong = await api.post(
+        f"/v1/accounts/{account_id}/login/password", json={"password": "guess"}, headers=auth()
+    )
+    assert wrong.status_code == 400
+    assert wrong.json()["error"]["code"] == "password_invalid"
+    right = await api.post(
+        f"/v1/accounts/{account_id}/login/password",
+        json={"password": "open sesame"},
+        headers=auth(),
+    )
+    assert right.status_code == 200, right.text
+    assert right.json()["state"] == "active"
+    jobs = (await api.get("/v1/jobs?limit=200", headers=auth())).text
+    assert "open sesame" not in jobs  # the password travelled by reference only
+
+
+async def test_logout_erases_the_session(
+    api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
+    started = await api.post("/v1/accounts", json={"phone": "+15550003333"}, headers=auth())
+    account_id = started.json()["account_id"]
+    await api.post(f"/v1/accounts/{account_id}/login/code", json={"code": CODE}, headers=auth())
+    out = await api.delete(f"/v1/accounts/{account_id}", headers=auth())
+    assert out.status_code == 200, out.text
+    row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", uuid.UUID(account_id))
+    assert (row["state"], row["disabled_reason"]) == ("disabled", "logged_out")
+    assert row["session_ciphertext"] is None
+    again = await api.post(
+        "/v1/jobs",
+        json={"type": "telegram.get_me", "params": {"account_id": account_id}},
+        headers=auth(),
+    )
+    assert again.status_code == 409
+    missing = await api.delete(f"/v1/accounts/{uuid.uuid4()}", headers=auth())
+    assert missing.status_code == 404
+
+
+async def test_bad_login_input(api: httpx.AsyncClient) -> None:
+    phone = await api.post("/v1/accounts", json={"phone": "12345"}, headers=auth())
+    assert phone.status_code == 422
+    code = await api.post(
+        f"/v1/accounts/{uuid.uuid4()}/login/code", json={"code": "22222"}, headers=auth()
+    )
+    assert code.status_code == 404
+    assert code.json()["error"]["code"] == "account_not_found"
