@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from services.gateway import errors
 from services.gateway.middleware import BodyLimit, Metrics
-from services.gateway.routes import accounts, health, jobs
+from services.gateway.routes import accounts, health, jobs, monitoring
 from services.gateway.state import GatewayState
 from shared import db, metrics, registry
 from shared.config import GatewaySettings
@@ -34,7 +34,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     store = JobStore(
         redis, status_ttl=settings.job_status_ttl, idempotency_ttl=settings.idempotency_ttl
     )
-    app.state.tgflow = GatewayState(settings, redis, pool, store, instance_id)
+    monitor = monitoring.monitor_client(
+        settings.monitor_url, settings.monitor_timeout, settings.monitor_api_key()
+    )
+    app.state.tgflow = GatewayState(settings, redis, pool, store, instance_id, monitor)
     url = f"http://{registry.advertised_host(settings.gateway_host)}:{settings.gateway_port}"
     stop = asyncio.Event()
     beat = asyncio.create_task(
@@ -59,6 +62,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await beat
         with contextlib.suppress(RedisError, OSError):
             await registry.withdraw(redis, instance_id)
+        await monitor.aclose()
         metrics.untrack_pool("gateway")
         await pool.close()
         await redis.aclose()
@@ -77,6 +81,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(accounts.router)
+    app.include_router(monitoring.router)
     errors.install(app, tags=set(REGISTRY))
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(Metrics)
