@@ -67,13 +67,31 @@ def _stop(children: list[subprocess.Popen[bytes]], grace: float) -> None:
             child.wait()
 
 
+def _start_sandbox(env: dict[str, str], children: list[subprocess.Popen[bytes]]) -> str:
+    """Serve the sandbox DC and model endpoint; point the workers at it. Its admin URL."""
+    host, _, port = env.setdefault("TGFLOW_SANDBOX_DC", "127.0.0.1:10443").rpartition(":")
+    admin_port = env.setdefault("TGFLOW_SANDBOX_ADMIN_PORT", "10480")
+    admin = f"http://{host}:{admin_port}"
+    env.setdefault("TGFLOW_AI_SANDBOX_URL", f"{admin}/v1")
+    children.append(
+        _spawn("sandbox", env, "--host", host, "--port", port, "--admin-port", admin_port)
+    )
+    if not _wait_ready(f"{admin}/admin/server", children, timeout=30):
+        raise RuntimeError("the sandbox DC did not start")
+    return admin
+
+
 def _print_banner(env: dict[str, str], gateway: str, monitor: str, token: str) -> None:
+    sandbox = env.get("TGFLOW_SANDBOX_ADMIN_URL")
+    sandbox_line = (
+        f"  sandbox   {sandbox}  (local Telegram DC; login code 22222)\n" if sandbox else ""
+    )
     print(
         f"""
 tgflow is up.
   gateway   {gateway}        (docs: {gateway}/docs)
   monitor   {monitor}/metrics
-  postgres  {env["TGFLOW_DATABASE_URL"]}
+{sandbox_line}  postgres  {env["TGFLOW_DATABASE_URL"]}
   redis     {env["TGFLOW_REDIS_URL"]}
 
 Submit a job:
@@ -115,6 +133,8 @@ def up(*, workers: int = 1) -> int:
             env["TGFLOW_REDIS_URL"] = valkey.start()
         applied = asyncio.run(migrate(env["TGFLOW_DATABASE_URL"]))
         print(f"migrations applied: {applied or 'none pending'}", flush=True)
+        if "TGFLOW_TELEGRAM_API_ID" not in env:  # no Telegram credentials: the sandbox DC
+            env["TGFLOW_SANDBOX_ADMIN_URL"] = _start_sandbox(env, children)
         children.append(_spawn("gateway", env))
         children.extend(_spawn("worker", env) for _ in range(workers))
         children.append(_spawn("monitor", env))

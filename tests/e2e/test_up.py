@@ -46,6 +46,8 @@ async def test_up_runs_everything_embedded_and_stops_without_orphans(
         "TGFLOW_DATA_DIR": str(data_dir),
         "TGFLOW_GATEWAY_PORT": str(port),
         "TGFLOW_MONITOR_PORT": str(monitor_port),
+        "TGFLOW_SANDBOX_DC": f"127.0.0.1:{free_port()}",
+        "TGFLOW_SANDBOX_ADMIN_PORT": str(free_port()),
     }
     log = data_dir / "up.log"
     with log.open("wb") as out:
@@ -60,7 +62,8 @@ async def test_up_runs_everything_embedded_and_stops_without_orphans(
         token = re.search(r"Bearer ([\w.-]+)", banner)
         assert token is not None
         descendants = psutil.Process(proc.pid).children(recursive=True)
-        assert len(descendants) >= 4  # gateway, worker, monitor, valkey (postgres is daemonised)
+        # gateway, worker, monitor, sandbox and valkey (postgres is daemonised)
+        assert len(descendants) >= 5
         headers = {"Authorization": f"Bearer {token.group(1)}"}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             response = await client.post(
@@ -82,6 +85,16 @@ async def test_up_runs_everything_embedded_and_stops_without_orphans(
                 await asyncio.sleep(0.1)
             assert job is not None
             assert job["result"]["message"] == "up"
+            # No Telegram credentials: the sandbox DC serves a real login end to end.
+            login = await client.post(
+                "/v1/accounts", json={"phone": "+15550009999"}, headers=headers
+            )
+            assert login.status_code == 201, login.text
+            account_id = login.json()["account_id"]
+            done = await client.post(
+                f"/v1/accounts/{account_id}/login/code", json={"code": "22222"}, headers=headers
+            )
+            assert done.json()["state"] == "active", done.text
         async with httpx.AsyncClient() as client:
             metrics = await client.get(f"http://127.0.0.1:{monitor_port}/metrics")
         assert "tgflow_queue_depth" in metrics.text
