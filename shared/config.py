@@ -99,6 +99,8 @@ class WorkerSettings(BaseAppSettings):
     telegram_idle_seconds: float = Field(default=300.0, gt=0)
     telegram_request_timeout: float = Field(default=20.0, gt=0)
     telegram_health_seconds: float = Field(default=60.0, gt=0)
+    telegram_validate_seconds: float = Field(default=3600.0, gt=0)
+    telegram_session_retention_days: int = Field(default=30, ge=0)
     telegram_flood_sleep_threshold: int = Field(default=3, ge=0)
     telegram_long_flood_seconds: int = Field(default=300, ge=1)
     telegram_send_rate: float = Field(default=1.0, gt=0)

@@ -19,6 +19,7 @@ from services.worker.nudge import listen_for_nudges
 from services.worker.state import WorkerState
 from services.worker.tasks import HANDLERS
 from services.worker.telegram.runtime import TelegramRuntime
+from services.worker.telegram.upkeep import listen_for_disconnects, validate_idle_sessions
 from services.worker.telegram.vault import vault_from_settings
 from shared import db, metrics, registry
 from shared.config import WorkerSettings
@@ -60,7 +61,7 @@ async def open_state(settings: WorkerSettings, instance_id: str) -> WorkerState:
         settings.vault_keys.get_secret_value() if settings.vault_keys else None,
         settings.secret_key.get_secret_value(),
     )
-    telegram = TelegramRuntime(settings, pool, redis, vault)
+    telegram = TelegramRuntime(settings, pool, redis, vault, instance_id)
     return WorkerState(settings, instance_id, redis, arq_pool, pool, store, tracer, telegram)
 
 
@@ -106,6 +107,8 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     archiving = asyncio.create_task(archiver.run(), name="archiver")
     nudges = asyncio.create_task(listen_for_nudges(blocking, consumers, stop), name="nudges")
     pool_care = asyncio.create_task(state.telegram.pool.run_maintenance(stop))
+    disconnects = asyncio.create_task(listen_for_disconnects(blocking, state.telegram, stop))
+    validation = asyncio.create_task(validate_idle_sessions(state.telegram, stop))
     gauges = asyncio.create_task(
         metrics_.sample_queues(state.redis, settings.queue_kinds, stop, settings.heartbeat_seconds)
     )
@@ -140,7 +143,16 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     await asyncio.gather(*(c.drain(settings.worker_drain_seconds) for c in consumers))
     await asyncio.gather(*consuming, return_exceptions=True)
     archiver.stop()  # after the consumers: their last transitions get archived too
-    await asyncio.gather(archiving, nudges, beat, gauges, pool_care, return_exceptions=True)
+    await asyncio.gather(
+        archiving,
+        nudges,
+        beat,
+        gauges,
+        pool_care,
+        disconnects,
+        validation,
+        return_exceptions=True,
+    )
     with contextlib.suppress(RedisError, OSError):
         await registry.withdraw(state.redis, instance_id)
     http.should_exit = True

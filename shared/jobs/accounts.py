@@ -86,3 +86,21 @@ _control("account.login_start", LoginStartParams, LoginStep, "Send a login code 
 _control("account.login_code", LoginCodeParams, LoginStep, "Complete a login with the code.")
 _control("account.login_password", LoginPasswordParams, LoginStep, "Complete a 2FA login.")
 _control("account.logout", AccountIdParams, LoginStep, "Log out and erase the session.")
+
+
+class CleanupParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    older_than_days: int | None = Field(default=None, ge=0, le=3650)
+
+
+class CleanupResult(BaseModel):
+    erased: int
+
+
+_control(
+    "telegram.cleanup_sessions",
+    CleanupParams,
+    CleanupResult,
+    "Erase sessions of accounts invalid for longer than the retention period.",
+)

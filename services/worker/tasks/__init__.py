@@ -18,6 +18,7 @@ HANDLERS: dict[str, Handler] = {
     "account.login_code": login.login_code,
     "account.login_password": login.login_password,
     "account.logout": login.logout,
+    "telegram.cleanup_sessions": login.cleanup_sessions,
     "telegram.get_me": telegram.get_me,
     "telegram.send_message": telegram.send_message,
     "telegram.get_history": telegram.get_history,

@@ -25,6 +25,8 @@ from shared import transit
 from shared.errors import PermanentFailure, RetryableFailure
 from shared.jobs.accounts import (
     AccountIdParams,
+    CleanupParams,
+    CleanupResult,
     LoginCodeParams,
     LoginPasswordParams,
     LoginStartParams,
@@ -199,3 +201,24 @@ def _sealed(row: Any) -> Any:
     return Sealed(
         row["session_key_id"], bytes(row["session_wrapped_key"]), bytes(row["session_ciphertext"])
     )
+
+
+async def cleanup_sessions(ctx: JobContext, params: CleanupParams) -> CleanupResult:
+    """Erase the sealed sessions of the tenant's accounts disabled for long enough."""
+    days = params.older_than_days
+    if days is None:
+        days = ctx.state.settings.telegram_session_retention_days
+    rows = await ctx.state.db.fetch(
+        """UPDATE accounts SET session_ciphertext = NULL, session_wrapped_key = NULL,
+               session_key_id = NULL, updated_at = now()
+           WHERE tenant_id = $1 AND state = 'disabled' AND session_ciphertext IS NOT NULL
+             AND invalid_since < now() - make_interval(days => $2)
+           RETURNING id""",
+        ctx.tenant,
+        days,
+    )
+    for row in rows:
+        await accounts.record_event(
+            ctx.state.db, row["id"], ctx.tenant, "session_erased", {"retention_days": days}
+        )
+    return CleanupResult(erased=len(rows))

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from telethon import TelegramClient, types
 from telethon.sessions import StringSession
 from telethon.tl.functions.users import GetUsersRequest
@@ -25,10 +27,12 @@ from telethon.tl.functions.users import GetUsersRequest
 from services.worker.telegram import metrics
 from services.worker.telegram.accounts import Account
 from services.worker.telegram.vault import Vault
+from shared.aio import sleep_unless
 from shared.config import WorkerSettings
 from shared.errors import Deferral, PermanentFailure
 from shared.jobs.envelope import utcnow
 from shared.logs import get_logger
+from shared.telegram_keys import PRESENCE_TTL, presence_key
 
 log = get_logger(__name__)
 
@@ -42,6 +46,7 @@ class Entry:
     last_health: float = field(default_factory=time.monotonic)
     failures: int = 0
     retired: bool = False
+    connected_at: float = 0.0
 
 
 def client_options(settings: WorkerSettings) -> dict[str, Any]:
@@ -80,9 +85,13 @@ def api_credentials(settings: WorkerSettings) -> tuple[int, str]:
 
 
 class ClientPool:
-    def __init__(self, settings: WorkerSettings, vault: Vault) -> None:
+    def __init__(
+        self, settings: WorkerSettings, vault: Vault, redis: Redis, worker_id: str
+    ) -> None:
         self.settings = settings
         self.vault = vault
+        self.redis = redis
+        self.worker_id = worker_id
         self.api_id, self.api_hash = api_credentials(settings)
         self.options = client_options(settings)
         self._entries: OrderedDict[uuid.UUID, Entry] = OrderedDict()
@@ -160,6 +169,8 @@ class ClientPool:
                 ) from exc
             entry.failures = 0
             entry.last_health = time.monotonic()
+            entry.connected_at = time.time()
+            await self._announce(account.id, entry)
             metrics.CONNECTS.labels("ok").inc()
             metrics.CLIENTS_CONNECTED.set(len(self.connected()))
             log.info("telegram client connected", account_id=str(account.id))
@@ -178,15 +189,27 @@ class ClientPool:
         del self._entries[account_id]
         with contextlib.suppress(Exception):
             await entry.client.disconnect()
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.delete(presence_key(account_id))
         metrics.DISCONNECTS.labels(reason).inc()
         metrics.CLIENTS_CONNECTED.set(len(self.connected()))
         log.info("telegram client disconnected", account_id=str(account_id), reason=reason)
         return True
 
+    async def _announce(self, account_id: uuid.UUID, entry: Entry) -> None:
+        fields = {"worker": self.worker_id, "connected_at": repr(entry.connected_at)}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(presence_key(account_id), mapping=fields)
+            pipe.expire(presence_key(account_id), PRESENCE_TTL)
+            await pipe.execute()
+
     async def maintain(self) -> None:
-        """One pass: drop idle clients and recycle unhealthy ones."""
+        """One pass: drop idle clients, recycle unhealthy ones, refresh presence."""
         now = time.monotonic()
         for account_id, entry in list(self._entries.items()):
+            if entry.client.is_connected():
+                with contextlib.suppress(RedisError, OSError):
+                    await self._announce(account_id, entry)
             if entry.in_use:
                 continue
             if now - entry.last_used > self.settings.telegram_idle_seconds:
@@ -206,8 +229,6 @@ class ClientPool:
             await self.drop(account_id, reason="unhealthy")
 
     async def run_maintenance(self, stop: asyncio.Event) -> None:
-        from shared.aio import sleep_unless
-
         interval = min(
             30.0, self.settings.telegram_idle_seconds / 4, self.settings.telegram_health_seconds / 2
         )
@@ -219,4 +240,6 @@ class ClientPool:
             entry = self._entries.pop(account_id)
             with contextlib.suppress(Exception):
                 await entry.client.disconnect()
+            with contextlib.suppress(RedisError, OSError):
+                await self.redis.delete(presence_key(account_id))
         metrics.CLIENTS_CONNECTED.set(0)

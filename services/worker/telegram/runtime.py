@@ -13,6 +13,7 @@ from typing import Any, NoReturn, TypeVar
 
 from opentelemetry import trace
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from telethon import TelegramClient
 
 from services.worker.telegram import accounts, metrics
@@ -26,6 +27,7 @@ from shared.db import Pool
 from shared.errors import Deferral, PermanentFailure, RetryableFailure
 from shared.jobs.envelope import utcnow
 from shared.logs import get_logger
+from shared.telegram_keys import stats_key
 
 log = get_logger(__name__)
 tracer = trace.get_tracer("tgflow.telegram")
@@ -39,12 +41,15 @@ def random_id_for(job_id: str) -> int:
 
 
 class TelegramRuntime:
-    def __init__(self, settings: WorkerSettings, db: Pool, redis: Redis, vault: Vault) -> None:
+    def __init__(
+        self, settings: WorkerSettings, db: Pool, redis: Redis, vault: Vault, worker_id: str
+    ) -> None:
         self.settings = settings
         self.db = db
+        self.redis = redis
         self.vault = vault
         self.limits = Limits(redis)
-        self.pool = ClientPool(settings, vault)
+        self.pool = ClientPool(settings, vault, redis, worker_id)
 
     async def load_usable(self, tenant: str, account_id: uuid.UUID) -> Account:
         account = await accounts.load(self.db, account_id, tenant)
@@ -136,12 +141,20 @@ class AccountSession:
                 )
             except Exception as exc:
                 metrics.REQUESTS.labels(account_id, method, "error").inc()
+                await self._count(method, "error")
                 await self.runtime.fail(self.account, method, exc)
         metrics.REQUESTS.labels(account_id, method, "ok").inc()
+        await self._count(method, "ok")
         metrics.REQUEST_LATENCY.labels(method).observe(time.perf_counter() - start)
         if self.account.state in (State.FLOOD_WAIT, State.RECONNECTING):
             await accounts.set_state(self.runtime.db, self.account, State.ACTIVE)
         return result
+
+    async def _count(self, method: str, outcome: str) -> None:
+        """Per-tenant call counters for GET /v1/telegram/stats."""
+        with contextlib.suppress(RedisError, OSError):
+            key = stats_key(self.account.tenant)
+            await self.runtime.redis.hincrby(key, f"{method}:{outcome}")  # type: ignore[misc]
 
     async def take_send_budget(self, peer: str) -> None:
         settings = self.runtime.settings

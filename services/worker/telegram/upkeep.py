@@ -1,0 +1,119 @@
+"""Background Telegram upkeep in a worker: disconnect requests and session validation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from telethon import TelegramClient, types
+from telethon.sessions import StringSession
+from telethon.tl.functions.users import GetUsersRequest
+
+from services.worker.telegram import accounts
+from services.worker.telegram.accounts import State
+from services.worker.telegram.errors import Kind, map_error
+from services.worker.telegram.pool import api_credentials, client_options
+from services.worker.telegram.runtime import TelegramRuntime
+from shared.aio import raise_if_cancelling, sleep_unless
+from shared.logs import get_logger
+from shared.telegram_keys import DISCONNECT_CHANNEL, presence_key
+
+log = get_logger(__name__)
+VALIDATION_LOCK = "tgflow:tg:validation"
+
+
+async def listen_for_disconnects(
+    redis: Redis, runtime: TelegramRuntime, stop: asyncio.Event
+) -> None:
+    """Drop this worker's client of an account when the API asks (DELETE .../connections)."""
+    while not stop.is_set():
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(DISCONNECT_CHANNEL)
+            while not stop.is_set():
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    await _disconnect(runtime, message["data"])
+        except (RedisError, OSError):
+            raise_if_cancelling()
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await sleep_unless(stop, 1.0)
+
+
+async def _disconnect(runtime: TelegramRuntime, raw: str) -> None:
+    try:
+        account_id = uuid.UUID(raw)
+    except ValueError:
+        return
+    if not await runtime.pool.drop(account_id, reason="requested"):
+        runtime.pool.retire(account_id)  # in use: as soon as its job ends
+
+
+async def validate_idle_sessions(runtime: TelegramRuntime, stop: asyncio.Event) -> None:
+    """Every ``telegram_validate_seconds``, one worker checks sessions nobody holds."""
+    interval = runtime.settings.telegram_validate_seconds
+    while not await sleep_unless(stop, min(interval, 60.0)):
+        try:
+            if await runtime.redis.set(VALIDATION_LOCK, "1", nx=True, ex=int(interval)):
+                checked = await validate_once(runtime)
+                log.info("validated idle sessions", checked=checked)
+        except (RedisError, OSError) as exc:
+            raise_if_cancelling()
+            log.warning("session validation skipped", error=type(exc).__name__)
+
+
+async def validate_once(runtime: TelegramRuntime, *, limit: int = 500) -> int:
+    """Check active accounts no worker holds with one cheap call; disable dead ones."""
+    rows = await runtime.db.fetch(
+        """SELECT id FROM accounts WHERE state IN ('active', 'flood_wait', 'reconnecting')
+             AND session_ciphertext IS NOT NULL
+             AND (last_used_at IS NULL OR last_used_at < now() - make_interval(secs => $1))
+           ORDER BY last_used_at NULLS FIRST LIMIT $2""",
+        runtime.settings.telegram_idle_seconds,
+        limit,
+    )
+    checked = 0
+    for row in rows:
+        # Never open a second connection to a key another worker holds (one owner per key).
+        if await runtime.redis.exists(presence_key(row["id"])):
+            continue
+        account = await accounts.load(runtime.db, row["id"])
+        if account is None or account.sealed is None:
+            continue
+        await _check(runtime, account)
+        checked += 1
+    return checked
+
+
+async def _check(runtime: TelegramRuntime, account: accounts.Account) -> None:
+    settings = runtime.settings
+    assert account.sealed is not None
+    session = runtime.vault.open(account.sealed, aad=account.aad)
+    api_id, api_hash = api_credentials(settings)
+    client = TelegramClient(StringSession(session), api_id, api_hash, **client_options(settings))
+    try:
+        await asyncio.wait_for(client.connect(), settings.telegram_request_timeout)
+        request: Any = GetUsersRequest([types.InputUserSelf()])
+        await asyncio.wait_for(client(request), settings.telegram_request_timeout)
+        await accounts.touch(runtime.db, account.id)
+    except Exception as exc:
+        mapped = map_error(exc)
+        if mapped.kind is Kind.DISABLE:
+            await accounts.set_state(
+                runtime.db, account, State.DISABLED, reason=mapped.reason, error=mapped.code
+            )
+            await accounts.record_event(
+                runtime.db,
+                account.id,
+                account.tenant,
+                "error",
+                {"code": mapped.code, "method": "validation", "alert": True},
+            )
+    finally:
+        with contextlib.suppress(Exception):
+            await client.disconnect()
