@@ -44,6 +44,11 @@ class BaseAppSettings(BaseSettings):
     instance_name: str | None = None
     job_status_ttl: int = Field(default=86_400, ge=60)
     idempotency_ttl: int = Field(default=86_400, ge=60)
+    # AI providers: the gateway validates AI jobs against this catalogue, workers call it.
+    ai_providers: str = ""
+    ai_providers_file: str = ""
+    ai_default_provider: str = ""
+    ai_sandbox_url: str = "http://127.0.0.1:10480/v1"
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Self:
@@ -107,6 +112,12 @@ class WorkerSettings(BaseAppSettings):
     telegram_send_burst: int = Field(default=20, ge=1)
     telegram_peer_send_rate: float = Field(default=0.34, gt=0)
     telegram_peer_send_burst: int = Field(default=3, ge=1)
+    # AI: content logging, the response cache, waiting for a provider slot.
+    ai_log_content: bool = False
+    ai_cache_ttl: int = Field(default=86_400, ge=1)
+    ai_slot_wait_seconds: float = Field(default=2.0, ge=0, le=60)
+    ai_lease_seconds: float = Field(default=30.0, ge=2)
+    ai_http_max_connections: int = Field(default=100, ge=1, le=10_000)
 
     @property
     def queue_kinds(self) -> list[str]:

@@ -72,6 +72,8 @@ TABLES = (
     "monitor_silences",
     "monitor_nflog",
     "monitor_notifications",
+    "ai_cache",
+    "ai_usage",
 )
 
 

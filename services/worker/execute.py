@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.worker import metrics
 from services.worker.context import JobContext
-from services.worker.outcomes import Action, Outcome, backoff_seconds, classify
+from services.worker.outcomes import Action, Outcome, classify, retry_delay
 from services.worker.state import WorkerState
 from services.worker.tasks import Handler
 from shared.jobs import JobType
@@ -137,7 +137,7 @@ class JobRunner:
             await self._defer(state, env, outcome)
         policy = self.job_type.retry
         if outcome.action is Action.RETRY and attempt < policy.max_tries:
-            delay = backoff_seconds(policy, attempt)
+            delay = retry_delay(policy, attempt, outcome.until)
             await state.jobs.transition(
                 env.id,
                 {

@@ -12,6 +12,7 @@ from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
 from services.worker import metrics as metrics_
+from services.worker.ai.runtime import open_runtime
 from services.worker.archiver import Archiver
 from services.worker.consumer import Consumer, functions_for
 from services.worker.execute import JobRunner
@@ -62,10 +63,14 @@ async def open_state(settings: WorkerSettings, instance_id: str) -> WorkerState:
         settings.secret_key.get_secret_value(),
     )
     telegram = TelegramRuntime(settings, pool, redis, vault, instance_id)
-    return WorkerState(settings, instance_id, redis, arq_pool, pool, store, tracer, telegram)
+    state = WorkerState(settings, instance_id, redis, arq_pool, pool, store, tracer, telegram)
+    state.ai = open_runtime(settings, redis, pool)
+    return state
 
 
 async def close_state(state: WorkerState) -> None:
+    if state.ai is not None:
+        await state.ai.aclose()
     await state.telegram.close()
     metrics.untrack_pool("worker")
     await state.db.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from pydantic import ValidationError
@@ -33,7 +33,7 @@ def classify(exc: BaseException) -> Outcome:
         case Deferral():
             return Outcome(Action.DEFER, exc.code, exc.message, exc.until)
         case RetryableFailure():
-            return Outcome(Action.RETRY, exc.code, exc.message)
+            return Outcome(Action.RETRY, exc.code, exc.message, _not_before(exc))
         case PermanentFailure():
             return Outcome(Action.FAIL, exc.code, exc.message)
         case ValidationError():
@@ -46,10 +46,27 @@ def classify(exc: BaseException) -> Outcome:
             return Outcome(Action.FAIL, "internal_error", f"{type(exc).__name__}: {exc}")
 
 
+def _not_before(exc: RetryableFailure) -> datetime | None:
+    """A retry's earliest time, from ``details["retry_after"]`` seconds (a Retry-After)."""
+    after = (exc.details or {}).get("retry_after")
+    if not isinstance(after, int | float) or after <= 0:
+        return None
+    return datetime.now(UTC) + timedelta(seconds=after)
+
+
 def _first_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
     return f"Invalid params: {where}: {first['msg']}"
+
+
+def retry_delay(policy: RetryPolicy, attempt: int, not_before: datetime | None) -> float:
+    """Backoff for this attempt, but never before ``not_before`` (plus a little jitter)."""
+    delay = backoff_seconds(policy, attempt)
+    if not_before is None:
+        return delay
+    wait = (not_before - datetime.now(UTC)).total_seconds()
+    return max(delay, wait + random.uniform(0, min(1.0, wait * 0.1)))
 
 
 def backoff_seconds(policy: RetryPolicy, attempt: int) -> float:

@@ -8,6 +8,7 @@ from arq.connections import ArqRedis
 from opentelemetry.trace import Tracer
 from redis.asyncio import Redis
 
+from services.worker.ai.runtime import AiRuntime
 from services.worker.telegram.runtime import TelegramRuntime
 from shared.config import WorkerSettings
 from shared.db import Pool
@@ -25,3 +26,4 @@ class WorkerState:
     tracer: Tracer
     telegram: TelegramRuntime
     running: dict[str, str] = field(default_factory=dict)  # job id -> type
+    ai: AiRuntime | None = None

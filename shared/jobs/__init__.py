@@ -1,6 +1,6 @@
 """Job contract: every job type tgflow knows, importable from one place."""
 
-from shared.jobs import accounts, system, telegram
+from shared.jobs import accounts, ai, system, telegram
 from shared.jobs.contract import (
     REGISTRY,
     TERMINAL_STATUSES,
@@ -21,6 +21,7 @@ __all__ = [
     "QueueKind",
     "RetryPolicy",
     "accounts",
+    "ai",
     "job_types_for",
     "queue_key",
     "register",

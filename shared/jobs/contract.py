@@ -7,6 +7,7 @@ validation and OpenAPI, and by the worker to run it. Names are ``domain.action``
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
@@ -51,9 +52,28 @@ class RetryPolicy:
     cap_seconds: float = 300.0
 
 
+class ParamsRejected(ValueError):
+    """Params that parse but cannot run here (unknown provider, prompt too long).
+
+    Raised by a job type's ``validate`` hook; the gateway answers 422 with ``code`` and
+    the offending ``field`` (a dotted path inside params), the worker fails the job.
+    """
+
+    def __init__(self, code: str, field: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.field = field
+        self.message = message
+
+
 @dataclass(frozen=True)
 class JobType(Generic[P, R]):
-    """A declared job type: its name, queue, models and limits."""
+    """A declared job type: its name, queue, models and limits.
+
+    ``validate``, when set, checks parsed params against the process settings (for
+    example a provider catalogue) and raises ``ParamsRejected``; it must not do I/O
+    beyond reading configuration.
+    """
 
     name: str
     params: type[P]
@@ -62,6 +82,7 @@ class JobType(Generic[P, R]):
     timeout: float
     summary: str
     retry: RetryPolicy = RetryPolicy()
+    validate: Callable[[P, Any], None] | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

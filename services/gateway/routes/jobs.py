@@ -23,6 +23,7 @@ from services.gateway.schemas import (
 )
 from shared.ids import uuid7
 from shared.jobs import REGISTRY, JobStatus
+from shared.jobs.contract import ParamsRejected
 from shared.jobs.envelope import Envelope, to_micros, utcnow
 from shared.jobs.record import JobRecord
 from shared.telemetry import inject_context
@@ -63,6 +64,20 @@ async def _find(state: State, tenant: str, job_id: str) -> JobRecord | None:
     if record is not None:
         return record if record.tenant == tenant else None
     return await repository.get_job(state.db, tenant, parsed)
+
+
+def _check_params(body: SubmitOptions, state: State) -> None:
+    """Run the job type's own check of its params against this process's settings."""
+    validate = REGISTRY[body.type].validate  # type: ignore[attr-defined]
+    if validate is None:
+        return
+    try:
+        validate(body.params, state.settings)  # type: ignore[attr-defined]
+    except ParamsRejected as exc:
+        field = f"params.{exc.field}"
+        raise ApiError(
+            422, exc.code, exc.message, [{"field": field, "message": exc.message, "type": exc.code}]
+        ) from None
 
 
 def _envelope(body: SubmitOptions, tenant: str, max_defer: int) -> Envelope:
@@ -108,6 +123,7 @@ async def submit_job(
     principal: Writer,
     response: Response,
 ) -> JobAccepted:
+    _check_params(body, state)
     env = _envelope(body, principal.tenant, state.settings.max_defer_seconds)
     if "account_id" in env.params:
         await check_account(state, principal.tenant, uuid.UUID(env.params["account_id"]))

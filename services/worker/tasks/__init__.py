@@ -6,13 +6,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from services.worker.context import JobContext
-from services.worker.tasks import accounts, login, system, telegram, telegram_more
+from services.worker.tasks import accounts, ai, login, system, telegram, telegram_more
 
 Handler = Callable[[JobContext, Any], Awaitable[Any]]
 
 HANDLERS: dict[str, Handler] = {
     "system.echo": system.echo,
     "system.sleep": system.sleep,
+    "ai.complete": ai.complete,
     "account.import": accounts.import_session,
     "account.login_start": login.login_start,
     "account.login_code": login.login_code,
