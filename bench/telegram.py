@@ -1,0 +1,308 @@
+"""Telegram runtime benchmark against the sandbox DC, with a bare Telethon baseline.
+
+    .venv/bin/python bench/telegram.py [--accounts 1000] [--send-accounts 100] [--sends 2000]
+
+1. Memory: a fresh process opens the worker's ClientPool and connects N accounts (stored
+   sealed in Postgres, as a worker would find them), each making one users.getUsers call;
+   RSS after minus RSS before, per account, and the time to connect them all (50 at a
+   time).
+2. Sends: M telegram.send_message jobs over HTTP (gateway and worker processes) spread
+   over K accounts, jobs per second from the first job created to the last finished;
+   then the same M sends made by a bare Telethon loop (K clients in one process, each
+   sending its share in sequence) in the same run. Send budgets are raised for the run:
+   they are a pacing policy, not overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import psutil
+from redis.asyncio import Redis
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from services.sandbox.admin_client import SandboxAdmin  # noqa: E402
+from shared.auth import mint_token  # noqa: E402
+from shared.config import DEFAULT_SECRET  # noqa: E402
+from shared.db import migrate  # noqa: E402
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def spawn(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def wait_http(url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            try:
+                async with http.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+async def store_accounts(env: dict[str, str], sessions: list[tuple[int, str]]) -> list[str]:
+    """Seal and store sessions as an import would (bench shortcut: no API round trip)."""
+    from services.worker.telegram import accounts
+    from services.worker.telegram.vault import vault_from_settings
+    from shared.config import WorkerSettings
+    from shared.db import create_pool
+
+    settings = WorkerSettings(_env_file=None, **{"database_url": env["TGFLOW_DATABASE_URL"]})
+    vault = vault_from_settings(None, settings.secret_key.get_secret_value())
+    pool = await create_pool(settings, role="bench")
+    ids = []
+    try:
+        for user_id, session in sessions:
+            account_id = uuid.uuid4()
+            sealed = vault.seal(session, aad=account_id.bytes)
+            me = {"id": user_id, "username": None, "first_name": "b", "phone": None, "dc_id": 2}
+            ids.append(
+                str(
+                    await accounts.insert_active(
+                        pool, account_id=account_id, tenant="bench", sealed=sealed, me=me
+                    )
+                )
+            )
+    finally:
+        await pool.close()
+    return ids
+
+
+MEMORY_PROBE = r"""
+import asyncio, os, sys, time, uuid, psutil
+sys.path.insert(0, os.environ["ROOT"])
+from shared.config import WorkerSettings
+from shared.db import create_pool
+from shared.redis_client import create_redis
+from services.worker.telegram import accounts
+from services.worker.telegram.runtime import TelegramRuntime
+from services.worker.telegram.vault import vault_from_settings
+
+async def main():
+    ids = [uuid.UUID(i) for i in sys.argv[1].split(",")]
+    settings = WorkerSettings(telegram_max_clients=len(ids) + 10)
+    pool, redis = await create_pool(settings, role="bench"), create_redis(settings)
+    vault = vault_from_settings(None, settings.secret_key.get_secret_value())
+    runtime = TelegramRuntime(settings, pool, redis, vault, "bench")
+    loaded = [await accounts.load(pool, i) for i in ids]
+    proc = psutil.Process()
+    before = proc.memory_info().rss
+    sem = asyncio.Semaphore(50)
+    from telethon import types
+    from telethon.tl.functions.users import GetUsersRequest
+    async def connect(account):
+        async with sem:
+            async with runtime.pool.lease(account) as client:
+                await client(GetUsersRequest([types.InputUserSelf()]))  # connected and used
+    start = time.perf_counter()
+    await asyncio.gather(*(connect(a) for a in loaded))
+    took = time.perf_counter() - start
+    after = proc.memory_info().rss
+    print(len(runtime.pool.connected()), before, after, took)
+    await runtime.close(); await pool.close(); await redis.aclose()
+asyncio.run(main())
+"""
+
+
+async def bench_memory(env: dict[str, str], ids: list[str]) -> tuple[int, float, float]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        MEMORY_PROBE,
+        ",".join(ids),
+        env={**env, "ROOT": ROOT},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    connected, before, after, took = out.decode().strip().splitlines()[-1].split()
+    return int(connected), (int(after) - int(before)) / int(connected) / 2**20, float(took)
+
+
+async def bench_pipeline(env: dict[str, str], ids: list[str], sends: int) -> float:
+    port = free_port()
+    procs = [
+        spawn("gateway", "--port", str(port), env=env),
+        spawn("worker", "--concurrency", "200", env=env),
+    ]
+    redis = Redis.from_url(env["TGFLOW_REDIS_URL"], decode_responses=True)
+    headers = {"Authorization": f"Bearer {mint_token(DEFAULT_SECRET, 'bench')}"}
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/readyz")
+        job_ids: list[str] = []
+        remaining = iter(range(sends))
+        async with aiohttp.ClientSession(
+            base_url=f"http://127.0.0.1:{port}",
+            headers=headers,
+            connector=aiohttp.TCPConnector(limit=50),
+        ) as http:
+
+            async def submit() -> None:
+                for i in remaining:
+                    body = {
+                        "type": "telegram.send_message",
+                        "params": {
+                            "account_id": ids[i % len(ids)],
+                            "peer": "me",
+                            "text": f"bench {i}",
+                        },
+                    }
+                    async with http.post("/v1/jobs", json=body) as response:
+                        response.raise_for_status()
+                        job_ids.append((await response.json())["id"])
+
+            await asyncio.gather(*(submit() for _ in range(50)))
+        while True:
+            async with redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hgetall(f"tgflow:job:{job_id}")
+                rows: list[dict[str, str]] = await pipe.execute()
+            if all(r.get("status") in ("succeeded", "failed") for r in rows):
+                break
+            await asyncio.sleep(0.1)
+        failed = [r for r in rows if r["status"] != "succeeded"]
+        if failed:
+            raise RuntimeError(f"{len(failed)} sends failed: {failed[0].get('error')}")
+        span = max(int(r["finished_at"]) for r in rows) - min(int(r["created_at"]) for r in rows)
+        if os.environ.get("BENCH_DEBUG"):
+            waits = sorted(int(r["started_at"]) - int(r["created_at"]) for r in rows)
+            runs = sorted(int(r["finished_at"]) - int(r["started_at"]) for r in rows)
+            print(
+                "start waits ms p50/p99",
+                waits[len(waits) // 2] / 1000,
+                waits[-2] / 1000,
+                "runs ms p50/p99",
+                runs[len(runs) // 2] / 1000,
+                runs[-2] / 1000,
+                "attempts",
+                sorted({r["attempts"] for r in rows}),
+                "errors",
+                {r.get("error", "")[:60] for r in rows},
+            )
+        return len(rows) / (span / 1e6)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait()
+        await redis.aclose()
+
+
+async def bench_bare(sessions: list[str], sends: int) -> float:
+    from services.sandbox.client import make_client, register_sandbox_key
+
+    register_sandbox_key()
+    clients = [make_client(s) for s in sessions]
+    await asyncio.gather(*(c.connect() for c in clients))
+    share = [
+        sends // len(clients) + (1 if i < sends % len(clients) else 0) for i in range(len(clients))
+    ]
+
+    async def loop(client: Any, count: int) -> None:
+        for i in range(count):
+            await client.send_message("me", f"bare {i}")
+
+    start = time.perf_counter()
+    await asyncio.gather(*(loop(c, n) for c, n in zip(clients, share, strict=True)))
+    took = time.perf_counter() - start
+    await asyncio.gather(*(c.disconnect() for c in clients))
+    return sends / took
+
+
+async def main(args: argparse.Namespace) -> None:
+    admin_dsn = args.database
+    conn = await asyncpg.connect(admin_dsn)
+    await conn.execute('DROP DATABASE IF EXISTS "tgflow_bench_tg" WITH (FORCE)')
+    await conn.execute('CREATE DATABASE "tgflow_bench_tg"')
+    await conn.close()
+    dsn = urlunsplit(urlsplit(admin_dsn)._replace(path="/tgflow_bench_tg"))
+    await migrate(dsn)
+    redis = Redis.from_url(args.redis)
+    await redis.flushdb()
+    await redis.aclose()
+    mt_port, admin_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "TGFLOW_ENV": "development",
+        "TGFLOW_DATABASE_URL": dsn,
+        "TGFLOW_REDIS_URL": args.redis,
+        "TGFLOW_LOG_LEVEL": "WARNING",
+        "TGFLOW_MIGRATE_ON_START": "false",
+        "TGFLOW_SANDBOX_DC": f"127.0.0.1:{mt_port}",
+        "TGFLOW_TELEGRAM_SEND_RATE": "100000",
+        "TGFLOW_TELEGRAM_SEND_BURST": "100000",
+        "TGFLOW_TELEGRAM_PEER_SEND_RATE": "100000",
+        "TGFLOW_TELEGRAM_PEER_SEND_BURST": "100000",
+        "TGFLOW_TELEGRAM_MAX_CLIENTS": str(args.accounts + 10),
+    }
+    sandbox = spawn("sandbox", "--port", str(mt_port), "--admin-port", str(admin_port), env=env)
+    try:
+        admin_url = f"http://127.0.0.1:{admin_port}"
+        await wait_http(f"{admin_url}/admin/server")
+        async with SandboxAdmin(admin_url) as admin:
+            created = [await admin.create_account() for _ in range(args.accounts)]
+        sessions = [(c["user_id"], c["session_string"]) for c in created]
+        ids = await store_accounts(env, sessions)
+        connected, per_account_mib, took = await bench_memory(env, ids)
+        print(
+            f"memory: {connected} accounts connected through the pool in {took:.1f} s; "
+            f"RSS {per_account_mib:.2f} MiB per connected account (target < 3)"
+        )
+        send_ids = ids[: args.send_accounts]
+        pipeline = await bench_pipeline(env, send_ids, args.sends)
+        bare = await bench_bare([s for _, s in sessions[: args.send_accounts]], args.sends)
+        print(f"sends over {args.send_accounts} accounts, {args.sends} messages:")
+        print(f"  tgflow jobs (HTTP -> queue -> worker -> sandbox): {pipeline:8.0f} /s")
+        print(f"  bare Telethon loop, same accounts:                {bare:8.0f} /s")
+        print(f"  ratio tgflow / bare: {pipeline / bare:.2f} (target >= 0.7)")
+        print(f"host: {psutil.cpu_count()} CPUs; sandbox, gateway, worker and clients share them")
+    finally:
+        sandbox.terminate()
+        sandbox.wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument("--send-accounts", type=int, default=100)
+    parser.add_argument("--sends", type=int, default=2000)
+    parser.add_argument(
+        "--database",
+        default=os.environ.get(
+            "TGFLOW_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument(
+        "--redis", default=os.environ.get("TGFLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
+    )
+    asyncio.run(main(parser.parse_args()))
