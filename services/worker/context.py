@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.worker.state import WorkerState
 from shared.jobs.envelope import Envelope
@@ -13,6 +13,7 @@ class JobContext:
     state: WorkerState
     envelope: Envelope
     attempt: int
+    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def job_id(self) -> str:
@@ -22,8 +23,6 @@ class JobContext:
     def tenant(self) -> str:
         return self.envelope.tenant
 
-    async def annotate(self, **fields: str | int) -> None:
-        """Record extra fields on the running job (kept in its record and the archive)."""
-        await self.state.jobs.transition(
-            self.job_id, {k: str(v) for k, v in fields.items()}, allowed_from=("running",)
-        )
+    def annotate(self, **fields: str | int) -> None:
+        """Attach fields to the job's record; they are written with its next transition."""
+        self.extra.update({k: str(v) for k, v in fields.items()})

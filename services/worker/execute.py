@@ -96,16 +96,17 @@ class JobRunner:
         log.info("job started")
         state.running[env.id] = env.type
         start = time.perf_counter()
+        job = JobContext(state, env, attempt)
         try:
-            result = await self._invoke(state, env, attempt)
+            result = await self._invoke(job)
         except asyncio.CancelledError:
-            await self._cancelled(state, ctx, env)
+            await self._cancelled(state, ctx, env, job.extra)
             raise
         except Exception as exc:
             outcome = classify(exc)
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, outcome.code))
-            await self._failed(state, env, attempt, outcome)
+            await self._failed(state, env, attempt, outcome, job.extra)
         else:
             await state.jobs.transition(
                 env.id,
@@ -114,6 +115,7 @@ class JobRunner:
                     "result": orjson.dumps(result).decode(),
                     "error": "",
                     "finished_at": _now_us(),
+                    **job.extra,
                 },
                 allowed_from=("running",),
                 final=True,
@@ -124,17 +126,22 @@ class JobRunner:
             state.running.pop(env.id, None)
             metrics.JOB_DURATION.labels(env.type).observe(time.perf_counter() - start)
 
-    async def _invoke(self, state: WorkerState, env: Envelope, attempt: int) -> Any:
-        params = self.job_type.params.model_validate(env.params)
-        async with asyncio.timeout(env.timeout):
-            result = await self.handler(JobContext(state, env, attempt), params)
+    async def _invoke(self, job: JobContext) -> Any:
+        params = self.job_type.params.model_validate(job.envelope.params)
+        async with asyncio.timeout(job.envelope.timeout):
+            result = await self.handler(job, params)
         return self.job_type.result.model_validate(result).model_dump(mode="json")
 
     async def _failed(
-        self, state: WorkerState, env: Envelope, attempt: int, outcome: Outcome
+        self,
+        state: WorkerState,
+        env: Envelope,
+        attempt: int,
+        outcome: Outcome,
+        extra: dict[str, str],
     ) -> None:
         if outcome.action is Action.DEFER and outcome.until is not None:
-            await self._defer(state, env, outcome)
+            await self._defer(state, env, outcome, extra)
         policy = self.job_type.retry
         if outcome.action is Action.RETRY and attempt < policy.max_tries:
             delay = retry_delay(policy, attempt, outcome.until)
@@ -144,15 +151,18 @@ class JobRunner:
                     "status": "queued",
                     "error": _error(outcome.code, outcome.message),
                     "run_at": str(to_micros(utcnow() + timedelta(seconds=delay))),
+                    **extra,
                 },
                 allowed_from=("running",),
             )
             metrics.JOBS_RETRIED.labels(env.type, outcome.code).inc()
             log.warning("job will retry", code=outcome.code, delay=round(delay, 3))
             raise Retry(defer=timedelta(seconds=delay))
-        await self._finish_failed(state, env, outcome)
+        await self._finish_failed(state, env, outcome, extra)
 
-    async def _defer(self, state: WorkerState, env: Envelope, outcome: Outcome) -> None:
+    async def _defer(
+        self, state: WorkerState, env: Envelope, outcome: Outcome, extra: dict[str, str]
+    ) -> None:
         """Run again at ``outcome.until`` without spending a try (a wait, not a failure)."""
         assert outcome.until is not None
         delay = max(0.0, (outcome.until - utcnow()).total_seconds())
@@ -162,6 +172,7 @@ class JobRunner:
                 "status": "queued",
                 "error": _error(outcome.code, outcome.message),
                 "run_at": str(to_micros(outcome.until)),
+                **extra,
             },
             allowed_from=("running",),
         )
@@ -171,13 +182,20 @@ class JobRunner:
         log.info("job deferred", code=outcome.code, delay=round(delay, 3))
         raise Retry(defer=timedelta(seconds=delay))
 
-    async def _finish_failed(self, state: WorkerState, env: Envelope, outcome: Outcome) -> None:
+    async def _finish_failed(
+        self,
+        state: WorkerState,
+        env: Envelope,
+        outcome: Outcome,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         await state.jobs.transition(
             env.id,
             {
                 "status": "failed",
                 "error": _error(outcome.code, outcome.message),
                 "finished_at": _now_us(),
+                **(extra or {}),
             },
             allowed_from=("queued", "running"),
             final=True,
@@ -185,7 +203,9 @@ class JobRunner:
         metrics.JOBS_FAILED.labels(env.type, outcome.code).inc()
         log.warning("job failed", code=outcome.code, error=outcome.message)
 
-    async def _cancelled(self, state: WorkerState, ctx: dict[str, Any], env: Envelope) -> None:
+    async def _cancelled(
+        self, state: WorkerState, ctx: dict[str, Any], env: Envelope, extra: dict[str, str]
+    ) -> None:
         """Cancelled by the API (record it) or by shutdown (hand the job back)."""
         consumer = ctx["consumer"]
         if env.id in consumer.aborting_tasks:
@@ -195,6 +215,7 @@ class JobRunner:
                     "status": "cancelled",
                     "error": _error("cancelled", "The job was cancelled."),
                     "finished_at": _now_us(),
+                    **extra,
                 },
                 allowed_from=("running",),
                 final=True,
@@ -203,7 +224,7 @@ class JobRunner:
             log.info("job cancelled")
             return
         await state.jobs.transition(
-            env.id, {"status": "queued", "worker": ""}, allowed_from=("running",)
+            env.id, {"status": "queued", "worker": "", **extra}, allowed_from=("running",)
         )
         metrics.JOBS_REQUEUED.labels(env.type).inc()
         log.info("job handed back for another run")

@@ -114,6 +114,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     pool_care = asyncio.create_task(state.telegram.pool.run_maintenance(stop))
     disconnects = asyncio.create_task(listen_for_disconnects(blocking, state.telegram, stop))
     validation = asyncio.create_task(validate_idle_sessions(state.telegram, stop))
+    counters = asyncio.create_task(state.telegram.run_flush(stop))
     gauges = asyncio.create_task(
         metrics_.sample_queues(state.redis, settings.queue_kinds, stop, settings.heartbeat_seconds)
     )
@@ -156,6 +157,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
         pool_care,
         disconnects,
         validation,
+        counters,
         return_exceptions=True,
     )
     with contextlib.suppress(RedisError, OSError):

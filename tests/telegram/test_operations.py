@@ -22,7 +22,12 @@ async def test_health_stats_connections_and_disconnect(
     health = (await api.get("/v1/telegram/health", headers=auth())).json()
     assert health["accounts"] == {"total": 1, "by_state": {"active": 1}}
     assert health["connected"] == 1
-    stats = (await api.get("/v1/telegram/stats", headers=auth())).json()
+
+    async def counted() -> Any:
+        body = (await api.get("/v1/telegram/stats", headers=auth())).json()
+        return body if body["requests_by_method"] else None
+
+    stats = await eventually(counted, timeout=5)  # counters are flushed once a second
     assert stats["requests_by_method"]["users.getUsers"]["ok"] == 1
     assert stats["connections"] == 1
     conn = (await api.get(f"/v1/telegram/connections/{account['id']}", headers=auth())).json()

@@ -179,6 +179,7 @@ async def logout(ctx: JobContext, params: AccountIdParams) -> LoginStep:
     if account is None:
         raise PermanentFailure("account_not_found", f"No account {params.account_id}.")
     await ctx.state.telegram.pool.drop(account.id, reason="logout")
+    ctx.state.telegram.forget(account.id)
     if account.sealed is not None and account.state is not State.DISABLED:
         session = StringSession(ctx.state.telegram.vault.open(account.sealed, aad=account.aad))
         with contextlib.suppress(PermanentFailure, RetryableFailure):

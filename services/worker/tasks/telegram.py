@@ -54,7 +54,7 @@ async def send_message(ctx: JobContext, params: SendMessageParams) -> SendMessag
     """Send with a random_id fixed by the job id: a re-run resends the same one, and
     Telegram answers with the message it already has instead of a second one."""
     random_id = random_id_for(ctx.job_id)
-    await ctx.annotate(random_id=random_id)
+    ctx.annotate(random_id=random_id)
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
         await tg.take_send_budget(params.peer)
         peer = await input_peer(tg, params.peer)

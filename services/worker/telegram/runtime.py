@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import time
@@ -22,6 +23,7 @@ from services.worker.telegram.errors import Kind, map_error
 from services.worker.telegram.limits import Limits
 from services.worker.telegram.pool import ClientPool
 from services.worker.telegram.vault import Vault
+from shared.aio import raise_if_cancelling, sleep_unless
 from shared.config import WorkerSettings
 from shared.db import Pool
 from shared.errors import Deferral, PermanentFailure, RetryableFailure
@@ -32,6 +34,7 @@ from shared.telegram_keys import stats_key
 log = get_logger(__name__)
 tracer = trace.get_tracer("tgflow.telegram")
 T = TypeVar("T")
+ACCOUNT_CACHE_SECONDS = 2.0
 
 
 def random_id_for(job_id: str) -> int:
@@ -50,9 +53,47 @@ class TelegramRuntime:
         self.vault = vault
         self.limits = Limits(redis)
         self.pool = ClientPool(settings, vault, redis, worker_id)
+        # Account rows read per job: cached briefly, dropped on every local state change.
+        self._accounts: dict[uuid.UUID, tuple[float, Account]] = {}
+        # Per-tenant call counters, flushed to Redis in batches (not one write per call).
+        self._calls: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    async def _load(self, tenant: str, account_id: uuid.UUID) -> Account | None:
+        cached = self._accounts.get(account_id)
+        if cached is not None and time.monotonic() - cached[0] < ACCOUNT_CACHE_SECONDS:
+            return cached[1] if cached[1].tenant == tenant else None
+        account = await accounts.load(self.db, account_id)
+        if account is None:
+            return None
+        self._accounts[account_id] = (time.monotonic(), account)
+        return account if account.tenant == tenant else None
+
+    def forget(self, account_id: uuid.UUID) -> None:
+        self._accounts.pop(account_id, None)
+
+    def count(self, tenant: str, method: str, outcome: str) -> None:
+        self._calls[(tenant, f"{method}:{outcome}")] += 1
+
+    async def flush_counts(self) -> None:
+        calls, self._calls = self._calls, collections.Counter()
+        if not calls:
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for (tenant, name), n in calls.items():
+                    pipe.hincrby(stats_key(tenant), name, n)
+                await pipe.execute()
+        except (RedisError, OSError):
+            raise_if_cancelling()
+            self._calls.update(calls)  # keep them for the next flush
+
+    async def run_flush(self, stop: asyncio.Event) -> None:
+        while not await sleep_unless(stop, 1.0):
+            await self.flush_counts()
+        await self.flush_counts()
 
     async def load_usable(self, tenant: str, account_id: uuid.UUID) -> Account:
-        account = await accounts.load(self.db, account_id, tenant)
+        account = await self._load(tenant, account_id)
         if account is None:
             raise PermanentFailure("account_not_found", f"No account {account_id} for this tenant.")
         if account.state is State.DISABLED:
@@ -72,6 +113,7 @@ class TelegramRuntime:
         except Deferral as exc:
             if exc.code == "reconnecting":
                 await accounts.set_state(self.db, account, State.RECONNECTING, error=exc.message)
+                self.forget(account.id)
             raise
         except (PermanentFailure, RetryableFailure):
             raise
@@ -82,6 +124,7 @@ class TelegramRuntime:
         """Record what an error means for the account, then raise the job's outcome."""
         mapped = map_error(exc)
         metrics.ERRORS.labels(str(account.id), method, mapped.code).inc()
+        self.forget(account.id)
         if mapped.kind is Kind.DEFER:
             until = await self.limits.record_flood(account.id, method, mapped.seconds)
             metrics.FLOOD_WAITS.labels(str(account.id), method).inc()
@@ -113,6 +156,7 @@ class TelegramRuntime:
         raise PermanentFailure(mapped.code, mapped.message) from exc
 
     async def close(self) -> None:
+        await self.flush_counts()
         await self.pool.close()
 
 
@@ -141,20 +185,15 @@ class AccountSession:
                 )
             except Exception as exc:
                 metrics.REQUESTS.labels(account_id, method, "error").inc()
-                await self._count(method, "error")
+                self.runtime.count(self.account.tenant, method, "error")
                 await self.runtime.fail(self.account, method, exc)
         metrics.REQUESTS.labels(account_id, method, "ok").inc()
-        await self._count(method, "ok")
+        self.runtime.count(self.account.tenant, method, "ok")
         metrics.REQUEST_LATENCY.labels(method).observe(time.perf_counter() - start)
         if self.account.state in (State.FLOOD_WAIT, State.RECONNECTING):
             await accounts.set_state(self.runtime.db, self.account, State.ACTIVE)
+            self.runtime.forget(self.account.id)
         return result
-
-    async def _count(self, method: str, outcome: str) -> None:
-        """Per-tenant call counters for GET /v1/telegram/stats."""
-        with contextlib.suppress(RedisError, OSError):
-            key = stats_key(self.account.tenant)
-            await self.runtime.redis.hincrby(key, f"{method}:{outcome}")  # type: ignore[misc]
 
     async def take_send_budget(self, peer: str) -> None:
         settings = self.runtime.settings
