@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -84,16 +83,11 @@ async def store_accounts(env: dict[str, str], sessions: list[tuple[int, str]]) -
     ids = []
     try:
         for user_id, session in sessions:
-            account_id = uuid.uuid4()
-            sealed = vault.seal(session, aad=account_id.bytes)
             me = {"id": user_id, "username": None, "first_name": "b", "phone": None, "dc_id": 2}
-            ids.append(
-                str(
-                    await accounts.insert_active(
-                        pool, account_id=account_id, tenant="bench", sealed=sealed, me=me
-                    )
-                )
+            stored = await accounts.insert_active(
+                pool, vault=vault, tenant="bench", session=session, me=me
             )
+            ids.append(str(stored))
     finally:
         await pool.close()
     return ids

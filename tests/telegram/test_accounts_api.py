@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from services.sandbox.admin_client import SandboxAdmin
-from tests.helpers import auth
+from tests.helpers import auth, wait_for_status
 from tests.telegram.conftest import import_account
 
 
@@ -83,3 +83,25 @@ async def test_accounts_are_tenant_scoped(api: httpx.AsyncClient, admin: Sandbox
     )
     assert job.status_code == 404
     assert job.json()["error"]["code"] == "account_not_found"
+
+
+async def test_reimporting_a_known_user_keeps_one_account_whose_session_opens(
+    api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
+    """The session is sealed for the row that holds it, even when that row already existed."""
+    first, created = await import_account(api, admin)
+    again = await api.post(
+        "/v1/accounts/import",
+        json={"session_string": created["session_string"]},
+        headers=auth(),
+    )
+    assert again.status_code == 201
+    assert again.json()["id"] == first["id"]
+    assert await pg.fetchval("SELECT count(*) FROM accounts") == 1
+    me = await api.post(
+        "/v1/jobs",
+        json={"type": "telegram.get_me", "params": {"account_id": first["id"]}},
+        headers=auth(),
+    )
+    job = await wait_for_status(api, me.json()["id"], {"succeeded", "failed"}, timeout=15)
+    assert job["status"] == "succeeded", job

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 from telethon import TelegramClient
 from telethon.sessions import StringSession
@@ -39,16 +38,11 @@ async def import_session(ctx: JobContext, params: ImportParams) -> AccountOut:
         await client.disconnect()
     if me is None:
         raise PermanentFailure("session_invalid", "The session is not logged in.")
-    existing = await ctx.state.db.fetchval(
-        "SELECT id FROM accounts WHERE tenant_id = $1 AND tg_user_id = $2", ctx.tenant, me.id
-    )
-    account_id: uuid.UUID = existing or uuid.uuid4()
-    sealed = ctx.state.telegram.vault.seal(session, aad=account_id.bytes)
     stored = await accounts.insert_active(
         ctx.state.db,
-        account_id=account_id,
+        vault=ctx.state.telegram.vault,
         tenant=ctx.tenant,
-        sealed=sealed,
+        session=session,
         me={
             "id": me.id,
             "username": me.username,

@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from services.worker.telegram.vault import Sealed
+from services.worker.telegram.vault import Sealed, Vault
 from shared.db import Pool
 from shared.logs import get_logger
 
@@ -148,27 +148,29 @@ async def set_state(
 async def insert_active(
     db: Pool,
     *,
-    account_id: uuid.UUID,
+    vault: Vault,
     tenant: str,
-    sealed: Sealed,
+    session: str,
     me: dict[str, Any],
 ) -> uuid.UUID:
-    """Store an imported, validated session; the same Telegram user again updates it."""
+    """Store a validated session as an active account; the same Telegram user updates it.
+
+    The session is sealed with the id of the row that finally holds it (the account id is
+    bound into the ciphertext), also when a concurrent import of the same user wins.
+    """
     async with db.acquire() as conn, conn.transaction():
         await conn.execute(
             "INSERT INTO tenants (id, name) VALUES ($1, $1) ON CONFLICT (id) DO NOTHING", tenant
         )
-        stored: uuid.UUID = await conn.fetchval(
+        new_id = uuid.uuid4()
+        sealed = vault.seal(session, aad=new_id.bytes)
+        stored: uuid.UUID | None = await conn.fetchval(
             """INSERT INTO accounts (id, tenant_id, phone, tg_user_id, username, first_name,
                    dc_id, state, session_ciphertext, session_wrapped_key, session_key_id)
                VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, $9, $10)
-               ON CONFLICT (tenant_id, tg_user_id) WHERE tg_user_id IS NOT NULL DO UPDATE SET
-                   state = 'active', disabled_reason = NULL, invalid_since = NULL,
-                   session_ciphertext = EXCLUDED.session_ciphertext,
-                   session_wrapped_key = EXCLUDED.session_wrapped_key,
-                   session_key_id = EXCLUDED.session_key_id, updated_at = now()
+               ON CONFLICT (tenant_id, tg_user_id) WHERE tg_user_id IS NOT NULL DO NOTHING
                RETURNING id""",
-            account_id,
+            new_id,
             tenant,
             me.get("phone"),
             me["id"],
@@ -179,6 +181,24 @@ async def insert_active(
             sealed.wrapped_key,
             sealed.key_id,
         )
+        if stored is None:  # this user is known: re-seal for the existing row and update it
+            stored = await conn.fetchval(
+                "SELECT id FROM accounts WHERE tenant_id = $1 AND tg_user_id = $2 FOR UPDATE",
+                tenant,
+                me["id"],
+            )
+            assert stored is not None
+            sealed = vault.seal(session, aad=stored.bytes)
+            await conn.execute(
+                """UPDATE accounts SET state = 'active', disabled_reason = NULL,
+                       invalid_since = NULL, session_ciphertext = $2, session_wrapped_key = $3,
+                       session_key_id = $4, updated_at = now()
+                   WHERE id = $1""",
+                stored,
+                sealed.ciphertext,
+                sealed.wrapped_key,
+                sealed.key_id,
+            )
         await record_event(conn, stored, tenant, "imported", {"tg_user_id": me["id"]})
     return stored
 
