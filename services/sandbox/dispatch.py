@@ -33,6 +33,7 @@ class DropConnection(Exception):
 class Reply:
     payload: bytes
     drop: bool = False
+    hold: float = 0.0  # seconds to wait before answering (the call already ran)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ def _execute(call: Call, spec: Method, request: Any) -> Reply:
         log.exception("handler for %s failed", spec.name)
         payload = error_payload(500, "INTERNAL")
     after = call.core.faults.match(call.key.user_id, spec.name, "after")
+    if after is not None and after.kind == "delay_after":
+        return Reply(payload, hold=after.seconds)
     return Reply(payload, drop=after is not None)
 
 

@@ -9,6 +9,8 @@ Semantics (also in docs/sandbox.md):
 * ``drop_before`` / ``drop_after``: close the connection instead of answering,
   before or after executing the call (``times`` defaults to 1).
 * ``delay``: hold the answer ``seconds`` (``times`` defaults to unlimited).
+* ``delay_after``: execute the call, then hold its answer ``seconds``, so a client
+  can die after the server acted but before it heard back (``times`` defaults to 1).
 * ``revoke`` / ``ban``: applied at once to the account; listed for the record.
 """
 
@@ -18,7 +20,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 FaultKind = Literal[
-    "flood_wait", "slowmode_wait", "drop_before", "drop_after", "delay", "revoke", "ban"
+    "flood_wait",
+    "slowmode_wait",
+    "drop_before",
+    "drop_after",
+    "delay",
+    "delay_after",
+    "revoke",
+    "ban",
 ]
 Stage = Literal["before", "after"]
 PRE_KINDS = frozenset({"flood_wait", "slowmode_wait", "drop_before", "delay"})
@@ -64,7 +73,7 @@ class Fault:
 
 
 def default_times(kind: FaultKind, times: int | None) -> int | None:
-    if times is None and kind in ("drop_before", "drop_after"):
+    if times is None and kind in ("drop_before", "drop_after", "delay_after"):
         return 1
     return times
 

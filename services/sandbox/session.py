@@ -196,11 +196,15 @@ class EncryptedLayer:
 
     def _rpc(self, session: Session, msg_id: int, request: Any) -> None:
         outcome = dispatch(Call(self.core, self.key, self.sink), request)
-        if isinstance(outcome, Reply):
+        if isinstance(outcome, Reply) and not outcome.hold:
             self._reply(session, msg_id, outcome)
         else:
             self.sink.spawn(self._deferred(session, msg_id, outcome))
 
-    async def _deferred(self, session: Session, msg_id: int, deferred: Deferred) -> None:
-        await asyncio.sleep(deferred.seconds)
-        self._reply(session, msg_id, deferred.resume())
+    async def _deferred(self, session: Session, msg_id: int, outcome: Reply | Deferred) -> None:
+        if isinstance(outcome, Deferred):
+            await asyncio.sleep(outcome.seconds)
+            outcome = outcome.resume()
+        if outcome.hold:
+            await asyncio.sleep(outcome.hold)
+        self._reply(session, msg_id, outcome)
