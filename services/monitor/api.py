@@ -27,6 +27,7 @@ MAX_SILENCE = 366 * 86_400.0
 
 
 def alert_json(a: Alert, now: float) -> dict[str, Any]:
+    a.refresh()
     end = a.resolved_at if a.resolved_at is not None else now
     return {
         "id": str(a.id),

@@ -55,12 +55,23 @@ class Alert:
     resolved_by: str | None = None
     acknowledged_at: float | None = None
     acknowledged_by: str | None = None
-    # Set by the dispatcher each cycle; not persisted.
+    # Not persisted: set by the dispatcher each cycle, and by the rule's evaluation.
     muted_by: list[str] = field(default_factory=list)
+    templates: dict[str, str] | None = field(default=None, repr=False)
+    rendered_value: float | None = field(default=None, repr=False)
 
     @property
     def is_open(self) -> bool:
         return self.state is not AlertState.RESOLVED
+
+    def refresh(self) -> Alert:
+        """Re-render annotations for the current value. Done when they are read (API,
+        notification, persistence) rather than at every evaluation, which is hot."""
+        value = self.value
+        if self.templates is not None and value is not None and self.rendered_value != value:
+            self.annotations = _render(self.templates, self.rule, self.labels, value)
+            self.rendered_value = value
+        return self
 
 
 def _special_annotations(rule: Rule, health: Health, reason: str) -> dict[str, str]:
@@ -169,9 +180,8 @@ class Tracker:
             alert = self.open.get(fp)
             if alert is None:
                 alert = self._start(rule, fp, labels, value, now)
-            elif alert.value != value:
-                alert.value = value
-                alert.annotations = _render(rule, labels, value)
+            alert.value = value
+            alert.templates = rule.annotations
             alert.last_true_at = now
             if alert.state is AlertState.PENDING and now - alert.active_at >= rule.for_seconds:
                 alert.state = AlertState.FIRING
@@ -198,11 +208,12 @@ class Tracker:
             rule.severity.value,
             AlertState.PENDING,
             labels,
-            _render(rule, labels, value),
+            {},
             value,
             now,
             now,
             now,
+            templates=rule.annotations,
         )
         self._add(alert)
         self._touch(alert, now)
@@ -232,5 +243,7 @@ class Tracker:
                 self._resolve(alert, now, "rule_removed")
 
 
-def _render(rule: Rule, labels: dict[str, str], value: float) -> dict[str, str]:
-    return {k: templating.render(t, rule.name, labels, value) for k, t in rule.annotations.items()}
+def _render(
+    templates: dict[str, str], rule: str, labels: dict[str, str], value: float
+) -> dict[str, str]:
+    return {k: templating.render(t, rule, labels, value) for k, t in templates.items()}

@@ -32,6 +32,9 @@ class Matcher:
     op: MatchOp
     value: str
     _regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    # Label values repeat across series and cycles; remembering answers keeps regex
+    # matchers off the evaluation hot path.
+    _seen: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def make(cls, name: str, op: str, value: str) -> Matcher:
@@ -55,9 +58,15 @@ class Matcher:
             return actual == self.value
         if self.op is MatchOp.NE:
             return actual != self.value
-        assert self._regex is not None
-        found = self._regex.fullmatch(actual) is not None
-        return found if self.op is MatchOp.RE else not found
+        answer = self._seen.get(actual)
+        if answer is None:
+            assert self._regex is not None
+            found = self._regex.fullmatch(actual) is not None
+            answer = found if self.op is MatchOp.RE else not found
+            if len(self._seen) > 10_000:
+                self._seen.clear()
+            self._seen[actual] = answer
+        return answer
 
     def to_json(self) -> dict[str, str]:
         return {"name": self.name, "op": self.op.value, "value": self.value}

@@ -34,6 +34,7 @@ def _ts(value: float | None) -> Any:
 
 
 def _alert_row(a: Alert) -> tuple[Any, ...]:
+    a.refresh()
     return (
         a.id, a.fingerprint, a.rule, a.severity, a.state.value, a.labels, a.annotations, a.value,
         _ts(a.active_at), _ts(a.fired_at), _ts(a.last_true_at), _ts(a.resolved_at),

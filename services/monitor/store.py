@@ -6,36 +6,35 @@ matchers are answered from posting sets instead of scanning every series.
 
 from __future__ import annotations
 
-from collections import deque
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 
 from services.monitor.samples import LabelKey, Sample, label_key
 
 
 class Series:
-    __slots__ = ("collector", "key", "labels", "last_seen", "name", "points")
+    """One labelled series: its recent points as parallel time and value lists, so a
+    window is two bisects and two slices rather than a walk."""
+
+    __slots__ = ("collector", "key", "labels", "last_seen", "name", "times", "values")
 
     def __init__(self, name: str, labels: dict[str, str], collector: str) -> None:
         self.name = name
         self.labels = labels
         self.key = label_key(labels)
         self.collector = collector
-        self.points: deque[tuple[float, float]] = deque()
+        self.times: list[float] = []
+        self.values: list[float] = []
         self.last_seen = float("-inf")
 
     def latest(self) -> float:
-        return self.points[-1][1]
+        return self.values[-1]
 
-    def window(self, start: float, end: float) -> list[tuple[float, float]]:
-        """Points with start < t <= end, oldest first."""
-        out: list[tuple[float, float]] = []
-        for point in reversed(self.points):
-            if point[0] <= start:
-                break
-            if point[0] <= end:
-                out.append(point)
-        out.reverse()
-        return out
+    def window(self, start: float, end: float) -> tuple[list[float], list[float]]:
+        """Times and values with start < t <= end, oldest first."""
+        lo = bisect_right(self.times, start)
+        hi = bisect_right(self.times, end)
+        return self.times[lo:hi], self.values[lo:hi]
 
 
 class SeriesStore:
@@ -54,7 +53,11 @@ class SeriesStore:
         self.batch_at[collector] = at
         for s in samples:
             series = self._series(s.name, s.labels, collector)
-            series.points.append((at, s.value))
+            if series.last_seen == at:  # the same series twice in one batch: keep the last
+                series.values[-1] = s.value
+                continue
+            series.times.append(at)
+            series.values.append(s.value)
             series.last_seen = at
             self.origin[s.name] = collector
 
@@ -107,10 +110,11 @@ class SeriesStore:
         horizon = now - self.retention
         for name, named in list(self.by_name.items()):
             for key, series in list(named.items()):
-                points = series.points
-                while points and points[0][0] < horizon:
-                    points.popleft()
-                if not points:
+                cut = bisect_left(series.times, horizon)
+                if cut:
+                    del series.times[:cut]
+                    del series.values[:cut]
+                if not series.times:
                     del named[key]
                     postings = self.postings[name]
                     for pair in key:

@@ -83,13 +83,13 @@ def pool_statistics(engine: Engine) -> dict[str, Any]:
     store = engine.sampler.store
     out = []
     for series in store.by_name.get("tgflow_db_pool_utilization", {}).values():
-        values = [v for _, v in series.points]
+        values = series.values
         out.append(
             {
                 "instance": series.labels.get("instance"),
                 "role": series.labels.get("role"),
                 "samples": len(values),
-                "since": iso(series.points[0][0]) if series.points else None,
+                "since": iso(series.times[0]) if series.times else None,
                 "utilization_avg": sum(values) / len(values) if values else None,
                 "utilization_max": max(values) if values else None,
                 "current": store.is_current(series),

@@ -46,7 +46,7 @@ def test_pending_then_firing_after_for_and_back_to_inactive() -> None:
     t.apply(r, hot("a", value=36), 60)
     (alert,) = t.open.values()
     assert (alert.state, alert.fired_at, alert.active_at) == (AlertState.FIRING, 60, 0)
-    assert alert.annotations == {"summary": "a at 36"}
+    assert alert.refresh().annotations == {"summary": "a at 36"}
     assert alert.labels == {"room": "a", "alertname": "Hot", "severity": "warning"}
     assert alert.fingerprint == fingerprint(alert.labels)
     t.apply(r, hot(), 75)

@@ -178,6 +178,8 @@ class Dispatcher:
             return
         if action is not Action.SEND:
             return
+        for alert in firing + resolved:
+            alert.refresh()
         shown_resolved = resolved if receiver.send_resolved else []
         notification = Notification(
             id=_notification_id(receiver.name, group.key, entry, firing, resolved),

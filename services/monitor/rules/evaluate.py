@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,60 +45,74 @@ class Sources:
 def select(store: SeriesStore, selector: Selector) -> list[Series]:
     """Current series of the selector's metric that satisfy every matcher."""
     found = store.candidates(selector.metric, selector.equal_pairs)
+    batch = store.batch_at
+    current = [s for s in found if s.last_seen == batch.get(s.collector)]
     others = selector.other_matchers
-    return [s for s in found if store.is_current(s) and all(m.matches(s.labels) for m in others)]
+    if not others:
+        return current
+    if len(others) == 1:
+        match = others[0].matches
+        return [s for s in current if match(s.labels)]
+    return [s for s in current if all(m.matches(s.labels) for m in others)]
 
 
-def _counter_increase(points: list[tuple[float, float]]) -> float:
-    total = 0.0
-    for (_, a), (_, b) in itertools.pairwise(points):
-        total += b - a if b >= a else b  # a reset: the counter restarted from zero
-    return total
+def _counter_increase(values: list[float]) -> float:
+    following = values[1:]
+    if all(map(operator.le, values, following)):  # no reset: the common case, in C
+        return values[-1] - values[0]
+    # A drop is a restart from zero: count the new value as the increase.
+    return sum(b - a if b >= a else b for a, b in zip(values, following, strict=False))
 
 
-def _range_value(func: str, points: list[tuple[float, float]], window: float) -> float | None:
+def _range_value(func: str, times: list[float], values: list[float], window: float) -> float | None:
     if func in ("avg_over_time", "max_over_time", "min_over_time"):
-        if not points:
+        if not values:
             return None
-        values = [v for _, v in points]
         if func == "avg_over_time":
             return sum(values) / len(values)
         return max(values) if func == "max_over_time" else min(values)
-    if len(points) < 2:
+    if len(values) < 2:
         return None
     if func == "delta":
-        return points[-1][1] - points[0][1]
-    span = points[-1][0] - points[0][0]
-    rate = _counter_increase(points) / span if span > 0 else 0.0
+        return values[-1] - values[0]
+    span = times[-1] - times[0]
+    rate = _counter_increase(values) / span if span > 0 else 0.0
     return rate if func == "rate" else rate * window
 
 
 def _values(expr: Expr, series: list[Series], now: float) -> list[tuple[dict[str, str], float]]:
     if expr.func is None:
-        return [(s.labels, s.latest()) for s in series]
+        return [(s.labels, s.values[-1]) for s in series]
     assert expr.window is not None
     out = []
+    start, func, window = now - expr.window, expr.func, expr.window
     for s in series:
-        value = _range_value(expr.func, s.window(now - expr.window, now), expr.window)
+        times, values = s.window(start, now)
+        value = _range_value(func, times, values, window)
         if value is not None:
             out.append((s.labels, value))
     return out
 
 
-def _group_labels(expr: Expr, labels: dict[str, str]) -> dict[str, str]:
-    if expr.without:
-        return {k: v for k, v in labels.items() if k not in expr.grouping}
-    return {k: labels[k] for k in expr.grouping if k in labels}
-
-
 def _aggregate(
     expr: Expr, values: list[tuple[dict[str, str], float]]
 ) -> list[tuple[dict[str, str], float]]:
-    groups: dict[LabelKey, tuple[dict[str, str], list[float]]] = {}
+    groups: dict[tuple[str | None, ...] | LabelKey, tuple[dict[str, str], list[float]]] = {}
+    grouping = expr.grouping
     for labels, value in values:
-        key_labels = _group_labels(expr, labels)
-        key = tuple(sorted(key_labels.items()))
-        groups.setdefault(key, (key_labels, []))[1].append(value)
+        key: tuple[str | None, ...] | LabelKey
+        if expr.without:
+            key = tuple(sorted((k, v) for k, v in labels.items() if k not in grouping))
+        else:
+            key = tuple(labels.get(k) for k in grouping)  # the order of "by" is fixed
+        group = groups.get(key)
+        if group is None:
+            if expr.without:
+                kept = {k: v for k, v in labels.items() if k not in grouping}
+            else:
+                kept = {k: labels[k] for k in grouping if k in labels}
+            group = groups[key] = (kept, [])
+        group[1].append(value)
     out = []
     for key_labels, vals in groups.values():
         if expr.agg == "sum":

@@ -121,7 +121,7 @@ def _parse_series(spec: InputSeries) -> tuple[str, dict[str, str], list[float | 
 
 def _actual(tracker: Tracker, alertname: str) -> list[tuple[dict[str, str], dict[str, str], str]]:
     return [
-        (a.labels, a.annotations, a.state.value)
+        (a.labels, a.refresh().annotations, a.state.value)
         for a in tracker.open.values()
         if a.rule == alertname and a.state in NOTIFIABLE
     ]
