@@ -200,3 +200,15 @@ async def test_channel_join_read_members_and_forward_once(
     saved = await admin.messages(me["user_id"], peer=me["user_id"])
     assert sorted(m["id"] for m in saved) == sorted(forwarded["result"]["message_ids"])
     assert len(saved) == 2
+
+
+async def test_dropped_connections_are_survived_without_spending_tries(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    account, created = await import_account(api, admin)
+    await run(api, "telegram.get_me", account_id=account["id"])  # connected
+    # The next calls lose their connection before the DC answers; the client reconnects.
+    await admin.add_fault(created["user_id"], "drop_before", method="users.getUsers", times=6)
+    job = await run(api, "telegram.get_me", account_id=account["id"])
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 1

@@ -31,7 +31,7 @@ async def import_session(ctx: JobContext, params: ImportParams) -> AccountOut:
         me = await asyncio.wait_for(client.get_me(), settings.telegram_request_timeout)
     except Exception as exc:
         mapped = map_error(exc)
-        if mapped.kind is Kind.RETRY:
+        if mapped.kind in (Kind.RETRY, Kind.RECONNECT):
             raise RetryableFailure(mapped.code, mapped.message) from exc
         raise PermanentFailure("session_invalid", "Telegram does not accept this session.") from exc
     finally:

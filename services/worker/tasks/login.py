@@ -54,7 +54,7 @@ async def _client(ctx: JobContext, session: StringSession) -> AsyncIterator[Tele
         raise
     except Exception as exc:
         mapped = map_error(exc)
-        if mapped.kind is Kind.RETRY:
+        if mapped.kind in (Kind.RETRY, Kind.RECONNECT):
             raise RetryableFailure(mapped.code, mapped.message) from exc
         raise PermanentFailure(mapped.code, mapped.message) from exc
     finally:

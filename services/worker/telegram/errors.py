@@ -1,6 +1,8 @@
 """Every Telethon error a job can meet, mapped once to an outcome.
 
 defer: wait, then run again without spending a try (flood and slow-mode waits);
+reconnect: the connection is gone: mark the account reconnecting and defer its jobs
+           with backoff, never failing them for it;
 retry: transient, with backoff (server errors, timeouts, lost connections);
 disable: the session is dead (revoked, duplicated, deactivated, banned): disable the
          account, fail the job with that code and raise an alert-worthy event;
@@ -20,6 +22,7 @@ from services.worker.telegram.accounts import DisabledReason
 
 class Kind(StrEnum):
     DEFER = "defer"
+    RECONNECT = "reconnect"
     RETRY = "retry"
     DISABLE = "disable"
     FAIL = "fail"
@@ -58,9 +61,9 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     tg.RpcMcgetFailError,
     tg.TimedOutError,
     TimeoutError,
-    ConnectionError,
-    OSError,
 )
+
+DISCONNECTED: tuple[type[BaseException], ...] = (ConnectionError, OSError)
 
 
 def code_of(exc: BaseException) -> str:
@@ -86,8 +89,10 @@ def map_error(exc: BaseException) -> Mapped:
     if isinstance(exc, WAITS):
         seconds = int(getattr(exc, "seconds", 0) or 0)
         return Mapped(Kind.DEFER, code_of(exc), f"Telegram asks to wait {seconds} s.", seconds)
-    if isinstance(exc, TRANSIENT):
+    if isinstance(exc, TRANSIENT):  # before DISCONNECTED: TimeoutError is an OSError
         return Mapped(Kind.RETRY, code_of(exc), f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, DISCONNECTED):
+        return Mapped(Kind.RECONNECT, code_of(exc), f"{type(exc).__name__}: {exc}")
     if isinstance(exc, ValueError):  # Telethon's own peer resolution failures
         text = str(exc)
         if "as username" in text:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 import uuid
 from collections import OrderedDict
@@ -44,7 +45,6 @@ class Entry:
     in_use: int = 0
     last_used: float = field(default_factory=time.monotonic)
     last_health: float = field(default_factory=time.monotonic)
-    failures: int = 0
     retired: bool = False
     connected_at: float = 0.0
 
@@ -96,6 +96,7 @@ class ClientPool:
         self.options = client_options(settings)
         self._entries: OrderedDict[uuid.UUID, Entry] = OrderedDict()
         self._creating: dict[uuid.UUID, asyncio.Lock] = {}
+        self._failures: dict[uuid.UUID, int] = {}  # connection failures since the last connect
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -158,22 +159,35 @@ class ClientPool:
                     entry.client.connect(), self.settings.telegram_request_timeout
                 )
             except (OSError, TimeoutError, ConnectionError) as exc:
-                entry.failures += 1
                 metrics.CONNECTS.labels("error").inc()
-                metrics.RECONNECTS.labels(str(account.id)).inc()
-                delay = min(60.0, 0.5 * 2 ** min(entry.failures, 7))
+                delay = self.connection_lost(account.id)
                 raise Deferral(
                     "reconnecting",
                     f"Telegram unreachable ({type(exc).__name__}); retrying with backoff.",
                     utcnow() + timedelta(seconds=delay),
                 ) from exc
-            entry.failures = 0
             entry.last_health = time.monotonic()
             entry.connected_at = time.time()
             await self._announce(account.id, entry)
             metrics.CONNECTS.labels("ok").inc()
             metrics.CLIENTS_CONNECTED.set(len(self.connected()))
             log.info("telegram client connected", account_id=str(account.id))
+
+    def connection_lost(self, account_id: uuid.UUID) -> float:
+        """Count a failure and recycle the client; the backoff before the next attempt.
+
+        Exponential with full jitter, capped at a minute, and never giving up: the jobs
+        wait (deferred, no try spent) while the account shows as reconnecting.
+        """
+        failures = self._failures.get(account_id, 0) + 1
+        self._failures[account_id] = failures
+        metrics.RECONNECTS.labels(str(account_id)).inc()
+        self.retire(account_id)
+        return random.uniform(0.5, min(60.0, 0.5 * 2 ** min(failures, 7)))
+
+    def connection_ok(self, account_id: uuid.UUID) -> None:
+        """A call went through: the next loss starts the backoff from the beginning."""
+        self._failures.pop(account_id, None)
 
     def retire(self, account_id: uuid.UUID) -> None:
         """Disconnect this account's client as soon as no job uses it (a dead session)."""

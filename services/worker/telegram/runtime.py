@@ -139,6 +139,11 @@ class TelegramRuntime:
                     {"method": method, "seconds": mapped.seconds, "until": until.isoformat()},
                 )
             raise Deferral(mapped.code, mapped.message, until) from exc
+        if mapped.kind is Kind.RECONNECT:
+            delay = self.pool.connection_lost(account.id)
+            await accounts.set_state(self.db, account, State.RECONNECTING, error=mapped.code)
+            until = utcnow() + timedelta(seconds=delay)
+            raise Deferral("reconnecting", mapped.message, until) from exc
         if mapped.kind is Kind.RETRY:
             raise RetryableFailure(mapped.code, mapped.message) from exc
         if mapped.kind is Kind.DISABLE:
@@ -189,6 +194,7 @@ class AccountSession:
                 await self.runtime.fail(self.account, method, exc)
         metrics.REQUESTS.labels(account_id, method, "ok").inc()
         self.runtime.count(self.account.tenant, method, "ok")
+        self.runtime.pool.connection_ok(self.account.id)
         metrics.REQUEST_LATENCY.labels(method).observe(time.perf_counter() - start)
         if self.account.state in (State.FLOOD_WAIT, State.RECONNECTING):
             await accounts.set_state(self.runtime.db, self.account, State.ACTIVE)
