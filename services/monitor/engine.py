@@ -151,6 +151,11 @@ class Engine:
             metrics.PERSIST_ERRORS.labels("retention").inc()
             log.warning("history retention failed", error=repr(exc))
             return
+        horizon = now - self.history_days * 86_400
+        entries = self.dispatcher.entries
+        self.dispatcher.entries = {
+            k: e for k, e in entries.items() if e.firing or e.sent_at >= horizon
+        }
         if deleted:
             log.info("alert history trimmed", deleted=deleted)
 

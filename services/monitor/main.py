@@ -19,7 +19,7 @@ from services.monitor.notifiers.build import build_notifiers
 from services.monitor.notifiers.config import load_config
 from services.monitor.notifiers.dispatcher import Dispatcher
 from services.monitor.repository import Repository
-from services.monitor.rules.loader import load_rules
+from services.monitor.rules.loader import RuleLoadError, load_rules
 from services.monitor.sampler import Sampler
 from services.monitor.store import SeriesStore
 from shared import db, metrics, registry
@@ -147,4 +147,8 @@ def run(settings: MonitorSettings) -> None:
 
     import uvloop
 
-    uvloop.run(main())
+    try:
+        uvloop.run(main())
+    except RuleLoadError as exc:  # a broken rule or notification file: say so, exit non-zero
+        log.error("monitor configuration does not load", error=str(exc))
+        raise SystemExit(2) from None

@@ -167,6 +167,11 @@ class Repository:
                 horizon,
                 keep,
             )
+            # A log entry that owes nothing and is older than the history is forgotten.
+            await conn.execute(
+                "DELETE FROM monitor_nflog WHERE cardinality(firing) = 0 AND sent_at < $1",
+                horizon,
+            )
         return int(status.split()[-1])
 
     # --- silences -------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.monitor.app import build_app
-from services.monitor.clock import ManualClock
+from services.monitor.clock import ManualClock, to_datetime
 from services.monitor.collectors import Context
 from services.monitor.collectors.postgres import PostgresCollector
 from services.monitor.collectors.queues import QueuesCollector
@@ -311,6 +311,11 @@ async def test_history_retention_keeps_owed_resolutions(
     assert deleted == 1
     assert await pg.fetchval("SELECT count(*) FROM monitor_alerts WHERE state = 'resolved'") == 3
     # By age: everything resolved long ago goes, except what is owed.
+    await pg.execute(
+        "INSERT INTO monitor_nflog VALUES ('r', 'old', '{}', '{}', $1)", to_datetime(clock.now())
+    )
     deleted = await engine.repo.apply_retention(clock.now() + 40 * 86_400, days=30, keep=100)
     assert deleted == 2
     assert await pg.fetchval("SELECT count(*) FROM monitor_alerts WHERE state = 'resolved'") == 1
+    # Log entries that owe nothing go with the history; the one that owes stays.
+    assert await pg.fetchval("SELECT array_agg(group_key) FROM monitor_nflog") == ["g"]

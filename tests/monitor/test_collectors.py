@@ -30,6 +30,9 @@ from services.monitor.collectors.scrape import ScrapeCollector
 from services.monitor.collectors.shards import ShardsCollector, lease_key
 from services.monitor.collectors.system import SystemCollector
 from services.monitor.collectors.workers import WorkersCollector
+from services.monitor.lifecycle import Tracker
+from services.monitor.rules.evaluate import evaluate_rule
+from services.monitor.rules.loader import load_rules
 from services.monitor.sampler import Sampler
 from services.monitor.samples import Sample
 from services.monitor.store import SeriesStore
@@ -386,3 +389,39 @@ async def test_default_collectors_run_against_the_real_services(ctx: Context, re
     assert sampler.latest["alerts"] == [
         Sample("tgflow_alerts_firing", 3.0, {}, "Alerts firing now.")
     ]
+
+
+async def test_accounts_and_long_flood_waits_fire_the_shipped_rules(
+    ctx: Context, pg: asyncpg.Connection[Any]
+) -> None:
+    """The real accounts table, the real collector and the shipped rules, together."""
+    now = to_datetime(ctx.clock.now())
+    await pg.execute("INSERT INTO tenants (id, name) VALUES ('t', 't')")
+    for state, flood in (
+        ("active", None),
+        ("disabled", None),
+        ("flood_wait", 600),
+        ("flood_wait", 60),
+    ):
+        await pg.execute(
+            "INSERT INTO accounts (id, tenant_id, state, flood_until) VALUES ($1, 't', $2, $3)",
+            uuid.uuid4(), state, now + timedelta(seconds=flood) if flood else None,
+        )  # fmt: skip
+    sampler = Sampler([AccountsCollector()], ctx, SeriesStore(retention=600), timeout=5)
+    await sampler.sample_once(ctx.clock.now())
+    assert by_key(Collected(sampler.latest["accounts"])) == {
+        ("tgflow_accounts", (("state", "active"),)): 1,
+        ("tgflow_accounts", (("state", "disabled"),)): 1,
+        ("tgflow_accounts", (("state", "flood_wait"),)): 2,
+        ("tgflow_flood_waits_long", ()): 1,
+    }
+    tracker = Tracker()
+    for rule in load_rules():
+        if rule.name in ("AccountDisabled", "FloodWaitLong"):
+            result = evaluate_rule(rule, sampler.store, sampler.sources(), ctx.clock.now())
+            tracker.apply(rule, result, ctx.clock.now())
+    firing = {a.rule: a.refresh().annotations["summary"] for a in tracker.open.values()}
+    assert firing == {
+        "AccountDisabled": "1 Telegram accounts are disabled",
+        "FloodWaitLong": "1 accounts wait out a flood wait longer than 5 minutes",
+    }

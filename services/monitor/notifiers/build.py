@@ -11,6 +11,7 @@ from services.monitor.notifiers.config import (
     EmailReceiver,
     LogReceiver,
     NotifyConfig,
+    Receiver,
     SlackReceiver,
     TelegramReceiver,
     WebhookReceiver,
@@ -20,6 +21,7 @@ from services.monitor.notifiers.log import LogNotifier
 from services.monitor.notifiers.slack import SlackNotifier
 from services.monitor.notifiers.telegram import TelegramNotifier
 from services.monitor.notifiers.webhook import WebhookNotifier
+from services.monitor.rules.loader import RuleLoadError
 from shared.queue import JobStore
 
 
@@ -28,19 +30,23 @@ def build_notifiers(
 ) -> dict[str, Notifier]:
     out: dict[str, Notifier] = {}
     for spec in config.receivers:
-        notifier: Notifier
-        if isinstance(spec, WebhookReceiver):
-            notifier = WebhookNotifier(spec, http)
-        elif isinstance(spec, AlertmanagerReceiver):
-            notifier = AlertmanagerNotifier(spec, http)
-        elif isinstance(spec, SlackReceiver):
-            notifier = SlackNotifier(spec, http)
-        elif isinstance(spec, TelegramReceiver):
-            notifier = TelegramNotifier(spec, jobs)
-        elif isinstance(spec, EmailReceiver):
-            notifier = EmailNotifier(spec)
-        else:
-            assert isinstance(spec, LogReceiver)
-            notifier = LogNotifier(spec)
-        out[spec.name] = notifier
+        try:
+            out[spec.name] = _build(spec, http, jobs)
+        except ValueError as exc:  # e.g. a secret_env that is not set
+            raise RuleLoadError(f"receiver {spec.name}: {exc}") from None
     return out
+
+
+def _build(spec: Receiver, http: httpx.AsyncClient, jobs: JobStore) -> Notifier:
+    if isinstance(spec, WebhookReceiver):
+        return WebhookNotifier(spec, http)
+    if isinstance(spec, AlertmanagerReceiver):
+        return AlertmanagerNotifier(spec, http)
+    if isinstance(spec, SlackReceiver):
+        return SlackNotifier(spec, http)
+    if isinstance(spec, TelegramReceiver):
+        return TelegramNotifier(spec, jobs)
+    if isinstance(spec, EmailReceiver):
+        return EmailNotifier(spec)
+    assert isinstance(spec, LogReceiver)
+    return LogNotifier(spec)
