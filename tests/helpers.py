@@ -125,3 +125,15 @@ class Proc:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+async def wait_until_serving(client: httpx.AsyncClient, path: str = "/healthz") -> None:
+    """Poll a freshly started server until ``path`` answers 200."""
+
+    async def up() -> bool:
+        try:
+            return (await client.get(path)).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    await eventually(up, timeout=20, interval=0.1)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Self, Union
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, model_validator
 
 from shared.jobs import REGISTRY, JobStatus
-from shared.jobs.record import JobErrorInfo, JobRecord
+from shared.jobs.record import JobRecord, JobView
 
 
 class SubmitOptions(BaseModel):
@@ -68,21 +68,7 @@ class JobAccepted(BaseModel):
     links: Links
 
 
-class JobOut(BaseModel):
-    id: str
-    type: str
-    status: JobStatus
-    params: dict[str, Any]
-    attempts: int
-    result: Any = None
-    error: JobErrorInfo | None = None
-    idempotency_key: str | None = None
-    trace_id: str | None = None
-    cancel_requested: bool = False
-    created_at: datetime
-    run_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+class JobOut(JobView):
     links: Links
 
     @classmethod

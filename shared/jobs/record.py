@@ -19,13 +19,11 @@ class JobErrorInfo(BaseModel):
     details: dict[str, Any] | None = None
 
 
-class JobRecord(BaseModel):
-    """Everything tgflow knows about one job."""
+class JobView(BaseModel):
+    """What a tenant may see of a job (the API's job shape)."""
 
     id: str
-    tenant: str
     type: str
-    queue: str
     status: JobStatus
     params: dict[str, Any]
     attempts: int
@@ -33,12 +31,19 @@ class JobRecord(BaseModel):
     error: JobErrorInfo | None = None
     idempotency_key: str | None = None
     trace_id: str | None = None
-    seq: int = 0
+    cancel_requested: bool = False
     created_at: datetime
     run_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    cancel_requested: bool = False
+
+
+class JobRecord(JobView):
+    """Everything tgflow knows about one job."""
+
+    tenant: str
+    queue: str
+    seq: int = 0
 
     @classmethod
     def from_redis(cls, raw: Mapping[str, str]) -> JobRecord:

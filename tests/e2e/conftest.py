@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import Proc, eventually, free_port
+from tests.helpers import Proc, eventually, free_port, wait_until_serving
 
 
 @pytest.fixture
@@ -34,14 +34,7 @@ async def gateway(spawn: Callable[..., Proc]) -> AsyncIterator[tuple[httpx.Async
     port = free_port()
     proc = spawn("gateway", "--port", str(port))
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-
-        async def up() -> bool:
-            try:
-                return (await client.get("/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await eventually(up, timeout=20, interval=0.1)
+        await wait_until_serving(client)
         yield client, proc
 
 

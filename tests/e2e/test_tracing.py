@@ -12,7 +12,14 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.e2e.conftest import workers_live
-from tests.helpers import Proc, auth, eventually, free_port, wait_for_status
+from tests.helpers import (
+    Proc,
+    auth,
+    eventually,
+    free_port,
+    wait_for_status,
+    wait_until_serving,
+)
 
 
 class Collector:
@@ -77,14 +84,7 @@ async def test_gateway_and_worker_spans_share_one_trace(
     spawn("gateway", "--port", str(port), env=env)
     spawn("worker", env=env)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-
-        async def up() -> bool:
-            try:
-                return (await client.get("/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await eventually(up, timeout=20, interval=0.1)
+        await wait_until_serving(client)
         await workers_live(client, 1)
         response = await client.post("/v1/jobs", json={"type": "system.echo"}, headers=auth())
         job = await wait_for_status(client, response.json()["id"], {"succeeded"})

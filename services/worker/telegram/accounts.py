@@ -205,3 +205,13 @@ async def insert_active(
 
 async def touch(db: Pool, account_id: uuid.UUID) -> None:
     await db.execute("UPDATE accounts SET last_used_at = now() WHERE id = $1", account_id)
+
+
+async def disable(
+    db: Pool, account: Account, reason: DisabledReason, *, code: str, method: str
+) -> None:
+    """A dead session: disable the account and write the alert-worthy error event."""
+    await set_state(db, account, State.DISABLED, reason=reason, error=code)
+    await record_event(
+        db, account.id, account.tenant, "error", {"code": code, "method": method, "alert": True}
+    )

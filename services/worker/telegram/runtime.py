@@ -146,17 +146,8 @@ class TelegramRuntime:
             raise Deferral("reconnecting", mapped.message, until) from exc
         if mapped.kind is Kind.RETRY:
             raise RetryableFailure(mapped.code, mapped.message) from exc
-        if mapped.kind is Kind.DISABLE:
-            await accounts.set_state(
-                self.db, account, State.DISABLED, reason=mapped.reason, error=mapped.code
-            )
-            await accounts.record_event(
-                self.db,
-                account.id,
-                account.tenant,
-                "error",
-                {"code": mapped.code, "method": method, "alert": True},
-            )
+        if mapped.kind is Kind.DISABLE and mapped.reason is not None:
+            await accounts.disable(self.db, account, mapped.reason, code=mapped.code, method=method)
             self.pool.retire(account.id)
         raise PermanentFailure(mapped.code, mapped.message) from exc
 

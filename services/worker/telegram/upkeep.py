@@ -14,7 +14,6 @@ from telethon.sessions import StringSession
 from telethon.tl.functions.users import GetUsersRequest
 
 from services.worker.telegram import accounts
-from services.worker.telegram.accounts import State
 from services.worker.telegram.errors import Kind, map_error
 from services.worker.telegram.pool import api_credentials, client_options
 from services.worker.telegram.runtime import TelegramRuntime
@@ -103,16 +102,9 @@ async def _check(runtime: TelegramRuntime, account: accounts.Account) -> None:
         await accounts.touch(runtime.db, account.id)
     except Exception as exc:
         mapped = map_error(exc)
-        if mapped.kind is Kind.DISABLE:
-            await accounts.set_state(
-                runtime.db, account, State.DISABLED, reason=mapped.reason, error=mapped.code
-            )
-            await accounts.record_event(
-                runtime.db,
-                account.id,
-                account.tenant,
-                "error",
-                {"code": mapped.code, "method": "validation", "alert": True},
+        if mapped.kind is Kind.DISABLE and mapped.reason is not None:
+            await accounts.disable(
+                runtime.db, account, mapped.reason, code=mapped.code, method="validation"
             )
     finally:
         with contextlib.suppress(Exception):
