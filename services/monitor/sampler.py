@@ -57,21 +57,21 @@ class Sampler(PromCollector):
         self.produces = {name: c.name for c in collectors for name in c.produces}
         self.last_run: float | None = None
 
-    async def _run(self, collector: Collector) -> Collected | BaseException:
+    async def _run(self, collector: Collector) -> tuple[Collected | BaseException, float]:
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
-                return await collector.collect(self.ctx)
+                outcome: Collected | BaseException = await collector.collect(self.ctx)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return exc
+            outcome = exc
+        return outcome, time.perf_counter() - started
 
     async def sample_once(self, now: float) -> None:
         """Run all collectors concurrently and record their outcomes at time ``now``."""
-        started = time.perf_counter()
-        outcomes = await asyncio.gather(*(self._run(c) for c in self.collectors))
-        took = time.perf_counter() - started
-        for collector, outcome in zip(self.collectors, outcomes, strict=True):
+        results = await asyncio.gather(*(self._run(c) for c in self.collectors))
+        for collector, (outcome, took) in zip(self.collectors, results, strict=True):
             status = self.status[collector.name]
             status.last_run_at, status.duration = now, took
             if isinstance(outcome, Collected):
@@ -136,9 +136,14 @@ class Sampler(PromCollector):
             "Whether a collector's data source exists.",
             labels=["collector"],
         )
+        took = GaugeMetricFamily(
+            "tgflow_monitor_collector_duration_seconds",
+            "How long a collector's last run took.",
+            labels=["collector"],
+        )
         for name, status in self.status.items():
             up.add_metric([name], 0.0 if status.state == "error" else 1.0)
             present.add_metric([name], 0.0 if status.state == "absent" else 1.0)
+            took.add_metric([name], status.duration)
         yield from families.values()
-        yield up
-        yield present
+        yield from (up, present, took)

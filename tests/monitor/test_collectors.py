@@ -175,11 +175,25 @@ async def test_job_failure_ratio_from_the_archive(
         await job("system.echo", status, 30)
     await job("system.echo", "failed", 3600)  # outside the window
     await job("system.sleep", "failed", 10)  # too few to judge
-    got = by_key(await JobsCollector().collect(dataclasses.replace(ctx, settings=settings)))
+    collector = JobsCollector()
+    ctx = dataclasses.replace(ctx, settings=settings)
+    got = by_key(await collector.collect(ctx))
     assert got[("tgflow_job_failure_ratio", (("type", "system.echo"),))] == 0.5
     assert got[("tgflow_jobs_finished", (("type", "system.echo"),))] == 4
     assert got[("tgflow_jobs_failed", (("type", "system.sleep"),))] == 1
     assert ("tgflow_job_failure_ratio", (("type", "system.sleep"),)) not in got
+    # The archive is read at most once a minute.
+    await job("system.echo", "failed", 5)
+    ctx.clock.advance(30)  # type: ignore[attr-defined]
+    assert (
+        by_key(await collector.collect(ctx))[("tgflow_jobs_finished", (("type", "system.echo"),))]
+        == 4
+    )
+    ctx.clock.advance(30)  # type: ignore[attr-defined]
+    assert (
+        by_key(await collector.collect(ctx))[("tgflow_jobs_finished", (("type", "system.echo"),))]
+        == 5
+    )
 
 
 @pytest.fixture
@@ -367,6 +381,11 @@ async def test_sampler_records_ok_absent_error_and_timeout(ctx: Context) -> None
     present = families["tgflow_monitor_collector_source_present"].samples
     assert {s.labels["collector"]: s.value for s in present}["absent"] == 0.0
     assert families["up_metric"].samples[0].value == 1
+    took = {
+        s.labels["collector"]: s.value
+        for s in families["tgflow_monitor_collector_duration_seconds"].samples
+    }
+    assert took["hang"] >= 0.2 > took["ok"]  # each collector's own time
     # The collector recovers: its state clears, and series it stopped reporting go stale.
     ok.samples = []
     broken.failure = None
