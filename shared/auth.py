@@ -11,7 +11,9 @@ import jwt
 from pydantic import BaseModel
 
 ISSUER = "tgflow"
-SCOPES = frozenset({"jobs:read", "jobs:write", "admin"})
+# Monitoring shows deployment-wide state (pools, Redis, every tenant's queues), so it has
+# its own scopes rather than riding on a tenant's job scopes.
+SCOPES = frozenset({"jobs:read", "jobs:write", "monitoring:read", "monitoring:write", "admin"})
 TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 

@@ -144,7 +144,14 @@ def up(*, workers: int = 1) -> int:
             return 1
         secret = env.get("TGFLOW_SECRET_KEY", DEFAULT_SECRET)
         _print_banner(
-            env, gateway, f"http://127.0.0.1:{monitor_port}", mint_token(secret, "default")
+            env,
+            gateway,
+            f"http://127.0.0.1:{monitor_port}",
+            mint_token(
+                secret,
+                "default",
+                scopes=("jobs:read", "jobs:write", "monitoring:read", "monitoring:write"),
+            ),
         )
         while not stopping:
             if any(c.poll() is not None for c in children):

@@ -59,3 +59,5 @@ def scope_checker(scope: str) -> object:
 
 Reader = Annotated[Principal, Depends(scope_checker("jobs:read"))]
 Writer = Annotated[Principal, Depends(scope_checker("jobs:write"))]
+MonitorReader = Annotated[Principal, Depends(scope_checker("monitoring:read"))]
+MonitorWriter = Annotated[Principal, Depends(scope_checker("monitoring:write"))]

@@ -23,6 +23,8 @@ from shared.config import MonitorSettings
 from tests.helpers import auth, gateway_client
 from tests.monitor.conftest import StaticCollector, make_engine, serving
 
+OPS = auth(scopes=("monitoring:read", "monitoring:write"))
+
 RULES = "rules: [{name: High, expr: 'load > 1', severity: critical}]"
 
 
@@ -54,39 +56,41 @@ async def test_reads_and_changes_pass_through_with_the_right_scopes(
     src.set("load", 5, svc="a")
     await engine.cycle()
     async with gateway_client(monitor_url=url) as client:
-        r = await client.get("/v1/monitoring/alerts/active", headers=auth())
+        r = await client.get("/v1/monitoring/alerts/active", headers=OPS)
         assert r.status_code == 200
         (alert,) = r.json()["alerts"]
         assert (alert["rule"], alert["state"]) == ("High", "firing")
-        r = await client.get("/v1/monitoring/alerts/history", params={"limit": 0}, headers=auth())
+        r = await client.get("/v1/monitoring/alerts/history", params={"limit": 0}, headers=OPS)
         assert r.status_code == 422
         assert r.json()["error"]["details"][0]["field"] == "limit"
         r = await client.get("/v1/monitoring/alerts/active")
         assert r.status_code == 401
-        read_only = auth(scopes=("jobs:read",))
+        r = await client.get("/v1/monitoring/alerts/active", headers=auth())
+        assert r.status_code == 403  # job scopes are not monitoring scopes
+        read_only = auth(scopes=("monitoring:read",))
         ack = f"/v1/monitoring/alerts/{alert['id']}/acknowledge"
         r = await client.post(ack, json={"by": "ops"}, headers=read_only)
         assert r.status_code == 403
         assert r.json()["error"]["code"] == "insufficient_scope"
-        r = await client.post(ack, json={"by": "ops"}, headers=auth())
+        r = await client.post(ack, json={"by": "ops"}, headers=OPS)
         assert r.status_code == 200
         assert r.json()["acknowledged_by"] == "ops"
-        r = await client.post("/v1/monitoring/silences", content=b"{", headers=auth())
+        r = await client.post("/v1/monitoring/silences", content=b"{", headers=OPS)
         assert r.status_code == 400
         assert r.json()["error"]["code"] == "invalid_json"
         r = await client.post(
             "/v1/monitoring/silences",
             json={"matchers": ['svc="a"'], "duration": "1h"},
-            headers=auth(),
+            headers=OPS,
         )
         assert r.status_code == 201
         silence_id = r.json()["id"]
-        r = await client.delete(f"/v1/monitoring/silences/{silence_id}", headers=auth())
+        r = await client.delete(f"/v1/monitoring/silences/{silence_id}", headers=OPS)
         assert (r.status_code, r.json()["state"]) == (200, "expired")
-        r = await client.delete("/v1/monitoring/silences/nope", headers=auth())
+        r = await client.delete("/v1/monitoring/silences/nope", headers=OPS)
         assert r.status_code == 404
         assert r.json()["error"]["code"] == "silence_not_found"
-        r = await client.get("/v1/monitoring/dashboard/overview", headers=auth())
+        r = await client.get("/v1/monitoring/dashboard/overview", headers=OPS)
         assert r.json()["alerts"]["by_severity"]["critical"] == 1
         schema = (await client.get("/openapi.json")).json()
         assert "/v1/monitoring/alerts/{alert_id}/silence" in schema["paths"]
@@ -100,7 +104,7 @@ async def test_reads_and_changes_pass_through_with_the_right_scopes(
 
 async def test_an_unreachable_monitor_is_a_503_with_retry_after() -> None:
     async with gateway_client(monitor_url="http://127.0.0.1:1") as client:
-        r = await client.get("/v1/monitoring/redis/status", headers=auth())
+        r = await client.get("/v1/monitoring/redis/status", headers=OPS)
         assert r.status_code == 503
         assert r.headers["Retry-After"] == "5"
         assert r.json()["error"]["code"] == "monitor_unavailable"
@@ -119,10 +123,10 @@ async def test_a_hanging_monitor_is_a_503_not_a_hang() -> None:
     )
     async with serving(app) as url, gateway_client(monitor_url=url, monitor_timeout=0.3) as client:
         started = time.monotonic()
-        r = await client.get("/v1/monitoring/rules", headers=auth())
+        r = await client.get("/v1/monitoring/rules", headers=OPS)
         assert time.monotonic() - started < 2
         assert r.status_code == 503
         assert r.json()["error"]["code"] == "monitor_unavailable"
-        r = await client.get("/v1/monitoring/system/health", headers=auth())
+        r = await client.get("/v1/monitoring/system/health", headers=OPS)
         assert r.status_code == 502
         assert r.json()["error"]["code"] == "monitor_error"

@@ -1,6 +1,7 @@
 """/v1/monitoring: the monitor's API through the gateway, under the same bearer token.
 
-Reads need the read scope, changes (acknowledge, silence, resolve) the write scope.
+Reads need the monitoring:read scope, changes (acknowledge, silence, resolve)
+monitoring:write: this is deployment-wide state, not one tenant's.
 The monitor answers over HTTP; when it cannot, clients get 503 monitor_unavailable
 with Retry-After, never a 500 and never a hang.
 """
@@ -12,7 +13,7 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, Request, Response
 
-from services.gateway.deps import Reader, State, Writer
+from services.gateway.deps import MonitorReader, MonitorWriter, State
 from services.gateway.errors import ApiError
 from shared.logs import get_logger
 
@@ -80,7 +81,7 @@ _GETS: list[tuple[str, str]] = [
 
 
 def _reader() -> Any:
-    async def read(request: Request, state: State, _: Reader) -> Response:
+    async def read(request: Request, state: State, _: MonitorReader) -> Response:
         return await _forward(state, request)
 
     return read
@@ -91,30 +92,34 @@ for _path, _summary in _GETS:
 
 
 @router.get("/alerts/{alert_id}", summary="One alert episode")
-async def get_alert(alert_id: str, request: Request, state: State, _: Reader) -> Response:
+async def get_alert(alert_id: str, request: Request, state: State, _: MonitorReader) -> Response:
     return await _forward(state, request)
 
 
 @router.post("/alerts/{alert_id}/acknowledge", summary="Mute repeats until the alert resolves")
-async def acknowledge(alert_id: str, request: Request, state: State, _: Writer) -> Response:
+async def acknowledge(alert_id: str, request: Request, state: State, _: MonitorWriter) -> Response:
     return await _forward(state, request)
 
 
 @router.post("/alerts/{alert_id}/silence", summary="Silence this alert's labels for a while")
-async def silence_alert(alert_id: str, request: Request, state: State, _: Writer) -> Response:
+async def silence_alert(
+    alert_id: str, request: Request, state: State, _: MonitorWriter
+) -> Response:
     return await _forward(state, request)
 
 
 @router.post("/alerts/{alert_id}/resolve", summary="Resolve an alert by hand")
-async def resolve(alert_id: str, request: Request, state: State, _: Writer) -> Response:
+async def resolve(alert_id: str, request: Request, state: State, _: MonitorWriter) -> Response:
     return await _forward(state, request)
 
 
 @router.post("/silences", summary="Create a silence from label matchers")
-async def create_silence(request: Request, state: State, _: Writer) -> Response:
+async def create_silence(request: Request, state: State, _: MonitorWriter) -> Response:
     return await _forward(state, request)
 
 
 @router.delete("/silences/{silence_id}", summary="Expire a silence")
-async def expire_silence(silence_id: str, request: Request, state: State, _: Writer) -> Response:
+async def expire_silence(
+    silence_id: str, request: Request, state: State, _: MonitorWriter
+) -> Response:
     return await _forward(state, request)
