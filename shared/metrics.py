@@ -23,14 +23,26 @@ class _PoolCollector(Collector):
             GaugeMetricFamily("tgflow_db_pool_in_use", "Connections checked out.", labels=["role"]),
             GaugeMetricFamily("tgflow_db_pool_available", "Idle connections.", labels=["role"]),
             GaugeMetricFamily("tgflow_db_pool_max", "Pool size limit.", labels=["role"]),
+            GaugeMetricFamily(
+                "tgflow_db_pool_waiters", "Tasks waiting for a connection.", labels=["role"]
+            ),
         ]
         for role, pool in self.pools.items():
             size, idle = pool.get_size(), pool.get_idle_size()
-            for family, value in zip(
-                families, (size, size - idle, idle, pool.get_max_size()), strict=True
-            ):
+            values = (size, size - idle, idle, pool.get_max_size(), waiters(pool))
+            for family, value in zip(families, values, strict=True):
                 family.add_metric([role], value)
         yield from families
+
+
+def waiters(pool: Pool) -> int:
+    """Tasks blocked in ``acquire``.
+
+    asyncpg has no public counter for this; its pool hands connections out through an
+    asyncio queue, whose pending getters are exactly the waiters. 0 if that changes.
+    """
+    getters = getattr(getattr(pool, "_queue", None), "_getters", None)
+    return sum(1 for g in getters if not g.done()) if getters is not None else 0
 
 
 _POOLS = _PoolCollector()
