@@ -13,6 +13,7 @@ import functools
 import math
 import os
 import re
+import uuid
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -25,11 +26,13 @@ from pydantic import (
     JsonValue,
     SecretStr,
     TypeAdapter,
+    field_validator,
     model_validator,
 )
 
 from shared.config import BaseAppSettings
 from shared.jobs.contract import JobType, ParamsRejected, QueueKind, RetryPolicy, register
+from shared.jobs.telegram import normalize_peer
 
 SANDBOX_PROVIDER = "sandbox"
 SANDBOX_MODEL = "sandbox-extractive-1"
@@ -283,5 +286,112 @@ COMPLETE = register(
         summary="Run a chat completion on a configured AI provider.",
         retry=RetryPolicy(max_tries=5, base_seconds=1.0, cap_seconds=60.0),
         validate=check_prompt,
+    )
+)
+
+
+# --- chains: jobs that run Telegram and AI jobs as their steps -------------------------
+
+
+class StepOut(BaseModel):
+    """One step of a chain: a child job, listed in the parent's result and progress."""
+
+    name: str
+    type: str
+    job_id: str
+    status: str
+    attempts: int = 0
+
+
+class ModelChoice(BaseModel):
+    """The model part of a chain's params."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str | None = None
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=100_000)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    cache: bool = True
+
+
+class ChatParams(ModelChoice):
+    account_id: uuid.UUID
+    peer: str = Field(description="me, @username, numeric id, t.me link or +phone")
+
+    @field_validator("peer")
+    @classmethod
+    def _peer(cls, value: str) -> str:
+        return normalize_peer(value)
+
+
+class SummarizeChatParams(ChatParams):
+    limit: int = Field(default=50, ge=1, le=500, description="Newest messages to read.")
+    since: AwareDatetime | None = Field(default=None, description="Only messages after this.")
+    style: Literal["brief", "detailed", "bullets"] = "brief"
+
+
+class SummarizeChatResult(BaseModel):
+    summary: str
+    messages: int = Field(description="Messages the summary covers.")
+    first_message_id: int | None = None
+    last_message_id: int | None = None
+    provider: str
+    model: str
+    usage: TokenUsage
+    cost: float
+    cached: bool
+    steps: list[StepOut]
+
+
+class ReplyParams(ChatParams):
+    message_id: int = Field(ge=1, description="The message to answer.")
+    context: int = Field(default=20, ge=1, le=100, description="Messages read up to it.")
+    instructions: str | None = Field(default=None, max_length=4000)
+    send: bool = Field(default=False, description="Send the reply with telegram.send_message.")
+
+
+class ReplyResult(BaseModel):
+    text: str
+    sent: bool
+    sent_message_id: int | None = None
+    provider: str
+    model: str
+    usage: TokenUsage
+    cost: float
+    cached: bool
+    steps: list[StepOut]
+
+
+def check_model(params: ModelChoice, settings: BaseAppSettings) -> None:
+    """Gateway and worker: the provider and model of a chain exist."""
+    catalog_for(settings).resolve(params.provider, params.model)
+
+
+_CHAIN_RETRY = RetryPolicy(max_tries=3, base_seconds=1.0, cap_seconds=30.0)
+
+SUMMARIZE_CHAT = register(
+    JobType(
+        name="ai.summarize_chat",
+        params=SummarizeChatParams,
+        result=SummarizeChatResult,
+        queue=QueueKind.AI,
+        timeout=600.0,
+        summary="Read a chat's history (telegram.get_history) and summarise it (ai.complete).",
+        retry=_CHAIN_RETRY,
+        validate=check_model,
+    )
+)
+
+REPLY = register(
+    JobType(
+        name="ai.reply",
+        params=ReplyParams,
+        result=ReplyResult,
+        queue=QueueKind.AI,
+        timeout=600.0,
+        summary="Write a reply to a message from the chat around it, and send it if asked.",
+        retry=_CHAIN_RETRY,
+        validate=check_model,
     )
 )

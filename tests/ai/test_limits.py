@@ -100,7 +100,7 @@ def _provider(**fields: Any) -> ProviderSpec:
 
 
 async def test_admission_waits_for_a_local_release_then_defers(redis: Any) -> None:
-    admission = Admission(Semaphore(redis, 5), Breaker(redis), Budget(redis), slot_wait=1.0)
+    admission = Admission(redis, 5, slot_wait=1.0)
     provider = _provider(concurrency=1)
     async with admission.admit(provider, "first", 1):
         waiting = asyncio.create_task(_admit_once(admission, provider, "second"))
@@ -108,16 +108,16 @@ async def test_admission_waits_for_a_local_release_then_defers(redis: Any) -> No
         assert not waiting.done()
     assert await asyncio.wait_for(waiting, 0.5) == "second"  # woken by the release
     async with admission.admit(provider, "third", 1):
-        quick = Admission(admission.semaphore, admission.breaker, admission.budget, 0.1)
+        quick = Admission(redis, 5, slot_wait=0.1)
         with pytest.raises(Deferral) as deferred:
             await _admit_once(quick, provider, "fourth")
     assert deferred.value.code == "ai_concurrency_limit"
 
 
 async def test_admission_refuses_while_the_breaker_is_open(redis: Any) -> None:
-    admission = Admission(Semaphore(redis, 5), Breaker(redis), Budget(redis), slot_wait=1.0)
+    admission = Admission(redis, 5, slot_wait=1.0)
     provider = _provider(breaker_failures=1, breaker_open_seconds=5)
-    await admission.record(provider, "x", "failure")
+    await admission.breaker.record("p", "x", "failure", 1, 5)
     with pytest.raises(RetryableFailure) as refused:
         await _admit_once(admission, provider, "y")
     assert refused.value.code == "provider_unavailable"

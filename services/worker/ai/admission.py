@@ -1,10 +1,13 @@
 """Letting a call through to a provider: a slot, a closed breaker and budget, or a wait.
 
-A job first waits inside the worker, up to ``slot_wait`` seconds, for a free slot of
-the provider's cluster-wide semaphore (woken at once by a release in this process,
-and polling for releases elsewhere) and for its request and token budgets. Past that
-it is deferred: back to the queue without spending a try, so jobs over the limit
-wait in the queue instead of failing. An open breaker fails the attempt (it is
+One Redis script takes a slot of the provider's cluster-wide semaphore, asks the
+circuit breaker and spends the request and token budgets, atomically; another gives
+the slot back, tells the breaker how the call went and corrects the token budget.
+
+A job first waits inside the worker, up to ``slot_wait`` seconds, for a slot (woken at
+once by a release in this process, polling for releases elsewhere) and for budget.
+Past that it is deferred: back to the queue without spending a try, so jobs over the
+limit wait in the queue instead of failing. An open breaker fails the attempt (it is
 retried after the breaker's open time); a probe in flight or a provider cool-down
 defers it.
 """
@@ -18,9 +21,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
+from redis.asyncio import Redis
+
+from services.worker.ai import breaker as breaker_
+from services.worker.ai import budget as budget_
 from services.worker.ai import metrics
+from services.worker.ai import semaphore as semaphore_
 from services.worker.ai.breaker import Breaker, Gate, Result
-from services.worker.ai.budget import Budget
+from services.worker.ai.lua import script
 from services.worker.ai.semaphore import Semaphore
 from shared.errors import Deferral, JobFailure, RetryableFailure
 from shared.jobs.ai import ProviderSpec
@@ -29,12 +37,56 @@ from shared.jobs.envelope import utcnow
 POLL_SECONDS = 0.05  # how often a waiting job looks for slots freed by other workers
 PROBE_GRACE = 5.0  # a probe's lease: the provider's total timeout plus this
 
+_FUNCTIONS = (semaphore_.FUNCTIONS, breaker_.FUNCTIONS, budget_.FUNCTIONS)
 
-@dataclass(frozen=True)
+# KEYS: holders, breaker, request bucket, token bucket.
+# ARGV: limit, lease ms, holder, probe ms, rpm, tpm, tokens.
+# Returns {verdict, wait ms, holders}: verdict busy, budget, or the breaker's.
+_ENTER = script(
+    *_FUNCTIONS,
+    """
+local holder = ARGV[3]
+local ok, held = sem_acquire(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), holder)
+if ok == 0 then return {'busy', 0, held} end
+local verdict, wait = breaker_check(KEYS[2], holder, tonumber(ARGV[4]))
+if verdict ~= 'closed' and verdict ~= 'probe' then
+  return {verdict, wait, sem_release(KEYS[1], holder)}
+end
+wait = budget_take(KEYS[3], KEYS[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]))
+if wait > 0 then
+  if verdict == 'probe' then breaker_record(KEYS[2], 'neutral', holder, 0, 0) end
+  return {'budget', wait, sem_release(KEYS[1], holder)}
+end
+return {verdict, 0, held}
+""",
+)
+
+# KEYS: holders, breaker, token bucket.
+# ARGV: holder, result, failures, open ms, cool-down ms, tpm, extra tokens.
+# Returns {holders, breaker state}.
+_LEAVE = script(
+    *_FUNCTIONS,
+    """
+local held = sem_release(KEYS[1], ARGV[1])
+local state = breaker_record(KEYS[2], ARGV[2], ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
+if tonumber(ARGV[5]) > 0 then breaker_cool_down(KEYS[2], tonumber(ARGV[5])) end
+budget_adjust(KEYS[3], tonumber(ARGV[6]), tonumber(ARGV[7]))
+return {held, state}
+""",
+)
+
+
+@dataclass
 class Ticket:
+    """A held slot; the call sets how it went before the slot is given back."""
+
     provider: ProviderSpec
     holder: str
     probe: bool
+    reserved_tokens: int
+    result: Result = "neutral"
+    cool_down: float = 0.0
+    used_tokens: int | None = None
 
 
 def _defer(provider: str, reason: str, seconds: float, message: str) -> Deferral:
@@ -43,13 +95,12 @@ def _defer(provider: str, reason: str, seconds: float, message: str) -> Deferral
 
 
 class Admission:
-    def __init__(
-        self, semaphore: Semaphore, breaker: Breaker, budget: Budget, slot_wait: float
-    ) -> None:
-        self.semaphore = semaphore
-        self.breaker = breaker
-        self.budget = budget
+    def __init__(self, redis: Redis, lease_seconds: float, slot_wait: float) -> None:
+        self.semaphore = Semaphore(redis, lease_seconds)
+        self.breaker = Breaker(redis)
         self.slot_wait = slot_wait
+        self._enter_script = redis.register_script(_ENTER)
+        self._leave_script = redis.register_script(_LEAVE)
 
     @asynccontextmanager
     async def admit(
@@ -63,57 +114,85 @@ class Admission:
         finally:
             renewer.cancel()
             await asyncio.gather(renewer, return_exceptions=True)
-            await self.semaphore.release(provider.name, holder)
+            await self._leave(ticket)
 
     async def _enter(self, provider: ProviderSpec, holder: str, tokens: int) -> Ticket:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.slot_wait
         name = provider.name
         while True:
-            if await self.semaphore.try_acquire(name, provider.concurrency, holder):
-                gate = await self._gate(provider, holder)
-                wait = await self.budget.take(name, provider.rpm, provider.tpm, tokens)
-                if wait == 0:
-                    return Ticket(provider, holder, gate.verdict == "probe")
-                await self.semaphore.release(name, holder)
-                if gate.verdict == "probe":  # let someone else probe meanwhile
-                    await self.record(provider, holder, "neutral")
-                if loop.time() + wait > deadline:
-                    raise _defer(name, "ai_rate_budget", wait, f"{name} budget spent; waiting.")
-                await asyncio.sleep(wait)
-                continue
+            verdict, wait_ms, held = await self._enter_script(
+                keys=[
+                    semaphore_.holders_key(name),
+                    breaker_.breaker_key(name),
+                    *budget_.keys(name),
+                ],
+                args=[
+                    provider.concurrency,
+                    self.semaphore.lease_ms,
+                    holder,
+                    int((provider.total_timeout + PROBE_GRACE) * 1000),
+                    provider.rpm or 0,
+                    provider.tpm or 0,
+                    tokens,
+                ],
+            )
+            metrics.SEMAPHORE_IN_USE.labels(name).set(int(held))
+            wait = int(wait_ms) / 1000
+            if verdict in ("closed", "probe"):
+                self.breaker.saw(name, "closed" if verdict == "closed" else "half_open")
+                return Ticket(provider, holder, verdict == "probe", tokens)
+            if verdict not in ("busy", "budget"):
+                raise self._refusal(name, Gate(verdict, wait))
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if verdict == "budget" and wait <= remaining:
+                await asyncio.sleep(wait)
+            elif verdict == "budget":
+                raise _defer(name, "ai_rate_budget", wait, f"{name} budget spent; waiting.")
+            elif remaining > 0:
+                await self.semaphore.local(name).wait(min(POLL_SECONDS, remaining))
+            else:
                 raise _defer(
                     name,
                     "ai_concurrency_limit",
                     random.uniform(0.1, 0.5),
                     f"All {provider.concurrency} slots of {name} are busy; waiting.",
                 )
-            await self.semaphore.local(name).wait(min(POLL_SECONDS, remaining))
 
-    async def _gate(self, provider: ProviderSpec, holder: str) -> Gate:
-        gate = await self.breaker.check(provider.name, holder, provider.total_timeout + PROBE_GRACE)
-        if not gate.allowed:
-            await self.semaphore.release(provider.name, holder)
-            raise _refusal(provider.name, gate)
-        return gate
-
-    async def record(self, provider: ProviderSpec, holder: str, result: Result) -> None:
-        """Tell the breaker how a call went."""
-        await self.breaker.record(
-            provider.name, holder, result, provider.breaker_failures, provider.breaker_open_seconds
+    async def _leave(self, ticket: Ticket) -> None:
+        provider = ticket.provider
+        name = provider.name
+        extra = 0 if ticket.used_tokens is None else ticket.used_tokens - ticket.reserved_tokens
+        held, state = await self._leave_script(
+            keys=[semaphore_.holders_key(name), breaker_.breaker_key(name), budget_.keys(name)[1]],
+            args=[
+                ticket.holder,
+                ticket.result,
+                provider.breaker_failures,
+                int(provider.breaker_open_seconds * 1000),
+                int(ticket.cool_down * 1000),
+                provider.tpm or 0,
+                extra,
+            ],
         )
+        metrics.SEMAPHORE_IN_USE.labels(name).set(int(held))
+        self.breaker.saw(name, str(state))
+        self.semaphore.local(name).wake_one()
 
-
-def _refusal(name: str, gate: Gate) -> JobFailure:
-    jitter = random.uniform(0.05, 0.3)
-    if gate.verdict == "open":
-        return RetryableFailure(
-            "provider_unavailable",
-            f"The circuit breaker of {name} is open after repeated failures.",
-            {"retry_after": gate.wait_seconds + jitter},
+    def _refusal(self, name: str, gate: Gate) -> JobFailure:
+        if gate.verdict in ("open", "half_open"):
+            self.breaker.saw(name, gate.verdict)
+        jitter = random.uniform(0.05, 0.3)
+        if gate.verdict == "open":
+            return RetryableFailure(
+                "provider_unavailable",
+                f"The circuit breaker of {name} is open after repeated failures.",
+                {"retry_after": gate.wait_seconds + jitter},
+            )
+        if gate.verdict == "half_open":
+            return _defer(
+                name, "ai_breaker_probe", min(gate.wait_seconds, 1.0) + jitter, "Probing."
+            )
+        return _defer(
+            name, "ai_cooldown", gate.wait_seconds + jitter, f"{name} asked to slow down."
         )
-    if gate.verdict == "half_open":
-        return _defer(name, "ai_breaker_probe", min(gate.wait_seconds, 1.0) + jitter, "Probing.")
-    return _defer(name, "ai_cooldown", gate.wait_seconds + jitter, f"{name} asked to slow down.")

@@ -17,76 +17,76 @@ from typing import Literal
 from redis.asyncio import Redis
 
 from services.worker.ai import metrics
+from services.worker.ai.lua import script
 from shared.logs import get_logger
 
 log = get_logger(__name__)
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local h = redis.call('HMGET', KEYS[1], 'state', 'until', 'probe', 'cooldown')
-local state, untl, probe = h[1] or 'closed', tonumber(h[2]) or 0, h[3] or ''
-local cooldown = tonumber(h[4]) or 0
-"""
-
-# ARGV: holder, probe lease ms. Returns {verdict, wait ms}; verdict is one of
-# closed, probe (this caller probes), open, half_open (a probe is out), cooldown.
-_CHECK = (
-    _NOW
-    + """
-if now < cooldown then return {'cooldown', cooldown - now} end
-if state == 'closed' then return {'closed', 0} end
-if state == 'open' and now < untl then return {'open', untl - now} end
-if state == 'half_open' and now < untl and probe ~= ARGV[1] then
-  return {'half_open', untl - now}
+# Functions over a breaker hash; ``now`` comes from lua.NOW.
+FUNCTIONS = """
+local function breaker_read(key)
+  local h = redis.call('HMGET', key, 'state', 'until', 'probe', 'cooldown')
+  return h[1] or 'closed', tonumber(h[2]) or 0, h[3] or '', tonumber(h[4]) or 0
 end
-redis.call('HSET', KEYS[1], 'state', 'half_open', 'until', now + tonumber(ARGV[2]),
-           'probe', ARGV[1])
-return {'probe', 0}
-"""
-)
-
-# ARGV: result (success, failure, neutral), holder, failures to open, open ms.
-# Returns the state after recording.
-_RECORD = (
-    _NOW
-    + """
-local result, holder = ARGV[1], ARGV[2]
-local is_probe = state == 'half_open' and probe == holder
-if result == 'success' then
-  if state == 'closed' or is_probe then
-    redis.call('HSET', KEYS[1], 'state', 'closed', 'failures', 0, 'until', 0, 'probe', '')
-    return 'closed'
+-- Returns a verdict (closed, probe: the caller probes, open, half_open: a probe is
+-- out, cooldown) and the milliseconds to wait when refused.
+local function breaker_check(key, holder, probe_ms)
+  local state, untl, probe, cooldown = breaker_read(key)
+  if now < cooldown then return 'cooldown', cooldown - now end
+  if state == 'closed' then return 'closed', 0 end
+  if state == 'open' and now < untl then return 'open', untl - now end
+  if state == 'half_open' and now < untl and probe ~= holder then
+    return 'half_open', untl - now
   end
-  return state
+  redis.call('HSET', key, 'state', 'half_open', 'until', now + probe_ms, 'probe', holder)
+  return 'probe', 0
 end
-if result == 'neutral' then
-  if is_probe then redis.call('HSET', KEYS[1], 'until', 0, 'probe', '') end
-  return state
+-- result: success, failure or neutral (says nothing of the provider's health).
+local function breaker_record(key, result, holder, failures, open_ms)
+  local state, untl, probe = breaker_read(key)
+  local is_probe = state == 'half_open' and probe == holder
+  if result == 'success' then
+    if state == 'closed' or is_probe then
+      redis.call('HSET', key, 'state', 'closed', 'failures', 0, 'until', 0, 'probe', '')
+      return 'closed'
+    end
+    return state
+  end
+  if result == 'neutral' then
+    if is_probe then redis.call('HSET', key, 'until', 0, 'probe', '') end
+    return state
+  end
+  if is_probe then
+    redis.call('HSET', key, 'state', 'open', 'until', now + open_ms, 'probe', '')
+    return 'open'
+  end
+  if state ~= 'closed' then return state end
+  if redis.call('HINCRBY', key, 'failures', 1) >= failures then
+    redis.call('HSET', key, 'state', 'open', 'until', now + open_ms, 'failures', 0)
+    return 'open'
+  end
+  return 'closed'
 end
-if is_probe then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + tonumber(ARGV[4]), 'probe', '')
-  return 'open'
+local function breaker_cool_down(key, ms)
+  local ends = now + ms
+  if ends > (tonumber(redis.call('HGET', key, 'cooldown')) or 0) then
+    redis.call('HSET', key, 'cooldown', ends)
+  end
 end
-if state ~= 'closed' then return state end
-local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
-if failures >= tonumber(ARGV[3]) then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + tonumber(ARGV[4]), 'failures', 0)
-  return 'open'
-end
-return 'closed'
 """
-)
 
-# ARGV: cool-down ms from now. Keeps the later of the old and the new end.
-_COOLDOWN = (
-    _NOW
-    + """
-local ends = now + tonumber(ARGV[1])
-if ends > cooldown then redis.call('HSET', KEYS[1], 'cooldown', ends) end
-return 0
-"""
+_CHECK = script(
+    FUNCTIONS,
+    """
+local verdict, wait = breaker_check(KEYS[1], ARGV[1], tonumber(ARGV[2]))
+return {verdict, wait}
+""",
 )
+_RECORD = script(
+    FUNCTIONS,
+    "return breaker_record(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))",
+)
+_COOLDOWN = script(FUNCTIONS, "breaker_cool_down(KEYS[1], tonumber(ARGV[1]))\nreturn 0")
 
 Verdict = Literal["closed", "probe", "open", "half_open", "cooldown"]
 Result = Literal["success", "failure", "neutral"]
@@ -113,7 +113,8 @@ class Breaker:
         self._cooldown = redis.register_script(_COOLDOWN)
         self._seen: dict[str, str] = {}  # provider -> state this worker last saw
 
-    def _saw(self, provider: str, state: str) -> None:
+    def saw(self, provider: str, state: str) -> None:
+        """Note the state this worker saw: the gauge, and a log line on each change."""
         if self._seen.get(provider, "closed") != state:
             log.warning("ai circuit breaker changed", provider=provider, state=state)
         self._seen[provider] = state
@@ -125,7 +126,7 @@ class Breaker:
         )
         gate = Gate(str(verdict), int(wait_ms) / 1000)  # type: ignore[arg-type]
         if gate.verdict != "cooldown":
-            self._saw(provider, "half_open" if gate.verdict == "probe" else gate.verdict)
+            self.saw(provider, "half_open" if gate.verdict == "probe" else gate.verdict)
         return gate
 
     async def record(
@@ -137,7 +138,7 @@ class Breaker:
                 args=[result, holder, failures, int(open_seconds * 1000)],
             )
         )
-        self._saw(provider, state)
+        self.saw(provider, state)
         return state
 
     async def cool_down(self, provider: str, seconds: float) -> None:

@@ -11,56 +11,58 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-_LEVEL = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function level(key, cap)
+from services.worker.ai.lua import script
+
+# Functions over token buckets; ``now`` comes from lua.NOW.
+FUNCTIONS = """
+local function bucket_level(key, cap)
   local v = redis.call('HMGET', key, 'level', 'ts')
   local lvl = tonumber(v[1]) or cap
   local ts = tonumber(v[2]) or now
   return math.min(cap, lvl + (now - ts) * cap / 60000)
 end
-local function store(key, lvl)
+local function bucket_store(key, lvl)
   redis.call('HSET', key, 'level', tostring(lvl), 'ts', now)
   redis.call('PEXPIRE', key, 120000)
+end
+-- Take one request and ``cost`` tokens (limits of 0 are off); 0, or ms to wait.
+local function budget_take(rkey, tkey, rpm, tpm, cost)
+  local wait, r, k = 0, 0, 0
+  if rpm > 0 then
+    r = bucket_level(rkey, rpm)
+    if r < 1 then wait = math.max(wait, (1 - r) * 60000 / rpm) end
+  end
+  if tpm > 0 then
+    k = bucket_level(tkey, tpm)
+    local need = math.min(cost, tpm)
+    if k < need then wait = math.max(wait, (need - k) * 60000 / tpm) end
+  end
+  if wait > 0 then return math.ceil(wait) end
+  if rpm > 0 then bucket_store(rkey, r - 1) end
+  if tpm > 0 then bucket_store(tkey, k - cost) end
+  return 0
+end
+local function budget_adjust(tkey, tpm, tokens)
+  if tpm > 0 and tokens ~= 0 then bucket_store(tkey, bucket_level(tkey, tpm) - tokens) end
 end
 """
 
 # KEYS: requests bucket, tokens bucket. ARGV: rpm (0: none), tpm (0: none), tokens.
-# Returns 0 when taken, else the milliseconds until both buckets would allow it.
-_TAKE = (
-    _LEVEL
-    + """
-local rpm, tpm, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local wait, r, k = 0, 0, 0
-if rpm > 0 then
-  r = level(KEYS[1], rpm)
-  if r < 1 then wait = math.max(wait, (1 - r) * 60000 / rpm) end
-end
-if tpm > 0 then
-  k = level(KEYS[2], tpm)
-  local need = math.min(cost, tpm)
-  if k < need then wait = math.max(wait, (need - k) * 60000 / tpm) end
-end
-if wait > 0 then return math.ceil(wait) end
-if rpm > 0 then store(KEYS[1], r - 1) end
-if tpm > 0 then store(KEYS[2], k - cost) end
-return 0
-"""
+_TAKE = script(
+    FUNCTIONS,
+    """
+return budget_take(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+""",
 )
 
 # KEYS: tokens bucket. ARGV: tpm, tokens to take (negative: give back).
-_ADJUST = (
-    _LEVEL
-    + """
-local tpm = tonumber(ARGV[1])
-store(KEYS[1], level(KEYS[1], tpm) - tonumber(ARGV[2]))
-return 0
-"""
+_ADJUST = script(
+    FUNCTIONS, "budget_adjust(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))\nreturn 0"
 )
 
 
-def _keys(provider: str) -> list[str]:
+def keys(provider: str) -> list[str]:
+    """The request and token buckets of a provider."""
     return [f"tgflow:ai:rpm:{provider}", f"tgflow:ai:tpm:{provider}"]
 
 
@@ -75,10 +77,10 @@ class Budget:
         """Spend one request and ``tokens``; 0.0 if done, else seconds to wait first."""
         if not rpm and not tpm:
             return 0.0
-        wait_ms = await self._take(keys=_keys(provider), args=[rpm or 0, tpm or 0, tokens])
+        wait_ms = await self._take(keys=keys(provider), args=[rpm or 0, tpm or 0, tokens])
         return int(wait_ms) / 1000
 
     async def correct(self, provider: str, tpm: int | None, extra_tokens: int) -> None:
         """Charge tokens beyond the estimate (or refund unused ones, if negative)."""
         if tpm and extra_tokens:
-            await self._adjust(keys=_keys(provider)[1:], args=[tpm, extra_tokens])
+            await self._adjust(keys=keys(provider)[1:], args=[tpm, extra_tokens])

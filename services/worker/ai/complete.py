@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ import orjson
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.worker.ai import cache, metrics, usage
+from services.worker.ai.admission import Ticket
 from services.worker.ai.client import ChatAnswer, Progress
 from services.worker.ai.errors import ProviderError
 from services.worker.ai.runtime import AiRuntime
@@ -87,13 +89,27 @@ async def complete(ai: AiRuntime, ctx: JobContext, params: CompleteParams) -> Co
         if hit is not None:
             return hit
     reserve = call.prompt_estimate + (params.max_tokens or 0)
-    async with ai.admission.admit(call.provider, ctx.job_id, reserve) as ticket:
-        requested_at = utcnow()
-        answer, seconds = await _call(ai, ctx, call, ticket.probe)
-    result = _result(call, answer, seconds, requested_at)
-    await ai.admission.budget.correct(
-        call.provider.name, call.provider.tpm, result.usage.total_tokens - reserve
-    )
+    recording: asyncio.Task[None] | None = None
+    try:
+        async with ai.admission.admit(call.provider, ctx.job_id, reserve) as ticket:
+            requested_at = utcnow()
+            answer, seconds = await _call(ai, ctx, call, ticket)
+            result = _result(call, answer, seconds, requested_at)
+            ticket.used_tokens = result.usage.total_tokens
+            # The ledger write overlaps giving the slot back.
+            recording = asyncio.create_task(_account(ai, ctx, call, result, key))
+    finally:
+        if recording is not None:
+            await recording
+    _observe(ai, call, result)
+    await ai.prune_cache_now_and_then()
+    return result
+
+
+async def _account(
+    ai: AiRuntime, ctx: JobContext, call: Plan, result: CompleteResult, key: str | None
+) -> None:
+    """Ledger row and cache entry; a structured answer that is not JSON fails the job."""
     row = usage.UsageRow(
         ctx.tenant,
         ctx.job_id,
@@ -112,12 +128,9 @@ async def complete(ai: AiRuntime, ctx: JobContext, params: CompleteParams) -> Co
         raise
     entry = None
     if key is not None:
-        ttl = params.cache_ttl_seconds or ai.settings.ai_cache_ttl
+        ttl = call.params.cache_ttl_seconds or ai.settings.ai_cache_ttl
         entry = usage.CacheEntry(key, result.model_dump(mode="json"), ttl)
     await usage.record(ai.db, row, entry)
-    _observe(ai, call, result)
-    await ai.prune_cache_now_and_then()
-    return result
 
 
 async def _cached(ai: AiRuntime, ctx: JobContext, call: Plan, key: str) -> CompleteResult | None:
@@ -142,15 +155,15 @@ async def _cached(ai: AiRuntime, ctx: JobContext, call: Plan, key: str) -> Compl
 
 
 async def _call(
-    ai: AiRuntime, ctx: JobContext, call: Plan, probe: bool
+    ai: AiRuntime, ctx: JobContext, call: Plan, ticket: Ticket
 ) -> tuple[ChatAnswer, float]:
-    """The provider call in its own span; failures feed the breaker and become outcomes."""
+    """The provider call in its own span; how it went goes to the ticket for the breaker."""
     provider = call.provider
     attributes: dict[str, str | bool] = {
         "gen_ai.system": provider.name,
         "gen_ai.request.model": call.model,
         "tgflow.ai.stream": call.params.stream,
-        "tgflow.ai.probe": probe,
+        "tgflow.ai.probe": ticket.probe,
     }
     with ctx.state.tracer.start_as_current_span(
         f"ai.chat {provider.name}", kind=SpanKind.CLIENT, attributes=attributes
@@ -164,9 +177,9 @@ async def _call(
             seconds = time.perf_counter() - start
             metrics.REQUESTS.labels(provider.name, call.model, exc.outcome).inc()
             metrics.DURATION.labels(provider.name, call.model).observe(seconds)
-            await ai.admission.record(provider, ctx.job_id, "failure" if exc.breaker else "neutral")
+            ticket.result = "failure" if exc.breaker else "neutral"
             if exc.outcome == "rate_limited" and exc.retry_after:
-                await ai.admission.breaker.cool_down(provider.name, exc.retry_after)
+                ticket.cool_down = exc.retry_after
             span.set_status(Status(StatusCode.ERROR, exc.code))
             log.warning(
                 "ai call failed",
@@ -176,12 +189,11 @@ async def _call(
                 latency_ms=round(seconds * 1000, 3),
             )
             raise exc.as_failure() from None
-        seconds = time.perf_counter() - start
-        await ai.admission.record(provider, ctx.job_id, "success")
+        ticket.result = "success"
         span.set_attribute("gen_ai.usage.input_tokens", answer.prompt_tokens or 0)
         span.set_attribute("gen_ai.usage.output_tokens", answer.completion_tokens or 0)
         span.set_attribute("gen_ai.response.finish_reasons", [answer.finish_reason])
-        return answer, seconds
+        return answer, time.perf_counter() - start
 
 
 def _progress(ctx: JobContext) -> Progress:

@@ -10,10 +10,7 @@ from redis.asyncio import Redis
 
 from services.worker.ai import cache
 from services.worker.ai.admission import Admission
-from services.worker.ai.breaker import Breaker
-from services.worker.ai.budget import Budget
 from services.worker.ai.client import ChatClient, open_http
-from services.worker.ai.semaphore import Semaphore
 from shared.config import WorkerSettings
 from shared.db import Pool
 from shared.jobs.ai import Catalog, catalog_for
@@ -51,11 +48,6 @@ def open_runtime(settings: WorkerSettings, redis: Redis, db: Pool) -> AiRuntime:
     """Load the catalogue (a bad one stops start-up) and create the shared client."""
     catalog = catalog_for(settings)
     http = open_http(settings.ai_http_max_connections)
-    admission = Admission(
-        Semaphore(redis, settings.ai_lease_seconds),
-        Breaker(redis),
-        Budget(redis),
-        settings.ai_slot_wait_seconds,
-    )
+    admission = Admission(redis, settings.ai_lease_seconds, settings.ai_slot_wait_seconds)
     log.info("ai providers", providers=sorted(catalog.providers), default=catalog.default)
     return AiRuntime(settings, catalog, http, ChatClient(http), admission, db)

@@ -15,37 +15,43 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.worker.ai import metrics
+from services.worker.ai.lua import script
 from shared.logs import get_logger
 
 log = get_logger(__name__)
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+# Functions over a holders sorted set; ``now`` comes from lua.NOW.
+FUNCTIONS = """
+local function sem_acquire(key, limit, lease, holder)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  if redis.call('ZSCORE', key, holder) then
+    redis.call('ZADD', key, now + lease, holder)
+    return 1, redis.call('ZCARD', key)
+  end
+  local held = redis.call('ZCARD', key)
+  if held >= limit then return 0, held end
+  redis.call('ZADD', key, now + lease, holder)
+  redis.call('PEXPIRE', key, lease * 2)
+  return 1, held + 1
+end
+local function sem_release(key, holder)
+  redis.call('ZREM', key, holder)
+  return redis.call('ZCARD', key)
+end
 """
 
 # KEYS[1] holders; ARGV: limit, lease ms, holder. Returns {acquired 0/1, holders}.
-_ACQUIRE = (
-    _NOW
-    + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local lease = tonumber(ARGV[2])
-if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
-  redis.call('ZADD', KEYS[1], now + lease, ARGV[3])
-  return {1, redis.call('ZCARD', KEYS[1])}
-end
-local held = redis.call('ZCARD', KEYS[1])
-if held >= tonumber(ARGV[1]) then return {0, held} end
-redis.call('ZADD', KEYS[1], now + lease, ARGV[3])
-redis.call('PEXPIRE', KEYS[1], lease * 2)
-return {1, held + 1}
-"""
+_ACQUIRE = script(
+    FUNCTIONS,
+    """
+local ok, held = sem_acquire(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])
+return {ok, held}
+""",
 )
 
 # KEYS[1] holders; ARGV: lease ms, holder. Returns 1 if still held (and extended).
-_RENEW = (
-    _NOW
-    + """
+_RENEW = script(
+    """
 if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
@@ -53,10 +59,7 @@ return 1
 """
 )
 
-_RELEASE = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-return redis.call('ZCARD', KEYS[1])
-"""
+_RELEASE = script(FUNCTIONS, "return sem_release(KEYS[1], ARGV[1])")
 
 
 def holders_key(provider: str) -> str:

@@ -14,6 +14,8 @@ HANDLERS: dict[str, Handler] = {
     "system.echo": system.echo,
     "system.sleep": system.sleep,
     "ai.complete": ai.complete,
+    "ai.summarize_chat": ai.summarize_chat,
+    "ai.reply": ai.reply,
     "account.import": accounts.import_session,
     "account.login_start": login.login_start,
     "account.login_code": login.login_code,
