@@ -57,7 +57,7 @@ def _accepted(record: JobRecord) -> JobAccepted:
     )
 
 
-async def _find(state: State, tenant: str, job_id: str) -> JobRecord | None:
+async def find_job(state: State, tenant: str, job_id: str) -> JobRecord | None:
     """Live state from Redis, else the Postgres archive."""
     parsed = _parse_id(job_id)
     record = await state.jobs.get(str(parsed))
@@ -66,7 +66,7 @@ async def _find(state: State, tenant: str, job_id: str) -> JobRecord | None:
     return await repository.get_job(state.db, tenant, parsed)
 
 
-def _check_params(body: SubmitOptions, state: State) -> None:
+def check_params(body: SubmitOptions, state: State) -> None:
     """Run the job type's own check of its params against this process's settings."""
     validate = REGISTRY[body.type].validate  # type: ignore[attr-defined]
     if validate is None:
@@ -80,7 +80,7 @@ def _check_params(body: SubmitOptions, state: State) -> None:
         ) from None
 
 
-def _envelope(body: SubmitOptions, tenant: str, max_defer: int) -> Envelope:
+def envelope_of(body: SubmitOptions, tenant: str, max_defer: int) -> Envelope:
     job_type = REGISTRY[body.type]  # type: ignore[attr-defined]
     now = utcnow()
     run_at = now
@@ -123,8 +123,8 @@ async def submit_job(
     principal: Writer,
     response: Response,
 ) -> JobAccepted:
-    _check_params(body, state)
-    env = _envelope(body, principal.tenant, state.settings.max_defer_seconds)
+    check_params(body, state)
+    env = envelope_of(body, principal.tenant, state.settings.max_defer_seconds)
     if "account_id" in env.params:
         await check_account(state, principal.tenant, uuid.UUID(env.params["account_id"]))
     queue = REGISTRY[env.type].queue
@@ -139,7 +139,7 @@ async def submit_job(
             run_at=env.run_at,
             links=Links(self=f"/v1/jobs/{env.id}"),
         )
-    existing = await _find(state, principal.tenant, job_id)
+    existing = await find_job(state, principal.tenant, job_id)
     if existing is None:
         raise ApiError(
             409,
@@ -159,7 +159,7 @@ async def submit_job(
 
 @router.get("/jobs/{job_id}", response_model=JobOut, summary="Get a job")
 async def get_job(job_id: str, state: State, principal: Reader) -> JobOut:
-    record = await _find(state, principal.tenant, job_id)
+    record = await find_job(state, principal.tenant, job_id)
     if record is None:
         raise _not_found(job_id)
     return JobOut.of(record)
@@ -204,7 +204,7 @@ async def _overlay_live(state: State, records: list[JobRecord]) -> list[JobRecor
 
 @router.delete("/jobs/{job_id}", response_model=JobOut, summary="Cancel a job")
 async def cancel_job(job_id: str, state: State, principal: Writer, response: Response) -> JobOut:
-    record = await _find(state, principal.tenant, job_id)
+    record = await find_job(state, principal.tenant, job_id)
     if record is None:
         raise _not_found(job_id)
     if record.status.is_terminal:

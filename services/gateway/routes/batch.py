@@ -1,0 +1,128 @@
+"""Submit up to 1,000 jobs in one request, in one Redis round trip."""
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from services.gateway.deps import State, Writer
+from services.gateway.errors import ApiError
+from services.gateway.routes.jobs import (
+    JOBS_ENQUEUED,
+    SubmitBody,
+    check_params,
+    envelope_of,
+    find_job,
+)
+from services.gateway.schemas import Links
+from shared.jobs import REGISTRY
+from shared.jobs.envelope import Envelope
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+MAX_BATCH = 1000
+
+
+class BatchRequest(BaseModel):
+    jobs: list[SubmitBody] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchItem(BaseModel):
+    index: int
+    id: str | None = None
+    status: str | None = None
+    replayed: bool = False
+    links: Links | None = None
+    error: dict[str, Any] | None = None
+
+
+class BatchAccepted(BaseModel):
+    accepted: int
+    replayed: int
+    rejected: int
+    items: list[BatchItem]
+
+
+async def _check_accounts(state: State, tenant: str, envs: list[Envelope]) -> None:
+    """All referenced accounts must exist for the tenant and be usable (all or nothing)."""
+    wanted = {uuid.UUID(e.params["account_id"]) for e in envs if "account_id" in e.params}
+    if not wanted:
+        return
+    rows = await state.db.fetch(
+        "SELECT id, state FROM accounts WHERE id = ANY($1::uuid[]) AND tenant_id = $2",
+        list(wanted),
+        tenant,
+    )
+    found = {r["id"]: r["state"] for r in rows}
+    for index, env in enumerate(envs):
+        if "account_id" not in env.params:
+            continue
+        account_id = uuid.UUID(env.params["account_id"])
+        if account_id not in found:
+            raise ApiError(
+                404,
+                "account_not_found",
+                f"jobs[{index}]: no account {account_id}.",
+                {"index": index},
+            )
+        if found[account_id] in ("disabled", "login_pending"):
+            raise ApiError(
+                409,
+                "account_not_active",
+                f"jobs[{index}]: the account is {found[account_id]}.",
+                {"index": index, "state": found[account_id]},
+            )
+
+
+@router.post(
+    "/jobs:batch",
+    status_code=202,
+    response_model=BatchAccepted,
+    summary="Submit up to 1,000 jobs at once",
+)
+async def submit_batch(body: BatchRequest, state: State, principal: Writer) -> BatchAccepted:
+    """Validated as a whole (any invalid job rejects the batch with its index), then
+    enqueued in one pipeline; each job keeps its own idempotency key."""
+    for job in body.jobs:
+        check_params(job, state)
+    envs = [
+        envelope_of(job, principal.tenant, state.settings.max_defer_seconds) for job in body.jobs
+    ]
+    await _check_accounts(state, principal.tenant, envs)
+    async with state.redis.pipeline(transaction=False) as pipe:
+        for env in envs:
+            await state.jobs.submit_in(pipe, env, REGISTRY[env.type].queue)
+        results = await pipe.execute()
+    items = []
+    for index, (env, (created, job_id)) in enumerate(zip(envs, results, strict=True)):
+        job_id = str(job_id)
+        if created:
+            JOBS_ENQUEUED.labels(env.type).inc()
+            items.append(_item(index, job_id, "queued"))
+            continue
+        items.append(await _replay(state, principal.tenant, index, env, job_id))
+    return BatchAccepted(
+        accepted=sum(1 for i in items if i.error is None and not i.replayed),
+        replayed=sum(1 for i in items if i.replayed),
+        rejected=sum(1 for i in items if i.error is not None),
+        items=items,
+    )
+
+
+def _item(index: int, job_id: str, status: str, *, replayed: bool = False) -> BatchItem:
+    links = Links(self=f"/v1/jobs/{job_id}")
+    return BatchItem(index=index, id=job_id, status=status, replayed=replayed, links=links)
+
+
+async def _replay(state: State, tenant: str, index: int, env: Envelope, job_id: str) -> BatchItem:
+    existing = await find_job(state, tenant, job_id)
+    if existing is None or existing.type != env.type or existing.params != env.params:
+        return BatchItem(
+            index=index,
+            error={
+                "code": "idempotency_conflict",
+                "message": "This idempotency key was used for a job with another type or params.",
+            },
+        )
+    return _item(index, existing.id, existing.status.value, replayed=True)
