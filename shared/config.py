@@ -115,7 +115,7 @@ class WorkerSettings(BaseAppSettings):
     # AI: content logging, the response cache, waiting for a provider slot.
     ai_log_content: bool = False
     ai_cache_ttl: int = Field(default=86_400, ge=1)
-    ai_slot_wait_seconds: float = Field(default=2.0, ge=0, le=60)
+    ai_slot_wait_seconds: float = Field(default=10.0, ge=0, le=60)
     ai_lease_seconds: float = Field(default=30.0, ge=2)
     ai_http_max_connections: int = Field(default=100, ge=1, le=10_000)
 

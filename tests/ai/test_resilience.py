@@ -50,8 +50,8 @@ async def test_server_errors_are_retried_with_backoff(
 async def test_a_hung_provider_times_out_and_is_retried(
     providers: Configure, model: SandboxAdmin
 ) -> None:
-    providers(read_timeout=0.3)
-    await model.add_ai_fault("timeout", times=1, seconds=5)
+    providers(read_timeout=1.0)
+    await model.add_ai_fault("timeout", times=1, seconds=10)
     async with ai_stack() as client:
         job = await run(client, {"prompt": PROMPT}, timeout=20)
     assert job["status"] == "succeeded", job
@@ -61,7 +61,7 @@ async def test_a_hung_provider_times_out_and_is_retried(
 async def test_breaker_opens_probes_and_closes(
     providers: Configure, model: SandboxAdmin, redis: Any
 ) -> None:
-    providers(breaker_failures=2, breaker_open_seconds=2.5)  # longer than the 2nd backoff
+    providers(breaker_failures=2, breaker_open_seconds=3.5)  # well past the 2nd backoff (≤ 2 s)
     await model.add_ai_fault("server_error", times=2)
     async with ai_stack() as client:
         job_id = await submit(client, {"prompt": PROMPT})
@@ -82,3 +82,16 @@ def _breaker_metric() -> float | None:
 
 async def _state(redis: Any, expected: str) -> bool:
     return bool(await redis.hget(breaker_key("sandbox"), "state") == expected)
+
+
+async def test_breaker_gauge_follows_the_cluster_state(providers: Configure, redis: Any) -> None:
+    """Another worker's breaker changes reach this worker's gauge without a call here."""
+    async with ai_stack(heartbeat_seconds=0.1):
+        await redis.hset(breaker_key("sandbox"), mapping={"state": "open", "until": 0})
+        await eventually(lambda: _metric_is(2), timeout=5)
+        await redis.hset(breaker_key("sandbox"), "state", "closed")
+        await eventually(lambda: _metric_is(0), timeout=5)
+
+
+async def _metric_is(value: float) -> bool:
+    return _breaker_metric() == value

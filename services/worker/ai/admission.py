@@ -34,7 +34,11 @@ from shared.errors import Deferral, JobFailure, RetryableFailure
 from shared.jobs.ai import ProviderSpec
 from shared.jobs.envelope import utcnow
 
-POLL_SECONDS = 0.05  # how often a waiting job looks for slots freed by other workers
+# How often a waiting job looks for slots freed by other workers: every POLL_SECONDS
+# with up to POLLERS jobs waiting here, less often with more, so that a worker asks
+# Redis about POLLERS / POLL_SECONDS times a second however many jobs wait in it.
+POLL_SECONDS = 0.05
+POLLERS = 4
 PROBE_GRACE = 5.0  # a probe's lease: the provider's total timeout plus this
 
 _FUNCTIONS = (semaphore_.FUNCTIONS, breaker_.FUNCTIONS, budget_.FUNCTIONS)
@@ -150,7 +154,9 @@ class Admission:
             elif verdict == "budget":
                 raise _defer(name, "ai_rate_budget", wait, f"{name} budget spent; waiting.")
             elif remaining > 0:
-                await self.semaphore.local(name).wait(min(POLL_SECONDS, remaining))
+                waiters = self.semaphore.local(name)
+                poll = POLL_SECONDS * max(1.0, (len(waiters) + 1) / POLLERS)
+                await waiters.wait(min(poll, remaining))
             else:
                 raise _defer(
                     name,

@@ -83,6 +83,9 @@ class Waiters:
             with contextlib.suppress(ValueError):
                 self._queue.remove(future)
 
+    def __len__(self) -> int:
+        return len(self._queue)
+
     def wake_one(self) -> None:
         while self._queue:
             future = self._queue.popleft()
