@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -128,20 +129,27 @@ class Stack:
         redis = Redis.from_url(self.env["TGFLOW_REDIS_URL"])
         await redis.flushdb()
         await redis.aclose()
-        worker = ["services.cli.main", "worker", "--queues", "ai", "--concurrency", "100"]
+        worker = ["services.cli.main", "worker", "--queues", "ai,control", "--concurrency", "100"]
         self.procs = [
             spawn(["services.cli.main", "gateway", "--port", str(self.port)], self.env),
             *(spawn(worker, self.env) for _ in range(self.workers)),
         ]
-        await wait_http(f"http://127.0.0.1:{self.port}/readyz")
+        try:
+            await wait_http(f"http://127.0.0.1:{self.port}/readyz")
+        except BaseException:
+            stop(self.procs)
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         stop(self.procs)
 
 
-async def submit(session: aiohttp.ClientSession, prompt: str) -> str:
-    body = {"type": "ai.complete", "params": {"prompt": prompt, "cache": False}}
+async def submit(session: aiohttp.ClientSession, prompt: str | None) -> str:
+    """An ai.complete job (cache off), or a system.echo job without a prompt."""
+    body: dict[str, Any] = {"type": "system.echo"}
+    if prompt is not None:
+        body = {"type": "ai.complete", "params": {"prompt": prompt, "cache": False}}
     async with session.post("/v1/jobs", json=body) as response:
         response.raise_for_status()
         job_id: str = (await response.json())["id"]
@@ -179,6 +187,7 @@ async def overhead(env: dict[str, str], openai_url: str, calls: int) -> dict[str
     e2e: list[float] = []
     run: list[float] = []
     provider: list[float] = []
+    echo: list[float] = []
     async with (
         Stack(env, openai_url, 3) as stack,
         session(stack.port) as http,
@@ -192,8 +201,10 @@ async def overhead(env: dict[str, str], openai_url: str, calls: int) -> dict[str
             elapsed = (time.perf_counter() - start) * 1000
             job_id = await submit(http, PROMPT)
             (row,) = await until_done(redis, [job_id])
+            (echoed,) = await until_done(redis, [await submit(http, None)])
             if i < 20:
                 continue
+            echo.append((int(echoed["finished_at"]) - int(echoed["created_at"])) / 1000)
             bare.append(elapsed)
             e2e.append((int(row["finished_at"]) - int(row["created_at"])) / 1000)
             run.append((int(row["finished_at"]) - int(row["started_at"])) / 1000)
@@ -207,6 +218,8 @@ async def overhead(env: dict[str, str], openai_url: str, calls: int) -> dict[str
         "run_p50": pct(run, 0.5),
         "run_p99": pct(run, 0.99),
         "provider_p50": pct(provider, 0.5),
+        "echo_p50": pct(echo, 0.5),
+        "echo_p99": pct(echo, 0.99),
     }
 
 
@@ -302,8 +315,10 @@ async def main(args: argparse.Namespace) -> None:
     print(f"  ai.complete, created->finished p50 {o['job_p50']:7.2f}   p99 {o['job_p99']:7.2f}")
     print(f"  ai.complete, started->finished p50 {o['run_p50']:7.2f}   p99 {o['run_p99']:7.2f}")
     print(f"  provider call inside the job   p50 {o['provider_p50']:7.2f}")
+    print(f"  system.echo, created->finished p50 {o['echo_p50']:7.2f}   p99 {o['echo_p99']:7.2f}")
     print(f"  added at p50: {o['job_p50'] - o['bare_p50']:.2f} ms end to end, ", end="")
-    print(f"{o['run_p50'] - o['bare_p50']:.2f} ms in the worker")
+    print(f"{o['run_p50'] - o['bare_p50']:.2f} ms in the worker; ", end="")
+    print(f"beyond a system.echo job: {o['job_p50'] - o['echo_p50'] - o['bare_p50']:.2f} ms")
     print(f"\nThroughput, sandbox latency {args.latency_ms} ms, {args.jobs} jobs:")
     for r in results:
         print(

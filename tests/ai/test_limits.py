@@ -125,6 +125,23 @@ async def test_admission_refuses_while_the_breaker_is_open(redis: Any) -> None:
     assert await redis.zcard(holders_key("p")) == 0  # the slot was given back
 
 
-async def _admit_once(admission: Admission, provider: ProviderSpec, holder: str) -> str:
-    async with admission.admit(provider, holder, 1) as ticket:
+async def _admit_once(
+    admission: Admission, provider: ProviderSpec, holder: str, tokens: int = 1
+) -> str:
+    async with admission.admit(provider, holder, tokens) as ticket:
         return ticket.holder
+
+
+async def test_admission_waits_for_budget_or_defers(redis: Any) -> None:
+    provider = _provider(tpm=6000)  # refills 100 tokens a second
+    patient = Admission(redis, 5, slot_wait=2.0)
+    assert await _admit_once(patient, provider, "big", tokens=5950) == "big"
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    assert await _admit_once(patient, provider, "next", tokens=100) == "next"
+    assert 0.3 < loop.time() - start < 1.5  # waited for ~50 tokens of refill
+    hasty = Admission(redis, 5, slot_wait=0.1)
+    with pytest.raises(Deferral) as deferred:
+        await _admit_once(hasty, provider, "later", tokens=3000)
+    assert deferred.value.code == "ai_rate_budget"
+    assert await redis.zcard(holders_key("p")) == 0  # no slot kept while deferred
