@@ -66,6 +66,17 @@ class Consumer(Worker):
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
 
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """ARQ's start, minus ids this worker already runs.
+
+        A running job stays in the queue's sorted set until it finishes, so every poll
+        reads it again, and ARQ spends a WATCH/EXISTS/ZSCORE round trip on each one only
+        to find it taken. Skipping our own running jobs removes that per-poll cost.
+        """
+        fresh = [j for j in job_ids if j.decode() not in self.tasks]
+        if fresh:
+            await super().start_jobs(fresh)
+
     def wake(self) -> None:
         self._wake.set()
 

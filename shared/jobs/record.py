@@ -32,6 +32,7 @@ class JobView(BaseModel):
     idempotency_key: str | None = None
     trace_id: str | None = None
     cancel_requested: bool = False
+    progress: Any = None
     created_at: datetime
     run_at: datetime
     started_at: datetime | None = None
@@ -72,6 +73,7 @@ class JobRecord(JobView):
             started_at=ts("started_at"),
             finished_at=ts("finished_at"),
             cancel_requested=raw.get("cancel_requested") == "1",
+            progress=orjson.loads(raw["progress"]) if raw.get("progress") else None,
         )
 
     @classmethod
