@@ -229,6 +229,14 @@ class JobStore:
         )
         return str(result)
 
+    async def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """Several jobs' live records in one round trip (None where Redis has none)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(job_key(job_id))
+            rows = cast(list[dict[str, str]], await pipe.execute())
+        return [JobRecord.from_redis(raw) if raw else None for raw in rows]
+
     async def get(self, job_id: str) -> JobRecord | None:
         raw = cast(dict[str, str], await self.redis.hgetall(job_key(job_id)))  # type: ignore[misc]
         return JobRecord.from_redis(raw) if raw else None

@@ -11,7 +11,8 @@ from typing import Any
 
 import asyncpg
 
-from services.worker.telegram.vault import Sealed, Vault, vault_from_settings
+from services.worker.telegram.accounts import sealed_of
+from services.worker.telegram.vault import Vault, vault_from_settings
 from shared.config import WorkerSettings
 
 
@@ -42,9 +43,8 @@ async def rotate(settings: WorkerSettings, *, batch: int = 200) -> int:
 
 
 async def _rewrap_one(conn: asyncpg.Connection[Any], vault: Vault, row: Any) -> int:
-    sealed = Sealed(
-        row["session_key_id"], bytes(row["session_wrapped_key"]), bytes(row["session_ciphertext"])
-    )
+    sealed = sealed_of(row)
+    assert sealed is not None  # the query selects rows with a session key
     fresh = vault.rewrap(sealed, aad=row["id"].bytes)
     # Only if nobody re-sealed the session meanwhile (a worker saving a new one wins).
     status: str = await conn.execute(

@@ -26,3 +26,9 @@ class JobContext:
     def annotate(self, **fields: str | int) -> None:
         """Attach fields to the job's record; they are written with its next transition."""
         self.extra.update({k: str(v) for k, v in fields.items()})
+
+    async def report(self, **fields: str | int) -> None:
+        """Write fields (such as ``progress``) to the running job's record now."""
+        await self.state.jobs.transition(
+            self.job_id, {k: str(v) for k, v in fields.items()}, allowed_from=("running",)
+        )

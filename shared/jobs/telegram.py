@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from shared.jobs.contract import JobType, QueueKind, RetryPolicy, register
 
@@ -32,6 +32,13 @@ def normalize_peer(value: str) -> str:
     raise ValueError("peer must be 'me', @username, a numeric id, a t.me link or +phone")
 
 
+Peer = Annotated[
+    str,
+    AfterValidator(normalize_peer),
+    Field(description="me, @username, numeric id, t.me link or +phone"),
+]
+
+
 class AccountParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -39,12 +46,7 @@ class AccountParams(BaseModel):
 
 
 class PeerParams(AccountParams):
-    peer: str = Field(description="me, @username, numeric id, t.me link or +phone")
-
-    @field_validator("peer")
-    @classmethod
-    def _peer(cls, value: str) -> str:
-        return normalize_peer(value)
+    peer: Peer
 
 
 class SendMessageParams(PeerParams):
@@ -102,51 +104,6 @@ class ResolveResult(BaseModel):
 
 _TELEGRAM_RETRY = RetryPolicy(max_tries=5, base_seconds=1.0, cap_seconds=60.0)
 
-GET_ME = register(
-    JobType(
-        name="telegram.get_me",
-        params=AccountParams,
-        result=UserOut,
-        queue=QueueKind.TELEGRAM,
-        timeout=60,
-        summary="The account's own user.",
-        retry=_TELEGRAM_RETRY,
-    )
-)
-SEND_MESSAGE = register(
-    JobType(
-        name="telegram.send_message",
-        params=SendMessageParams,
-        result=SendMessageResult,
-        queue=QueueKind.TELEGRAM,
-        timeout=60,
-        summary="Send a text message exactly once (random_id derived from the job id).",
-        retry=_TELEGRAM_RETRY,
-    )
-)
-GET_HISTORY = register(
-    JobType(
-        name="telegram.get_history",
-        params=GetHistoryParams,
-        result=MessagesResult,
-        queue=QueueKind.TELEGRAM,
-        timeout=60,
-        summary="Messages of a chat, newest first.",
-        retry=_TELEGRAM_RETRY,
-    )
-)
-RESOLVE = register(
-    JobType(
-        name="telegram.resolve",
-        params=PeerParams,
-        result=ResolveResult,
-        queue=QueueKind.TELEGRAM,
-        timeout=60,
-        summary="Resolve a username, phone, id or t.me link to a peer.",
-        retry=_TELEGRAM_RETRY,
-    )
-)
-
 
 class GetMessagesParams(PeerParams):
     ids: list[int] = Field(min_length=1, max_length=100)
@@ -168,24 +125,14 @@ class DialogsResult(BaseModel):
 
 
 class JoinChatParams(AccountParams):
-    target: str = Field(description="@username of a public chat, or a t.me invite link")
-
-    @field_validator("target")
-    @classmethod
-    def _target(cls, value: str) -> str:
-        return normalize_peer(value)
+    target: Annotated[Peer, Field(description="@username of a public chat, or an invite link")]
 
 
 class ForwardParams(AccountParams):
-    from_peer: str
-    to_peer: str
+    from_peer: Peer
+    to_peer: Peer
     ids: list[int] = Field(min_length=1, max_length=100)
     silent: bool = False
-
-    @field_validator("from_peer", "to_peer")
-    @classmethod
-    def _peers(cls, value: str) -> str:
-        return normalize_peer(value)
 
 
 class ForwardResult(BaseModel):
@@ -212,22 +159,41 @@ class ParticipantsResult(BaseModel):
     next_offset: int | None
 
 
-def _register(name: str, params: type[BaseModel], result: type[BaseModel], summary: str) -> None:
-    register(
+def _register(
+    name: str,
+    params: type[BaseModel],
+    result: type[BaseModel],
+    summary: str,
+    timeout: float = 60,
+) -> JobType[Any, Any]:
+    return register(
         JobType(
             name=name,
             params=params,
             result=result,
             queue=QueueKind.TELEGRAM,
-            timeout=120,
+            timeout=timeout,
             summary=summary,
             retry=_TELEGRAM_RETRY,
         )
     )
 
 
+GET_ME = _register("telegram.get_me", AccountParams, UserOut, "The account's own user.")
+SEND_MESSAGE = _register(
+    "telegram.send_message",
+    SendMessageParams,
+    SendMessageResult,
+    "Send a text message exactly once (random_id derived from the job id).",
+)
+GET_HISTORY = _register(
+    "telegram.get_history", GetHistoryParams, MessagesResult, "Messages of a chat, newest first."
+)
+RESOLVE = _register(
+    "telegram.resolve", PeerParams, ResolveResult, "Resolve a username, phone, id or t.me link."
+)
 _register("telegram.get_messages", GetMessagesParams, MessagesResult, "Messages by id.")
-_register("telegram.get_dialogs", DialogsParams, DialogsResult, "The account's chats.")
+_register("telegram.get_dialogs", DialogsParams, DialogsResult, "The account's chats.", timeout=120)
 _register("telegram.join_chat", JoinChatParams, ResolveResult, "Join by @username or invite link.")
 _register(
     "telegram.forward_messages",
@@ -241,4 +207,5 @@ _register(
     ParticipantsParams,
     ParticipantsResult,
     "One page of a group's or channel's members.",
+    timeout=120,
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -65,4 +66,14 @@ async def test_an_invalid_batch_is_rejected_whole(
     assert response.status_code == 422
     fields = [d["field"] for d in response.json()["error"]["details"]]
     assert field in fields
+    assert await redis.zcard("tgflow:queue:control") == 0
+
+
+async def test_a_batch_naming_an_unknown_account_is_refused_with_its_index(redis: Redis) -> None:
+    jobs = [echo(0), {"type": "telegram.get_me", "params": {"account_id": str(uuid.uuid4())}}]
+    async with gateway_client() as client:
+        response = await client.post("/v1/jobs:batch", json={"jobs": jobs}, headers=auth())
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert (error["code"], error["details"]) == ("account_not_found", {"index": 1})
     assert await redis.zcard("tgflow:queue:control") == 0

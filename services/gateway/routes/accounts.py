@@ -213,19 +213,41 @@ async def get_account(account_id: str, state: State, principal: Reader) -> Accou
     return account
 
 
-async def check_account(state: State, tenant: str, account_id: uuid.UUID) -> None:
-    """Refuse a Telegram job for an unknown or unusable account before it is queued."""
-    current = await state.db.fetchrow(
-        "SELECT state, disabled_reason FROM accounts WHERE id = $1 AND tenant_id = $2",
-        account_id,
+async def check_accounts(state: State, tenant: str, envs: list[Envelope]) -> None:
+    """Refuse Telegram jobs for unknown or unusable accounts before they are queued.
+
+    One query for any number of jobs; the first bad one is reported (with its index
+    when there are several).
+    """
+    refs = [
+        (i, uuid.UUID(e.params["account_id"]))
+        for i, e in enumerate(envs)
+        if "account_id" in e.params
+    ]
+    if not refs:
+        return
+    rows = await state.db.fetch(
+        "SELECT id, state, disabled_reason FROM accounts "
+        "WHERE id = ANY($1::uuid[]) AND tenant_id = $2",
+        list({account_id for _, account_id in refs}),
         tenant,
     )
-    if current is None:
-        raise ApiError(404, "account_not_found", f"No account {account_id} for this tenant.")
-    if current["state"] in ("disabled", "login_pending"):
-        raise ApiError(
-            409,
-            "account_not_active",
-            f"The account is {current['state']}.",
-            {"state": current["state"], "reason": current["disabled_reason"]},
-        )
+    found = {r["id"]: r for r in rows}
+    for index, account_id in refs:
+        where = {"index": index} if len(envs) > 1 else {}
+        prefix = f"jobs[{index}]: " if len(envs) > 1 else ""
+        row = found.get(account_id)
+        if row is None:
+            raise ApiError(
+                404,
+                "account_not_found",
+                f"{prefix}No account {account_id} for this tenant.",
+                where or None,
+            )
+        if row["state"] in ("disabled", "login_pending"):
+            raise ApiError(
+                409,
+                "account_not_active",
+                f"{prefix}The account is {row['state']}.",
+                {**where, "state": row["state"], "reason": row["disabled_reason"]},
+            )

@@ -1,13 +1,12 @@
 """Submit up to 1,000 jobs in one request, in one Redis round trip."""
 
-import uuid
 from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from services.gateway.deps import State, Writer
-from services.gateway.errors import ApiError
+from services.gateway.routes.accounts import check_accounts
 from services.gateway.routes.jobs import (
     JOBS_ENQUEUED,
     SubmitBody,
@@ -44,37 +43,6 @@ class BatchAccepted(BaseModel):
     items: list[BatchItem]
 
 
-async def _check_accounts(state: State, tenant: str, envs: list[Envelope]) -> None:
-    """All referenced accounts must exist for the tenant and be usable (all or nothing)."""
-    wanted = {uuid.UUID(e.params["account_id"]) for e in envs if "account_id" in e.params}
-    if not wanted:
-        return
-    rows = await state.db.fetch(
-        "SELECT id, state FROM accounts WHERE id = ANY($1::uuid[]) AND tenant_id = $2",
-        list(wanted),
-        tenant,
-    )
-    found = {r["id"]: r["state"] for r in rows}
-    for index, env in enumerate(envs):
-        if "account_id" not in env.params:
-            continue
-        account_id = uuid.UUID(env.params["account_id"])
-        if account_id not in found:
-            raise ApiError(
-                404,
-                "account_not_found",
-                f"jobs[{index}]: no account {account_id}.",
-                {"index": index},
-            )
-        if found[account_id] in ("disabled", "login_pending"):
-            raise ApiError(
-                409,
-                "account_not_active",
-                f"jobs[{index}]: the account is {found[account_id]}.",
-                {"index": index, "state": found[account_id]},
-            )
-
-
 @router.post(
     "/jobs:batch",
     status_code=202,
@@ -89,7 +57,7 @@ async def submit_batch(body: BatchRequest, state: State, principal: Writer) -> B
     envs = [
         envelope_of(job, principal.tenant, state.settings.max_defer_seconds) for job in body.jobs
     ]
-    await _check_accounts(state, principal.tenant, envs)
+    await check_accounts(state, principal.tenant, envs)
     async with state.redis.pipeline(transaction=False) as pipe:
         for env in envs:
             await state.jobs.submit_in(pipe, env, REGISTRY[env.type].queue)

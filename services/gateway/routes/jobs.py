@@ -10,7 +10,7 @@ from prometheus_client import Counter
 from services.gateway import repository
 from services.gateway.deps import Reader, State, Writer
 from services.gateway.errors import ApiError
-from services.gateway.routes.accounts import check_account
+from services.gateway.routes.accounts import check_accounts
 from services.gateway.schemas import (
     JobAccepted,
     JobOut,
@@ -125,8 +125,7 @@ async def submit_job(
 ) -> JobAccepted:
     check_params(body, state)
     env = envelope_of(body, principal.tenant, state.settings.max_defer_seconds)
-    if "account_id" in env.params:
-        await check_account(state, principal.tenant, uuid.UUID(env.params["account_id"]))
+    await check_accounts(state, principal.tenant, [env])
     queue = REGISTRY[env.type].queue
     job_id, created = await state.jobs.submit(env, queue)
     if created:
@@ -195,8 +194,8 @@ async def _overlay_live(state: State, records: list[JobRecord]) -> list[JobRecor
     if not pending:
         return records
     fresh = list(records)
-    for i in pending:
-        live = await state.jobs.get(records[i].id)
+    lives = await state.jobs.get_many([records[i].id for i in pending])
+    for i, live in zip(pending, lives, strict=True):
         if live is not None and live.seq >= records[i].seq:
             fresh[i] = live
     return fresh

@@ -69,7 +69,7 @@ class Chain:
             await self._submit(job_id, name, job_type, params)
             record = await self._find(job_id)
         record = await self._wait(job_id, record)
-        self._note(name, job_type, job_id, record)
+        await self._note(name, job_type, job_id, record)
         if record is not None and record.status is JobStatus.SUCCEEDED:
             return job_type.result.model_validate(record.result)
         if record is not None and record.status.is_terminal:
@@ -120,7 +120,7 @@ class Chain:
             record = await self.ctx.state.jobs.get(job_id)
         return record
 
-    def _note(
+    async def _note(
         self, name: str, job_type: JobType[Any, Any], job_id: str, record: JobRecord | None
     ) -> None:
         self.steps.append(
@@ -133,4 +133,5 @@ class Chain:
             )
         )
         steps = [s.model_dump() for s in self.steps]
-        self.ctx.annotate(progress=orjson.dumps({"steps": steps}).decode())
+        # Now, not with the next transition: the steps must show while the parent waits.
+        await self.ctx.report(progress=orjson.dumps({"steps": steps}).decode())

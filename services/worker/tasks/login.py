@@ -72,6 +72,12 @@ async def _pending(ctx: JobContext, account_id: uuid.UUID) -> Any:
     return row
 
 
+def _open_session(ctx: JobContext, row: Any) -> StringSession:
+    sealed = accounts.sealed_of(row)
+    assert sealed is not None  # _pending() only returns rows holding a session
+    return StringSession(ctx.state.telegram.vault.open(sealed, aad=row["id"].bytes))
+
+
 async def _save_session(ctx: JobContext, account_id: uuid.UUID, session: str, **cols: Any) -> None:
     sealed = ctx.state.telegram.vault.seal(session, aad=account_id.bytes)
     sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(cols, start=5))
@@ -132,8 +138,7 @@ async def _finish(ctx: JobContext, row: Any, client: TelegramClient) -> LoginSte
 
 async def login_code(ctx: JobContext, params: LoginCodeParams) -> LoginStep:
     row = await _pending(ctx, params.account_id)
-    vault = ctx.state.telegram.vault
-    session = StringSession(vault.open(_sealed(row), aad=row["id"].bytes))
+    session = _open_session(ctx, row)
     async with _client(ctx, session) as client:
         try:
             await client.sign_in(row["phone"], params.code, phone_code_hash=row["login_code_hash"])
@@ -161,7 +166,7 @@ async def login_password(ctx: JobContext, params: LoginPasswordParams) -> LoginS
     password = await transit.take(ctx.state.redis, secret, params.password_ref)
     if password is None:
         raise PermanentFailure("password_expired", "The password handed to this job is gone.")
-    session = StringSession(ctx.state.telegram.vault.open(_sealed(row), aad=row["id"].bytes))
+    session = _open_session(ctx, row)
     async with _client(ctx, session) as client:
         try:
             await client.sign_in(password=password)
@@ -194,14 +199,6 @@ async def logout(ctx: JobContext, params: AccountIdParams) -> LoginStep:
         ctx.state.db, account, State.DISABLED, reason=DisabledReason.LOGGED_OUT
     )
     return LoginStep(account_id=account.id, state="disabled", next=None)
-
-
-def _sealed(row: Any) -> Any:
-    from services.worker.telegram.vault import Sealed
-
-    return Sealed(
-        row["session_key_id"], bytes(row["session_wrapped_key"]), bytes(row["session_ciphertext"])
-    )
 
 
 async def cleanup_sessions(ctx: JobContext, params: CleanupParams) -> CleanupResult:

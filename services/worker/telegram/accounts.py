@@ -60,21 +60,23 @@ class Account:
         return self.id.bytes
 
 
+def sealed_of(row: Any) -> Sealed | None:
+    """The sealed session stored in an ``accounts`` row, if it has one."""
+    if row["session_ciphertext"] is None:
+        return None
+    return Sealed(
+        row["session_key_id"], bytes(row["session_wrapped_key"]), bytes(row["session_ciphertext"])
+    )
+
+
 def _row_to_account(row: Any) -> Account:
-    sealed = None
-    if row["session_ciphertext"] is not None:
-        sealed = Sealed(
-            row["session_key_id"],
-            bytes(row["session_wrapped_key"]),
-            bytes(row["session_ciphertext"]),
-        )
     return Account(
         id=row["id"],
         tenant=row["tenant_id"],
         state=State(row["state"]),
         disabled_reason=row["disabled_reason"],
         flood_until=row["flood_until"],
-        sealed=sealed,
+        sealed=sealed_of(row),
         tg_user_id=row["tg_user_id"],
     )
 
