@@ -1,0 +1,76 @@
+"""The client pool's upkeep: idle clients go, unhealthy ones are recycled, LRU eviction."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from services.sandbox.admin_client import SandboxAdmin
+from services.sandbox.server import Sandbox
+from services.worker.telegram import accounts
+from services.worker.telegram.runtime import TelegramRuntime
+from services.worker.telegram.vault import vault_from_settings
+from shared.config import WorkerSettings
+from shared.db import create_pool
+from shared.redis_client import create_redis
+from tests.telegram.conftest import import_account
+
+
+async def _runtime(sandbox: Sandbox, **overrides: float) -> TelegramRuntime:
+    settings = WorkerSettings(sandbox_dc=f"127.0.0.1:{sandbox.mtproto_port}", **overrides)
+    pool, redis = await create_pool(settings, role="test"), create_redis(settings)
+    vault = vault_from_settings(None, settings.secret_key.get_secret_value())
+    return TelegramRuntime(settings, pool, redis, vault, "pool-test")
+
+
+@pytest.fixture
+async def fast_upkeep(sandbox: Sandbox) -> AsyncIterator[TelegramRuntime]:
+    rt = await _runtime(sandbox, telegram_idle_seconds=0.5, telegram_health_seconds=0.2)
+    yield rt
+    await rt.close()
+    await rt.db.close()
+    await rt.redis.aclose()
+
+
+async def _connect(rt: TelegramRuntime, account_id: str) -> None:
+    account = await accounts.load(rt.db, uuid.UUID(account_id))
+    assert account is not None
+    async with rt.pool.lease(account):
+        pass
+
+
+async def test_unhealthy_clients_are_recycled_and_idle_ones_dropped(
+    api: httpx.AsyncClient, admin: SandboxAdmin, fast_upkeep: TelegramRuntime
+) -> None:
+    rt = fast_upkeep
+    healthy, _ = await import_account(api, admin)
+    sick, created = await import_account(api, admin)
+    await _connect(rt, healthy["id"])
+    await _connect(rt, sick["id"])
+    assert len(rt.pool.connected()) == 2
+    await admin.add_fault(created["user_id"], "revoke")
+    await asyncio.sleep(0.3)  # past the health interval, not yet idle
+    await rt.pool.maintain()
+    assert rt.pool.connected() == [uuid.UUID(healthy["id"])]
+    await asyncio.sleep(0.6)  # past the idle timeout
+    await rt.pool.maintain()
+    assert rt.pool.connected() == []
+
+
+async def test_a_full_pool_evicts_the_least_recently_used_client(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox
+) -> None:
+    rt = await _runtime(sandbox, telegram_max_clients=2)
+    try:
+        ids = [(await import_account(api, admin))[0]["id"] for _ in range(3)]
+        for account_id in ids:
+            await _connect(rt, account_id)
+        assert set(rt.pool.connected()) == {uuid.UUID(ids[1]), uuid.UUID(ids[2])}
+    finally:
+        await rt.close()
+        await rt.db.close()
+        await rt.redis.aclose()
