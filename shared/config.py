@@ -44,6 +44,8 @@ class BaseAppSettings(BaseSettings):
     instance_name: str | None = None
     job_status_ttl: int = Field(default=86_400, ge=60)
     idempotency_ttl: int = Field(default=86_400, ge=60)
+    # Telegram accounts map to this many shard queues; every process must agree on it.
+    telegram_shards: int = Field(default=64, ge=1, le=4096)
     # AI providers: the gateway validates AI jobs against this catalogue, workers call it.
     ai_providers: str = ""
     ai_providers_file: str = ""
@@ -92,7 +94,9 @@ class WorkerSettings(BaseAppSettings):
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
     worker_poll_delay: float = Field(default=0.5, gt=0, le=10)
     worker_drain_seconds: float = Field(default=20.0, ge=0)
-    job_lease_seconds: float = Field(default=15.0, ge=2)
+    job_lease_seconds: float = Field(default=10.0, ge=2)
+    shard_lease_seconds: float = Field(default=10.0, ge=3)
+    shard_handoff_seconds: float = Field(default=10.0, ge=0)
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     migrate_on_start: bool = True
     # Telegram: without an API id the worker talks to the sandbox DC.

@@ -19,9 +19,11 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared import serialization
-from shared.jobs.contract import QueueKind, queue_key
+from shared.config import BaseAppSettings
+from shared.jobs.contract import REGISTRY, QueueKind
 from shared.jobs.envelope import Envelope, to_micros
 from shared.jobs.record import JobErrorInfo, JobRecord
+from shared.jobs.routing import Route, route_of, score_of
 from shared.telemetry import trace_id_of
 
 ARCHIVE_STREAM = "tgflow:archive"
@@ -44,11 +46,11 @@ if ARGV[2] == '1' then
   if existing then return {0, existing} end
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 8))
+redis.call('HSET', KEYS[2], unpack(ARGV, 9))
 redis.call('PSETEX', KEYS[3], ARGV[6], ARGV[4])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('XADD', KEYS[5], '*', 'job', snapshot(KEYS[2]))
-redis.call('PUBLISH', ARGV[7], 'job')
+redis.call('PUBLISH', ARGV[7], ARGV[8])
 return {1, ARGV[1]}
 """
 )
@@ -86,7 +88,7 @@ if status == 'succeeded' or status == 'failed' or status == 'cancelled' then ret
 if status == 'running' or redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
   redis.call('HSET', KEYS[1], 'cancel_requested', '1')
-  redis.call('PUBLISH', ARGV[5], 'cancel')
+  redis.call('PUBLISH', ARGV[5], ARGV[7])
   return 'cancelling'
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
@@ -106,6 +108,7 @@ def job_key(job_id: str) -> str:
 
 
 def nudge_channel(kind: QueueKind | str) -> str:
+    """Wake-ups for one kind of queue; the message names the queue (see ``Route.nudge``)."""
     return f"tgflow:nudge:{QueueKind(kind).value}"
 
 
@@ -120,15 +123,32 @@ CANCELLED_ERROR = JobErrorInfo(code="cancelled", message="The job was cancelled.
 class JobStore:
     """Live job state in Redis; the only code that changes a job hash."""
 
-    def __init__(self, redis: Redis, *, status_ttl: int, idempotency_ttl: int) -> None:
+    def __init__(self, redis: Redis, *, status_ttl: int, idempotency_ttl: int, shards: int) -> None:
         self.redis = redis
+        self.shards = shards
         self.status_ttl = status_ttl
         self.idempotency_ttl = idempotency_ttl
         self._submit = redis.register_script(_SUBMIT)
         self._transition = redis.register_script(_TRANSITION)
         self._cancel = redis.register_script(_CANCEL)
 
-    def _submit_call(self, env: Envelope, kind: QueueKind) -> tuple[list[str], list[Any]]:
+    @classmethod
+    def for_settings(cls, redis: Redis, settings: BaseAppSettings) -> JobStore:
+        return cls(
+            redis,
+            status_ttl=settings.job_status_ttl,
+            idempotency_ttl=settings.idempotency_ttl,
+            shards=settings.telegram_shards,
+        )
+
+    def route(self, job_type: str, params: Mapping[str, Any]) -> Route:
+        return route_of(REGISTRY[job_type].queue, dict(params), self.shards)
+
+    def route_of_record(self, record: JobRecord) -> Route:
+        return self.route(record.type, record.params)
+
+    def _submit_call(self, env: Envelope) -> tuple[list[str], list[Any]]:
+        route = self.route(env.type, env.params)
         created_us = to_micros(env.created_at)
         run_at_us = to_micros(env.run_at)
         payload = serialize_job(
@@ -143,7 +163,9 @@ class JobStore:
             "id": env.id,
             "tenant": env.tenant,
             "type": env.type,
-            "queue": kind.value,
+            "queue": route.kind.value,
+            "shard": "" if route.shard is None else str(route.shard),
+            "priority": env.priority,
             "status": "queued",
             "attempts": "0",
             "params": orjson.dumps(env.params).decode(),
@@ -158,7 +180,7 @@ class JobStore:
             idempotency_key(env.tenant, env.idempotency_key) if env.idempotency_key else "",
             job_key(env.id),
             job_key_prefix + env.id,
-            queue_key(kind),
+            route.queue,
             ARCHIVE_STREAM,
         ]
         delay_ms = max(0, (run_at_us - created_us) // 1000)
@@ -167,23 +189,24 @@ class JobStore:
             "1" if env.idempotency_key else "0",
             self.idempotency_ttl,
             payload,
-            run_at_us // 1000,
+            score_of(run_at_us // 1000, env.priority),
             delay_ms + ARQ_JOB_EXTRA_MS,
-            nudge_channel(kind),
+            nudge_channel(route.kind),
+            route.nudge,
         ]
         for name, value in fields.items():
             args += [name, value]
         return keys, args
 
-    async def submit(self, env: Envelope, kind: QueueKind) -> tuple[str, bool]:
+    async def submit(self, env: Envelope) -> tuple[str, bool]:
         """Enqueue a job; with an idempotency key seen before, return the earlier job id."""
-        keys, args = self._submit_call(env, kind)
+        keys, args = self._submit_call(env)
         created, job_id = await self._submit(keys=keys, args=args)
         return str(job_id), bool(created)
 
-    async def submit_in(self, pipe: Pipeline, env: Envelope, kind: QueueKind) -> None:
+    async def submit_in(self, pipe: Pipeline, env: Envelope) -> None:
         """Queue a submit on a pipeline, for batches in one round trip."""
-        keys, args = self._submit_call(env, kind)
+        keys, args = self._submit_call(env)
         await self._submit(keys=keys, args=args, client=pipe)
 
     async def transition(
@@ -207,13 +230,15 @@ class JobStore:
         )
         return bool(changed), str(previous)
 
-    async def cancel(self, job_id: str, kind: QueueKind, now_us: int) -> str:
+    async def cancel(self, record: JobRecord, now_us: int) -> str:
         """Cancel a queued job at once, or ask its worker to stop a running one."""
+        job_id = record.id
+        route = self.route_of_record(record)
         result = await self._cancel(
             keys=[
                 job_key(job_id),
                 in_progress_key_prefix + job_id,
-                queue_key(kind),
+                route.queue,
                 job_key_prefix + job_id,
                 abort_jobs_ss,
                 ARCHIVE_STREAM,
@@ -223,8 +248,9 @@ class JobStore:
                 now_us // 1000,
                 now_us,
                 self.status_ttl,
-                nudge_channel(kind),
+                nudge_channel(route.kind),
                 CANCELLED_ERROR.model_dump_json(),
+                route.nudge,
             ],
         )
         return str(result)

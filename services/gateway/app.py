@@ -31,9 +31,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     redis = create_redis(settings)
     pool = await db.create_pool(settings, role="gateway", read_only=True)
     metrics.track_pool(pool, "gateway")
-    store = JobStore(
-        redis, status_ttl=settings.job_status_ttl, idempotency_ttl=settings.idempotency_ttl
-    )
+    store = JobStore.for_settings(redis, settings)
     monitor = monitoring.monitor_client(
         settings.monitor_url, settings.monitor_timeout, settings.monitor_api_key()
     )

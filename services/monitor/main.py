@@ -76,9 +76,7 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event, clock: Clock | N
     pool = await db.create_pool(settings, role="monitor")
     metrics.track_pool(pool, "monitor")
     http = httpx.AsyncClient()
-    jobs = JobStore(
-        redis, status_ttl=settings.job_status_ttl, idempotency_ttl=settings.idempotency_ttl
-    )
+    jobs = JobStore.for_settings(redis, settings)
     ctx = Context(settings, redis, pool, http, clock or SystemClock())
     try:
         engine = build_engine(settings, ctx, jobs)

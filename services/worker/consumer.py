@@ -1,10 +1,14 @@
-"""An ARQ worker with the guarantees tgflow adds: wake-on-enqueue, job leases, drain.
+"""An ARQ worker with the guarantees tgflow adds: wake-on-enqueue, job leases, drain,
+priorities.
 
 ARQ polls its queue every ``poll_delay`` and marks a running job with an in-progress
 key that lives for the longest timeout plus 10 s, so a crashed worker's job waits that
 long. Here the key is a short lease renewed while the job runs (a dead worker's jobs
 run again within one lease), and a Redis pub/sub nudge sent next to every enqueue wakes
 idle consumers at once, with polling kept as the fallback.
+
+Each poll reads the due part of the high-priority band first, then the normal band
+(see ``shared.jobs.routing``), in one round trip.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from typing import Any
 
 from arq import Worker
 from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from arq.worker import Function
+from redis.exceptions import RedisError
 
 from services.worker import metrics
 from services.worker.state import WorkerState
@@ -24,6 +30,7 @@ from shared.aio import raise_if_cancelling, sleep_unless
 from shared.jobs import QueueKind, queue_key
 from shared.jobs.envelope import to_micros, utcnow
 from shared.jobs.record import JobErrorInfo
+from shared.jobs.routing import BAND_EDGE_MS, HIGH_SHIFT_MS, is_high
 from shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -40,11 +47,13 @@ class Consumer(Worker):
         *,
         concurrency: int,
         burst: bool = False,
+        queue_name: str | None = None,
+        slots: asyncio.BoundedSemaphore | None = None,
     ) -> None:
         settings = state.settings
         super().__init__(
             functions=functions,
-            queue_name=queue_key(kind),
+            queue_name=queue_name or queue_key(kind),
             redis_pool=state.arq,
             burst=burst,
             handle_signals=False,
@@ -59,12 +68,64 @@ class Consumer(Worker):
             job_deserializer=serialization.loads,
         )
         self.ctx["consumer"] = self
+        if slots is not None:
+            self.sem = slots  # one budget of running jobs shared by several queues
         self.kind = kind
         self.state = state
         self.lease_s = settings.job_lease_seconds
         self.in_progress_timeout_s = self.lease_s
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._high: set[str] = set()  # running jobs that came from the high band
+
+    async def _poll_iteration(self) -> None:
+        """ARQ's poll, reading due high-priority jobs before due normal ones."""
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+            now = timestamp_ms()
+            count = self.queue_read_limit
+            async with self.pool.pipeline(transaction=False) as pipe:
+                pipe.zrangebyscore(self.queue_name, "-inf", now - HIGH_SHIFT_MS, start=0, num=count)
+                pipe.zrangebyscore(self.queue_name, BAND_EDGE_MS, now, start=0, num=count)
+                high, normal = await pipe.execute()
+            await self.start_jobs(high + normal)
+        if self.allow_abort_jobs:
+            await self._cancel_aborted_jobs()
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # surface errors of ARQ's own job handling
+        await self.heart_beat()
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        if is_high(score):
+            self._high.add(job_id)
+        try:
+            await super().run_job(job_id, score)
+        finally:
+            self._high.discard(job_id)
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """ARQ re-scores a retried job at now + delay; keep a high job in its band."""
+        if incr_score and job_id in self._high:
+            incr_score -= HIGH_SHIFT_MS
+        await super().finish_job(
+            job_id,
+            finish,
+            result_data,
+            result_timeout_s,
+            keep_result_forever,
+            incr_score,
+            keep_in_progress,
+        )
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """ARQ's start, minus ids this worker already runs.
@@ -89,8 +150,17 @@ class Consumer(Worker):
         self.ctx["redis"] = self.pool
         renewer = asyncio.create_task(self._renew_leases())
         try:
+            backoff = 0.05
             while not self._stopping.is_set():
-                await self._poll_iteration()
+                try:
+                    await self._poll_iteration()
+                    backoff = 0.05
+                except (RedisError, OSError) as exc:  # ride out Redis restarts
+                    raise_if_cancelling()
+                    log.warning("queue poll failed", queue=self.queue_name, error=str(exc))
+                    await sleep_unless(self._stopping, backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
                 metrics.JOBS_RUNNING.labels(self.kind.value).set(len(self.tasks))
                 if self.burst and await self._burst_done():
                     return

@@ -12,6 +12,7 @@ import structlog
 from arq import Retry
 from arq.constants import retry_key_prefix
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from redis.exceptions import RedisError
 
 from services.worker import metrics
 from services.worker.context import JobContext
@@ -223,8 +224,15 @@ class JobRunner:
             metrics.JOBS_CANCELLED.labels(env.type).inc()
             log.info("job cancelled")
             return
-        await state.jobs.transition(
-            env.id, {"status": "queued", "worker": "", **extra}, allowed_from=("running",)
-        )
+        try:
+            await state.jobs.transition(
+                env.id, {"status": "queued", "worker": "", **extra}, allowed_from=("running",)
+            )
+            # Handing back is not the job's failure: give back ARQ's count of the try.
+            await state.arq.decr(retry_key_prefix + env.id)
+        except (RedisError, OSError) as exc:
+            # Redis is away (this worker may be fencing itself off): the job lease lapses
+            # and whoever owns the queue next runs the job again.
+            log.warning("job hand-back not recorded", error=type(exc).__name__)
         metrics.JOBS_REQUEUED.labels(env.type).inc()
         log.info("job handed back for another run")

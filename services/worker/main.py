@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
+from collections.abc import Callable
 
 from arq.connections import ArqRedis
 from opentelemetry import trace
@@ -17,6 +19,12 @@ from services.worker.archiver import Archiver
 from services.worker.consumer import Consumer, functions_for
 from services.worker.execute import JobRunner
 from services.worker.nudge import listen_for_nudges
+from services.worker.shards import (
+    CHANGED_CHANNEL,
+    ShardManager,
+    agree_shard_count,
+    shard_consumer_factory,
+)
 from services.worker.state import WorkerState
 from services.worker.tasks import HANDLERS
 from services.worker.telegram.runtime import TelegramRuntime
@@ -27,7 +35,7 @@ from shared.config import WorkerSettings
 from shared.httpserver import bound_port, health_and_metrics_app, make_server, wait_started
 from shared.jobs import REGISTRY, QueueKind, job_types_for
 from shared.logs import get_logger, setup_logging
-from shared.queue import JobStore
+from shared.queue import JobStore, nudge_channel
 from shared.redis_client import create_redis
 from shared.serialization import dumps, loads
 from shared.telemetry import setup_sentry, setup_tracing
@@ -54,9 +62,7 @@ async def open_state(settings: WorkerSettings, instance_id: str) -> WorkerState:
     )
     pool = await db.create_pool(settings, role="worker")
     metrics.track_pool(pool, "worker")
-    store = JobStore(
-        redis, status_ttl=settings.job_status_ttl, idempotency_ttl=settings.idempotency_ttl
-    )
+    store = JobStore.for_settings(redis, settings)
     tracer = trace.get_tracer("tgflow.worker")
     vault = vault_from_settings(
         settings.vault_keys.get_secret_value() if settings.vault_keys else None,
@@ -80,10 +86,13 @@ async def close_state(state: WorkerState) -> None:
 
 
 def build_consumers(state: WorkerState, *, burst: bool = False) -> list[Consumer]:
+    """Consumers of the unsharded queues (AI, control); Telegram shards come and go."""
     runners = build_runners()
     consumers = []
     for name in state.settings.queue_kinds:
         kind = QueueKind(name)
+        if kind is QueueKind.TELEGRAM:
+            continue
         if not job_types_for(kind):
             log.info("queue has no job types yet; not consuming", queue=name)
             continue
@@ -96,12 +105,45 @@ def build_consumers(state: WorkerState, *, burst: bool = False) -> list[Consumer
     return consumers
 
 
+def build_shards(state: WorkerState) -> ShardManager | None:
+    """The Telegram shard manager, when this worker serves the Telegram queue."""
+    if QueueKind.TELEGRAM.value not in state.settings.queue_kinds:
+        return None
+    functions = functions_for(
+        QueueKind.TELEGRAM, build_runners(), grace=state.settings.worker_drain_seconds
+    )
+    slots = asyncio.BoundedSemaphore(state.settings.worker_concurrency)
+    shards = ShardManager(state, shard_consumer_factory(state, functions, slots))
+    state.telegram.pool.may_connect = shards.may_use
+    return shards
+
+
+def nudge_routes(
+    consumers: list[Consumer], shards: ShardManager | None
+) -> dict[str, Callable[[str], None]]:
+    """Which pub/sub channel wakes what: a queue's consumer, a shard's, or the balancer."""
+    routes: dict[str, Callable[[str], None]] = {
+        nudge_channel(c.kind): _ignore_message(c.wake) for c in consumers
+    }
+    if shards is not None:
+        routes[nudge_channel(QueueKind.TELEGRAM)] = shards.wake
+        routes[CHANGED_CHANNEL] = _ignore_message(shards.poke)
+    return routes
+
+
+def _ignore_message(call: Callable[[], None]) -> Callable[[str], None]:
+    return lambda _message: call()
+
+
 async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     """Run until ``stop`` is set, then drain and close in reverse order of opening."""
     instance_id = settings.instance_name or registry.new_instance_id("worker")
     state = await open_state(settings, instance_id)
     blocking = create_redis(settings, blocking=True)
     consumers = build_consumers(state)
+    shards = build_shards(state)
+    if shards is not None:
+        await agree_shard_count(state.redis, settings.telegram_shards)
     archiver = Archiver(blocking, state.db, instance_id)
     http = make_server(
         health_and_metrics_app(lambda: not stop.is_set()),
@@ -110,49 +152,81 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     )
     consuming = [asyncio.create_task(c.run_forever(), name=f"consume-{c.kind}") for c in consumers]
     archiving = asyncio.create_task(archiver.run(), name="archiver")
-    nudges = asyncio.create_task(listen_for_nudges(blocking, consumers, stop), name="nudges")
+    nudges = asyncio.create_task(
+        listen_for_nudges(blocking, nudge_routes(consumers, shards), stop), name="nudges"
+    )
     pool_care = asyncio.create_task(state.telegram.pool.run_maintenance(stop))
     disconnects = asyncio.create_task(listen_for_disconnects(blocking, state.telegram, stop))
     validation = asyncio.create_task(validate_idle_sessions(state.telegram, stop))
     counters = asyncio.create_task(state.telegram.run_flush(stop))
     gauges = asyncio.create_task(
-        metrics_.sample_queues(state.redis, settings.queue_kinds, stop, settings.heartbeat_seconds)
+        metrics_.sample_queues(
+            state.redis,
+            settings.queue_kinds,
+            settings.telegram_shards,
+            stop,
+            settings.heartbeat_seconds,
+        )
     )
     http_task = asyncio.create_task(http.serve(), name="http")
     await wait_started(http, http_task)
     host = registry.advertised_host(settings.worker_metrics_host)
     metrics_url = f"http://{host}:{bound_port(http)}/metrics"
+    queues = [c.kind.value for c in consumers] + (["telegram"] if shards else [])
+    started_at = repr(time.time())
+
+    def announcement() -> dict[str, str]:
+        fields = {
+            "id": instance_id,
+            "kind": "worker",
+            "queues": ",".join(queues),
+            "running": str(len(state.running)),
+            "concurrency": str(settings.worker_concurrency),
+            "connected": str(len(state.telegram.pool.connected())),
+            "metrics_url": metrics_url,
+            "started_at": started_at,
+        }
+        if shards is not None:
+            fields["shards"] = str(shards.count)
+            fields["held"] = ",".join(map(str, shards.shards()))
+        return fields
+
+    beat_stop = asyncio.Event()  # the registry entry goes first on shutdown
     beat = asyncio.create_task(
         registry.heartbeat_forever(
             state.redis,
             instance_id,
-            lambda: {
-                "id": instance_id,
-                "kind": "worker",
-                "queues": ",".join(c.kind.value for c in consumers),
-                "running": str(len(state.running)),
-                "concurrency": str(settings.worker_concurrency),
-                "metrics_url": metrics_url,
-            },
+            announcement,
             interval=settings.heartbeat_seconds,
-            stop=stop,
+            stop=beat_stop,
         )
     )
-    log.info(
-        "worker started",
-        instance=instance_id,
-        metrics=metrics_url,
-        queues=[c.kind.value for c in consumers],
-    )
+    shard_stop = asyncio.Event()
+    balancing = asyncio.create_task(shards.run(shard_stop)) if shards else None
+    if shards is not None:
+        with contextlib.suppress(RedisError, OSError):
+            await state.redis.publish(CHANGED_CHANNEL, instance_id)
+    log.info("worker started", instance=instance_id, metrics=metrics_url, queues=queues)
     await stop.wait()
     log.info("worker stopping", instance=instance_id)
-    await asyncio.gather(*(c.drain(settings.worker_drain_seconds) for c in consumers))
+    # Leave the registry first, so the others count us out when they take our shards.
+    beat_stop.set()
+    await asyncio.gather(beat, return_exceptions=True)
+    with contextlib.suppress(RedisError, OSError):
+        await registry.withdraw(state.redis, instance_id)
+    # Shards are handed off while their leases are still renewed (and fenced if not).
+    await asyncio.gather(
+        *(c.drain(settings.worker_drain_seconds) for c in consumers),
+        *([shards.shutdown(settings.worker_drain_seconds)] if shards else []),
+    )
+    shard_stop.set()
+    if balancing is not None:
+        await asyncio.gather(balancing, return_exceptions=True)
     await asyncio.gather(*consuming, return_exceptions=True)
     archiver.stop()  # after the consumers: their last transitions get archived too
     await asyncio.gather(
         archiving,
         nudges,
-        beat,
         gauges,
         pool_care,
         disconnects,
@@ -160,8 +234,6 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
         counters,
         return_exceptions=True,
     )
-    with contextlib.suppress(RedisError, OSError):
-        await registry.withdraw(state.redis, instance_id)
     http.should_exit = True
     await http_task
     await blocking.aclose()

@@ -9,7 +9,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.aio import raise_if_cancelling, sleep_unless
-from shared.jobs import QueueKind, queue_key
+from shared.jobs import QueueKind
+from shared.jobs.routing import all_queues
 from shared.queue import ARCHIVE_STREAM
 
 _BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -37,22 +38,30 @@ JOB_QUEUE_WAIT = Histogram(
 JOBS_RUNNING = Gauge("tgflow_jobs_running", "Jobs running in this worker.", ["queue"])
 QUEUE_DEPTH = Gauge("tgflow_queue_depth", "Jobs waiting or running in a queue.", ["queue"])
 ARCHIVE_BACKLOG = Gauge("tgflow_archive_backlog", "Job changes not yet copied to Postgres.")
+SHARDS_HELD = Gauge("tgflow_worker_shards_held", "Telegram shards whose lease this worker holds.")
+SHARD_CHANGES = Counter(
+    "tgflow_shard_changes_total", "Shard leases acquired, handed off or fenced off.", ["change"]
+)
 ARCHIVED = Counter("tgflow_archive_rows_total", "Job changes copied to Postgres.")
 
 
 async def sample_queues(
-    redis: Redis, queues: list[str], stop: asyncio.Event, interval: float
+    redis: Redis, queues: list[str], shards: int, stop: asyncio.Event, interval: float
 ) -> None:
     """Refresh the queue depth and archive backlog gauges until ``stop`` is set."""
+    keys = {name: all_queues(QueueKind(name), shards) for name in queues}
     while not stop.is_set():
         try:
             async with redis.pipeline(transaction=False) as pipe:
                 for name in queues:
-                    pipe.zcard(queue_key(QueueKind(name)))
+                    for key in keys[name]:
+                        pipe.zcard(key)
                 pipe.xlen(ARCHIVE_STREAM)
                 *depths, backlog = await pipe.execute()
-            for name, depth in zip(queues, depths, strict=True):
-                QUEUE_DEPTH.labels(name).set(depth)
+            at = 0
+            for name in queues:
+                QUEUE_DEPTH.labels(name).set(sum(depths[at : at + len(keys[name])]))
+                at += len(keys[name])
             ARCHIVE_BACKLOG.set(backlog)
         except (RedisError, OSError):
             raise_if_cancelling()

@@ -3,35 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.worker.consumer import Consumer
 from shared.aio import raise_if_cancelling, sleep_unless
 from shared.logs import get_logger
-from shared.queue import nudge_channel
 
 log = get_logger(__name__)
 
 
-async def listen_for_nudges(redis: Redis, consumers: list[Consumer], stop: asyncio.Event) -> None:
-    """Forward nudges to their queue's consumer; reconnect with backoff on failure."""
-    by_channel = {nudge_channel(c.kind): c for c in consumers}
-    if not by_channel:
+async def listen_for_nudges(
+    redis: Redis, routes: Mapping[str, Callable[[str], None]], stop: asyncio.Event
+) -> None:
+    """Hand each message to its channel's route; reconnect with backoff on failure.
+
+    After every (re)subscription each route is called with ``"*"``: anything enqueued
+    while nobody listened is looked at once.
+    """
+    if not routes:
         return
     backoff = 0.1
     while not stop.is_set():
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(*by_channel)
+            await pubsub.subscribe(*routes)
             backoff = 0.1
-            for consumer in consumers:
-                consumer.wake()  # anything enqueued while we were not listening
+            for route in routes.values():
+                route("*")
             while not stop.is_set():
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None:
-                    by_channel[message["channel"]].wake()
+                    routes[message["channel"]](message["data"])
         except (RedisError, OSError) as exc:
             raise_if_cancelling()
             log.warning("nudge listener reconnecting", error=type(exc).__name__)

@@ -1,4 +1,9 @@
-"""Account control jobs (control queue): the gateway awaits their short result."""
+"""Account control jobs: the gateway awaits their short result.
+
+Steps on an account that exists (login code, 2FA password, logout) run on the account's
+Telegram shard, so its session is only ever connected by the worker owning the shard;
+starting a login and importing a session create the account and run on the control queue.
+"""
 
 from __future__ import annotations
 
@@ -68,13 +73,19 @@ class LoginStep(BaseModel):
     tg_user_id: int | None = None
 
 
-def _control(name: str, params: type[BaseModel], result: type[BaseModel], summary: str) -> None:
+def _control(
+    name: str,
+    params: type[BaseModel],
+    result: type[BaseModel],
+    summary: str,
+    queue: QueueKind = QueueKind.CONTROL,
+) -> None:
     register(
         JobType(
             name=name,
             params=params,
             result=result,
-            queue=QueueKind.CONTROL,
+            queue=queue,
             timeout=60,
             summary=summary,
             retry=RetryPolicy(max_tries=1),
@@ -83,9 +94,12 @@ def _control(name: str, params: type[BaseModel], result: type[BaseModel], summar
 
 
 _control("account.login_start", LoginStartParams, LoginStep, "Send a login code to a phone.")
-_control("account.login_code", LoginCodeParams, LoginStep, "Complete a login with the code.")
-_control("account.login_password", LoginPasswordParams, LoginStep, "Complete a 2FA login.")
-_control("account.logout", AccountIdParams, LoginStep, "Log out and erase the session.")
+_ON_SHARD = QueueKind.TELEGRAM
+_control("account.login_code", LoginCodeParams, LoginStep, "Complete a login.", _ON_SHARD)
+_control(
+    "account.login_password", LoginPasswordParams, LoginStep, "Complete a 2FA login.", _ON_SHARD
+)
+_control("account.logout", AccountIdParams, LoginStep, "Log out, erase the session.", _ON_SHARD)
 
 
 class CleanupParams(BaseModel):

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
+from shared.jobs.routing import Priority
+
 
 class Envelope(BaseModel):
     """The single ARQ argument of every job."""
@@ -22,6 +24,7 @@ class Envelope(BaseModel):
     run_at: AwareDatetime
     idempotency_key: str | None = None
     trace: dict[str, str] = {}
+    priority: Priority = Priority.NORMAL
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

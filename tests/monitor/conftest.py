@@ -93,7 +93,7 @@ def make_engine(
     store = SeriesStore(retention=3600)
     sampler = Sampler(collectors or [], ctx, store, timeout=2)
     repo = Repository(ctx.db)
-    jobs = JobStore(ctx.redis, status_ttl=3600, idempotency_ttl=3600)
+    jobs = JobStore(ctx.redis, status_ttl=3600, idempotency_ttl=3600, shards=4)
     dispatcher = Dispatcher(
         notify, build_notifiers(notify, ctx.http, jobs), repo, sleep=lambda _: asyncio.sleep(0)
     )

@@ -61,7 +61,7 @@ async def test_a_secret_from_a_missing_variable_is_a_config_error(
             "route": {"receiver": "h"},
         }
     )
-    jobs = JobStore(Redis(), status_ttl=60, idempotency_ttl=60)  # never used: no I/O
+    jobs = JobStore(Redis(), status_ttl=60, idempotency_ttl=60, shards=4)  # never used: no I/O
     async with httpx.AsyncClient() as http:
         with pytest.raises(RuleLoadError, match="HOOK_SECRET is not set"):
             build_notifiers(config, http, jobs)

@@ -62,7 +62,7 @@ async def test_validation_disables_dead_idle_sessions_and_cleanup_erases_them(
     alive, _ = await import_account(api, admin)
     dead, created = await import_account(api, admin)
     await admin.add_fault(created["user_id"], "revoke")
-    settings = WorkerSettings(telegram_idle_seconds=0.001, sandbox_dc="127.0.0.1:1")
+    settings = WorkerSettings(telegram_validate_seconds=0.001, sandbox_dc="127.0.0.1:1")
     pool, redis = await create_pool(settings, role="test"), create_redis(settings)
     runtime = TelegramRuntime(
         settings,

@@ -70,7 +70,7 @@ def flaky_type() -> Iterator[None]:
 async def _run_flaky(params: dict[str, Any]) -> dict[str, Any]:
     """Submit through the job store: the gateway's body schema is fixed at import."""
     redis = create_redis(BaseAppSettings())
-    store = JobStore(redis, status_ttl=600, idempotency_ttl=600)
+    store = JobStore(redis, status_ttl=600, idempotency_ttl=600, shards=4)
     now = utcnow()
     env = Envelope(
         id=str(uuid7()),

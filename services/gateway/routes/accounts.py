@@ -106,7 +106,7 @@ async def control(state: State, tenant: str, name: str, params: dict[str, Any]) 
         run_at=now,
         trace=inject_context(),
     )
-    await state.jobs.submit(env, job_type.queue)
+    await state.jobs.submit(env)
     record = await await_job(state, env.id, state.settings.control_wait_seconds)
     if record is None:  # still going: hand back the job to follow
         return JSONResponse(

@@ -15,7 +15,6 @@ from services.gateway.routes.jobs import (
     find_job,
 )
 from services.gateway.schemas import Links
-from shared.jobs import REGISTRY
 from shared.jobs.envelope import Envelope
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -60,7 +59,7 @@ async def submit_batch(body: BatchRequest, state: State, principal: Writer) -> B
     await check_accounts(state, principal.tenant, envs)
     async with state.redis.pipeline(transaction=False) as pipe:
         for env in envs:
-            await state.jobs.submit_in(pipe, env, REGISTRY[env.type].queue)
+            await state.jobs.submit_in(pipe, env)
         results = await pipe.execute()
     items = []
     for index, (env, (created, job_id)) in enumerate(zip(envs, results, strict=True)):

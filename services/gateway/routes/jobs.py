@@ -126,8 +126,7 @@ async def submit_job(
     check_params(body, state)
     env = envelope_of(body, principal.tenant, state.settings.max_defer_seconds)
     await check_accounts(state, principal.tenant, [env])
-    queue = REGISTRY[env.type].queue
-    job_id, created = await state.jobs.submit(env, queue)
+    job_id, created = await state.jobs.submit(env)
     if created:
         JOBS_ENQUEUED.labels(env.type).inc()
         return JobAccepted(
@@ -213,7 +212,7 @@ async def cancel_job(job_id: str, state: State, principal: Writer, response: Res
             f"The job already finished as {record.status}.",
             {"status": record.status},
         )
-    outcome = await state.jobs.cancel(record.id, REGISTRY[record.type].queue, to_micros(utcnow()))
+    outcome = await state.jobs.cancel(record, to_micros(utcnow()))
     if outcome in ("succeeded", "failed", "missing"):
         raise ApiError(409, "job_finished", "The job finished before it could be cancelled.")
     if outcome == "cancelling":

@@ -1,10 +1,15 @@
-"""Queue depth and how long the oldest due job has waited, per ARQ queue."""
+"""Queue depth and how long the oldest due job has waited, per kind of queue.
+
+The Telegram kind sums its shard queues. Scores are due times (a high-priority job's is
+shifted into a lower band, see ``shared.jobs.routing``), so a deferred job is not late.
+"""
 
 from __future__ import annotations
 
 from services.monitor.collectors import Collected, Context
 from services.monitor.samples import Sample
-from shared.jobs import QueueKind, queue_key
+from shared.jobs import QueueKind
+from shared.jobs.routing import BAND_EDGE_MS, all_queues, due_ms_of
 
 
 class QueuesCollector:
@@ -13,17 +18,22 @@ class QueuesCollector:
 
     async def collect(self, ctx: Context) -> Collected:
         now_ms = ctx.clock.now() * 1000
+        shards = ctx.settings.telegram_shards
         async with ctx.redis.pipeline(transaction=False) as pipe:
             for kind in QueueKind:
-                pipe.zcard(queue_key(kind))
-                pipe.zrange(queue_key(kind), 0, 0, withscores=True)
-            replies = await pipe.execute()
+                for key in all_queues(kind, shards):
+                    pipe.zcard(key)
+                    pipe.zrange(key, 0, 0, withscores=True)  # oldest high-priority job
+                    pipe.zrangebyscore(key, BAND_EDGE_MS, "+inf", start=0, num=1, withscores=True)
+            replies = iter(await pipe.execute())
         out: list[Sample] = []
         details = {}
-        for i, kind in enumerate(QueueKind):
-            depth, oldest = replies[2 * i], replies[2 * i + 1]
-            # Scores are due times: a deferred job is not late, so its age is zero.
-            age = max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0.0
+        for kind in QueueKind:
+            depth, due = 0, []
+            for _key in all_queues(kind, shards):
+                depth += next(replies)
+                due += [due_ms_of(score) for _, score in [*next(replies), *next(replies)]]
+            age = max(0.0, (now_ms - min(due)) / 1000) if due else 0.0
             labels = {"queue": kind.value}
             out.append(Sample("tgflow_queue_depth", float(depth), labels, "Jobs in the queue."))
             out.append(

@@ -63,4 +63,4 @@ class TelegramNotifier:
             # The notification id is stable across retries and restarts: one message.
             idempotency_key="monitor:" + hashlib.sha256(n.id.encode()).hexdigest()[:32],
         )
-        await self.store.submit(env, job_type.queue)
+        await self.store.submit(env)

@@ -108,7 +108,7 @@ class Chain:
             idempotency_key=f"parent:{self.ctx.job_id}:{name}",
             trace=inject_context(),
         )
-        await self.ctx.state.jobs.submit(env, job_type.queue)
+        await self.ctx.state.jobs.submit(env)
 
     async def _wait(self, job_id: str, record: JobRecord | None) -> JobRecord | None:
         """Poll the child until it finishes or this run's waiting time is up."""

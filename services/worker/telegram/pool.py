@@ -14,7 +14,7 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -97,6 +97,8 @@ class ClientPool:
         self._entries: OrderedDict[uuid.UUID, Entry] = OrderedDict()
         self._creating: dict[uuid.UUID, asyncio.Lock] = {}
         self._failures: dict[uuid.UUID, int] = {}  # connection failures since the last connect
+        # Whether this worker may connect an account now (it holds the account's shard).
+        self.may_connect: Callable[[uuid.UUID], bool] = lambda _account_id: True
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -154,6 +156,12 @@ class ClientPool:
         async with entry.lock:
             if entry.client.is_connected():
                 return
+            if not self.may_connect(account.id):
+                raise Deferral(
+                    "shard_moved",
+                    "The account's shard is moving to another worker.",
+                    utcnow() + timedelta(seconds=1),
+                )
             try:
                 await asyncio.wait_for(
                     entry.client.connect(), self.settings.telegram_request_timeout
@@ -209,6 +217,25 @@ class ClientPool:
         metrics.CLIENTS_CONNECTED.set(len(self.connected()))
         log.info("telegram client disconnected", account_id=str(account_id), reason=reason)
         return True
+
+    async def drop_matching(self, match: Callable[[uuid.UUID], bool], *, reason: str) -> int:
+        """Disconnect and forget every client whose account matches, in use or not.
+
+        For giving up a shard: its jobs have been stopped (or are being cancelled), and
+        the connections must be closed before the lease can pass to another worker.
+        """
+        doomed = [k for k in self._entries if match(k)]
+        for account_id in doomed:
+            entry = self._entries.pop(account_id)
+            with contextlib.suppress(Exception):
+                await entry.client.disconnect()
+            metrics.DISCONNECTS.labels(reason).inc()
+        if doomed:
+            with contextlib.suppress(RedisError, OSError):
+                await self.redis.delete(*(presence_key(a) for a in doomed))
+            metrics.CLIENTS_CONNECTED.set(len(self.connected()))
+            log.info("telegram clients disconnected", count=len(doomed), reason=reason)
+        return len(doomed)
 
     async def _announce(self, account_id: uuid.UUID, entry: Entry) -> None:
         fields = {"worker": self.worker_id, "connected_at": repr(entry.connected_at)}

@@ -166,6 +166,9 @@ class AccountSession:
 
     async def call(self, method: str, request: Callable[[], Awaitable[T]]) -> T:
         """Run one Telegram call under the shared flood state, timeout and error map."""
+        if not self.runtime.pool.may_connect(self.account.id):
+            later = utcnow() + timedelta(seconds=1)
+            raise Deferral("shard_moved", "The account's shard is moving to another worker.", later)
         until = await self.runtime.limits.flood_until(self.account.id, method)
         if until is not None:
             raise Deferral("flood_wait", f"{method} is in a flood wait for this account.", until)

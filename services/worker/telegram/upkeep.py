@@ -22,7 +22,6 @@ from shared.logs import get_logger
 from shared.telegram_keys import DISCONNECT_CHANNEL, presence_key
 
 log = get_logger(__name__)
-VALIDATION_LOCK = "tgflow:tg:validation"
 
 
 async def listen_for_disconnects(
@@ -54,12 +53,17 @@ async def _disconnect(runtime: TelegramRuntime, raw: str) -> None:
 
 
 async def validate_idle_sessions(runtime: TelegramRuntime, stop: asyncio.Event) -> None:
-    """Every ``telegram_validate_seconds``, one worker checks sessions nobody holds."""
+    """Check, about every ``telegram_validate_seconds``, this worker's idle sessions.
+
+    Each worker validates only accounts of the shards it holds, so the check never opens
+    a second connection to a key; an account counts as used once validated, so it is
+    checked again one interval later.
+    """
     interval = runtime.settings.telegram_validate_seconds
     while not await sleep_unless(stop, min(interval, 60.0)):
         try:
-            if await runtime.redis.set(VALIDATION_LOCK, "1", nx=True, ex=int(interval)):
-                checked = await validate_once(runtime)
+            checked = await validate_once(runtime)
+            if checked:
                 log.info("validated idle sessions", checked=checked)
         except (RedisError, OSError) as exc:
             raise_if_cancelling()
@@ -67,18 +71,20 @@ async def validate_idle_sessions(runtime: TelegramRuntime, stop: asyncio.Event) 
 
 
 async def validate_once(runtime: TelegramRuntime, *, limit: int = 500) -> int:
-    """Check active accounts no worker holds with one cheap call; disable dead ones."""
+    """Check idle accounts of this worker's shards with one cheap call; disable dead ones."""
     rows = await runtime.db.fetch(
         """SELECT id FROM accounts WHERE state IN ('active', 'flood_wait', 'reconnecting')
              AND session_ciphertext IS NOT NULL
              AND (last_used_at IS NULL OR last_used_at < now() - make_interval(secs => $1))
            ORDER BY last_used_at NULLS FIRST LIMIT $2""",
-        runtime.settings.telegram_idle_seconds,
+        runtime.settings.telegram_validate_seconds,
         limit,
     )
     checked = 0
     for row in rows:
-        # Never open a second connection to a key another worker holds (one owner per key).
+        # One owner per key: only accounts of our shards, and none connected right now.
+        if not runtime.pool.may_connect(row["id"]):
+            continue
         if await runtime.redis.exists(presence_key(row["id"])):
             continue
         account = await accounts.load(runtime.db, row["id"])
