@@ -12,7 +12,16 @@ from redis.exceptions import RedisError
 
 from services.gateway import errors
 from services.gateway.middleware import BodyLimit, Metrics
-from services.gateway.routes import accounts, ai, batch, health, jobs, monitoring, telegram
+from services.gateway.routes import (
+    accounts,
+    ai,
+    batch,
+    health,
+    jobs,
+    monitoring,
+    telegram,
+    workers,
+)
 from services.gateway.state import GatewayState
 from shared import db, metrics, registry
 from shared.config import GatewaySettings
@@ -83,6 +92,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(accounts.router)
     app.include_router(telegram.router)
     app.include_router(monitoring.router)
+    app.include_router(workers.router)
     errors.install(app, tags=set(REGISTRY))
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(Metrics)

@@ -9,6 +9,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, 
 
 from shared.jobs import REGISTRY, JobStatus
 from shared.jobs.record import JobRecord, JobView
+from shared.jobs.routing import Priority
 
 
 class SubmitOptions(BaseModel):
@@ -26,6 +27,10 @@ class SubmitOptions(BaseModel):
     run_at: AwareDatetime | None = Field(default=None, description="Start at a time (with zone).")
     timeout_seconds: float | None = Field(
         default=None, gt=0, description="Lower the job type's timeout for this job."
+    )
+    priority: Priority = Field(
+        default=Priority.NORMAL,
+        description="high: served before every due normal job of the same queue.",
     )
 
     @model_validator(mode="after")

@@ -181,6 +181,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
             "kind": "worker",
             "queues": ",".join(queues),
             "running": str(len(state.running)),
+            "running_ids": ",".join(list(state.running)[:100]),
             "concurrency": str(settings.worker_concurrency),
             "connected": str(len(state.telegram.pool.connected())),
             "metrics_url": metrics_url,

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from shared.jobs.contract import JobStatus
 from shared.jobs.envelope import from_micros
+from shared.jobs.routing import Priority
 
 
 class JobErrorInfo(BaseModel):
@@ -33,6 +34,7 @@ class JobView(BaseModel):
     trace_id: str | None = None
     cancel_requested: bool = False
     progress: Any = None
+    priority: Priority = Priority.NORMAL
     created_at: datetime
     run_at: datetime
     started_at: datetime | None = None
@@ -74,6 +76,7 @@ class JobRecord(JobView):
             finished_at=ts("finished_at"),
             cancel_requested=raw.get("cancel_requested") == "1",
             progress=orjson.loads(raw["progress"]) if raw.get("progress") else None,
+            priority=Priority(raw.get("priority") or Priority.NORMAL),
         )
 
     @classmethod

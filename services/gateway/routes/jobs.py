@@ -107,6 +107,7 @@ def envelope_of(body: SubmitOptions, tenant: str, max_defer: int) -> Envelope:
         run_at=run_at,
         idempotency_key=body.idempotency_key,
         trace=inject_context(),
+        priority=body.priority,
     )
 
 
