@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test pytest lint format typecheck migrate bench clean
+.PHONY: help install run test pytest chaos lint format typecheck migrate bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ pytest: $(STAMP) ## The test suite alone (real Postgres and Redis at the TGFLOW_
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest ## Lint, typecheck and the whole test suite
+
+chaos: $(STAMP) ## The long chaos run: 3 workers, 50 accounts, 3,000 sends, kills and a Redis restart
+	TGFLOW_CHAOS_JOBS=3000 $(BIN)/pytest -q tests/e2e/test_chaos.py
 
 migrate: $(STAMP) ## Apply database migrations to TGFLOW_DATABASE_URL
 	$(BIN)/tgflow migrate

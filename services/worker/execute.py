@@ -64,6 +64,11 @@ class JobRunner:
                 },
             ) as span:
                 await self._run(state, ctx, env, attempt, span)
+        except (RedisError, OSError) as exc:
+            # The job's state could not be recorded (Redis blinked). Never let ARQ count
+            # this as the job finishing: put it back and run it again shortly.
+            log.warning("job outcome not recorded; running it again", error=type(exc).__name__)
+            raise Retry(defer=timedelta(seconds=1)) from exc
         finally:
             structlog.contextvars.unbind_contextvars("job_id", "tenant", "job_type", "attempt")
 

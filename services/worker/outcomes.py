@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+from asyncpg import PostgresConnectionError
+from asyncpg.exceptions import ConnectionDoesNotExistError
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from shared.errors import Deferral, PermanentFailure, RetryableFailure
 from shared.jobs import RetryPolicy
@@ -36,6 +39,10 @@ def classify(exc: BaseException) -> Outcome:
             return Outcome(Action.RETRY, exc.code, exc.message, _not_before(exc))
         case PermanentFailure():
             return Outcome(Action.FAIL, exc.code, exc.message)
+        case RedisError() | PostgresConnectionError() | ConnectionDoesNotExistError():
+            # tgflow's own stores blinked: not the job's failure, so no try is spent.
+            until = datetime.now(UTC) + timedelta(seconds=random.uniform(0.5, 1.5))
+            return Outcome(Action.DEFER, "store_unavailable", f"{type(exc).__name__}", until)
         case ValidationError():
             return Outcome(Action.FAIL, "invalid_params", _first_error(exc))
         case TimeoutError():

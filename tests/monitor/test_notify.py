@@ -23,6 +23,7 @@ from services.monitor.lifecycle import AlertState
 from services.monitor.notifiers.payload import sign
 from services.monitor.notifiers.telegram import JOB_TYPE
 from shared.jobs import REGISTRY, JobType, QueueKind
+from shared.jobs.routing import shard_of, shard_queue
 from tests.monitor.conftest import StaticCollector, serving
 from tests.monitor.receivers import Hook, SmtpServer
 
@@ -458,6 +459,10 @@ def without_send_message() -> Iterator[None]:
         REGISTRY[JOB_TYPE] = saved
 
 
+# The shard queue of the notifying account (the monitor's job store here has 4 shards).
+OPS_QUEUE = shard_queue(shard_of("00000000-0000-4000-8000-000000000001", 4))
+
+
 @pytest.fixture
 def send_message() -> Iterator[JobType[Any, Any]]:
     """The registered job type, or a stand-in of its shape where it is not."""
@@ -484,7 +489,7 @@ async def test_telegram_refuses_clearly_without_the_job_type(
     row = await pg.fetchrow("SELECT outcome, attempts, error FROM monitor_notifications")
     assert (row["outcome"], row["attempts"]) == ("failed", 1)
     assert "telegram.send_message job type is not available" in row["error"]
-    assert await redis.zcard("tgflow:queue:telegram") == 0
+    assert await redis.zcard(OPS_QUEUE) == 0
 
 
 async def test_telegram_enqueues_one_send_message_job_per_notification(
@@ -499,7 +504,7 @@ async def test_telegram_enqueues_one_send_message_job_per_notification(
     await engine.start()
     src.set("load", 2, svc="a")
     await at(engine, clock, 0)
-    (job_id,) = await redis.zrange("tgflow:queue:telegram", 0, -1)
+    (job_id,) = await redis.zrange(OPS_QUEUE, 0, -1)
     job = await redis.hgetall(f"tgflow:job:{job_id}")
     params = orjson.loads(job["params"])
     assert job["type"] == JOB_TYPE
@@ -518,7 +523,7 @@ async def test_telegram_enqueues_one_send_message_job_per_notification(
     )
     assert (row["outcome"], row["attempts"]) == ("failed", 1)
     assert "params do not fit" in row["error"]
-    assert await redis.zcard("tgflow:queue:telegram") == 1
+    assert await redis.zcard(OPS_QUEUE) == 1
 
 
 async def test_a_failing_collector_is_an_error_alert_not_silence(

@@ -1,0 +1,285 @@
+"""Scaling and recovery with several worker processes, against the sandbox DC.
+
+    .venv/bin/python bench/scaling.py [--accounts 100] [--sends 3000] [--workers 1,2,4]
+
+1. Throughput: for each worker count, a gateway and that many worker processes share
+   the Telegram shards (the run waits until every shard is held and shares are even);
+   M telegram.send_message jobs over the accounts are submitted with the batch API, and
+   jobs per second is measured from the first job created to the last finished, side by
+   side with the one-worker run. All processes share this machine's cores.
+2. Recovery: two workers under a steady stream of sends; one is SIGKILLed. Reported:
+   how long until every shard is held again, until the first of its interrupted jobs
+   runs again, until all of them have finished, and until every account it had
+   connected is connected by the survivor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import psutil
+from redis.asyncio import Redis
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.telegram import free_port, spawn, store_accounts, wait_http  # noqa: E402
+from services.sandbox.admin_client import SandboxAdmin  # noqa: E402
+from shared.auth import mint_token  # noqa: E402
+from shared.config import DEFAULT_SECRET  # noqa: E402
+from shared.db import migrate  # noqa: E402
+from shared.telegram_keys import presence_key  # noqa: E402
+
+SHARDS = 64
+
+
+class Cluster:
+    """A gateway and N workers; helpers to wait for balance and to submit sends."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.port = free_port()
+        self.gateway = spawn("gateway", "--port", str(self.port), env=env)
+        self.workers: list[subprocess.Popen[bytes]] = []
+        token = mint_token(DEFAULT_SECRET, "bench", scopes=["jobs:read", "jobs:write"])
+        ops = mint_token(DEFAULT_SECRET, "ops", scopes=["monitoring:read"])
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.ops = {"Authorization": f"Bearer {ops}"}
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def add_worker(self, name: str) -> subprocess.Popen[bytes]:
+        env = {**self.env, "TGFLOW_INSTANCE_NAME": name}
+        proc = spawn("worker", "--concurrency", "200", env=env)
+        self.workers.append(proc)
+        return proc
+
+    async def workers_view(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+        async with http.get(f"{self.base}/v1/workers", headers=self.ops) as response:
+            body: dict[str, Any] = await response.json()
+            return body
+
+    async def balanced(self, http: aiohttp.ClientSession, count: int, timeout: float = 60) -> float:
+        """Seconds until ``count`` workers hold every shard in even shares."""
+        start = time.perf_counter()
+        share = -(-SHARDS // count)
+        while time.perf_counter() - start < timeout:
+            view = await self.workers_view(http)
+            held = [len(w["shards"]) for w in view["workers"]]
+            if (
+                len(held) == count
+                and not view["unowned_shards"]
+                and sum(held) == SHARDS
+                and max(held) <= share
+            ):
+                return time.perf_counter() - start
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"not balanced over {count} workers: {await self.workers_view(http)}")
+
+    async def submit(
+        self, http: aiohttp.ClientSession, ids: list[str], first: int, count: int
+    ) -> list[str]:
+        jobs = [
+            {
+                "type": "telegram.send_message",
+                "params": {"account_id": ids[n % len(ids)], "peer": "me", "text": f"s {n}"},
+            }
+            for n in range(first, first + count)
+        ]
+        out: list[str] = []
+        for at in range(0, len(jobs), 100):
+            async with http.post(
+                f"{self.base}/v1/jobs:batch",
+                json={"jobs": jobs[at : at + 100]},
+                headers=self.headers,
+            ) as response:
+                response.raise_for_status()
+                out += [item["id"] for item in (await response.json())["items"]]
+        return out
+
+    def stop(self) -> None:
+        for proc in [*self.workers, self.gateway]:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in [*self.workers, self.gateway]:
+            proc.wait()
+
+
+async def rows_of(redis: Redis, job_ids: list[str]) -> list[dict[str, str]]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hgetall(f"tgflow:job:{job_id}")
+        rows: list[dict[str, str]] = await pipe.execute()
+    return rows
+
+
+async def all_finished(redis: Redis, job_ids: list[str]) -> list[dict[str, str]]:
+    while True:
+        rows = await rows_of(redis, job_ids)
+        if all(r.get("status") in ("succeeded", "failed") for r in rows):
+            failed = [r for r in rows if r["status"] != "succeeded"]
+            if failed:
+                raise RuntimeError(f"{len(failed)} sends failed: {failed[0].get('error')}")
+            return rows
+        await asyncio.sleep(0.1)
+
+
+async def throughput(env: dict[str, str], ids: list[str], workers: int, sends: int) -> float:
+    cluster = Cluster(env)
+    redis = Redis.from_url(env["TGFLOW_REDIS_URL"], decode_responses=True)
+    try:
+        for n in range(workers):
+            cluster.add_worker(f"w{n}")
+        await wait_http(f"{cluster.base}/healthz")
+        async with aiohttp.ClientSession() as http:
+            await cluster.balanced(http, workers)
+            await cluster.submit(http, ids, 0, 200)  # warm up: every account connected
+            job_ids = await cluster.submit(http, ids, 200, sends)
+        rows = await all_finished(redis, job_ids)
+        span = max(int(r["finished_at"]) for r in rows) - min(int(r["created_at"]) for r in rows)
+        return len(rows) / (span / 1e6)
+    finally:
+        cluster.stop()
+        await redis.aclose()
+        await _reset(env)
+
+
+async def recovery(env: dict[str, str], ids: list[str]) -> dict[str, float]:
+    cluster = Cluster(env)
+    redis = Redis.from_url(env["TGFLOW_REDIS_URL"], decode_responses=True)
+    try:
+        doomed = cluster.add_worker("doomed")
+        cluster.add_worker("survivor")
+        await wait_http(f"{cluster.base}/healthz")
+        async with aiohttp.ClientSession() as http:
+            await cluster.balanced(http, 2)
+            await cluster.submit(http, ids, 0, len(ids))  # every account connected somewhere
+            await asyncio.sleep(1.0)
+            theirs = [a for a in ids if await redis.hget(presence_key(a), "worker") == "doomed"]
+            stream: list[str] = []
+            stop = asyncio.Event()
+
+            async def steady() -> None:
+                n = len(ids)
+                while not stop.is_set():
+                    stream.extend(await cluster.submit(http, ids, n, 20))
+                    n += 20
+                    await asyncio.sleep(0.1)
+
+            feeding = asyncio.create_task(steady())
+            await asyncio.sleep(2.0)
+            before = {r["id"]: r for r in await rows_of(redis, list(stream))}
+            doomed.send_signal(signal.SIGKILL)
+            killed = time.time()
+            interrupted = [j for j, r in before.items() if r.get("worker") == "doomed"
+                           and r.get("status") == "running"]  # fmt: skip
+            shards_back = None
+            while shards_back is None:
+                view = await cluster.workers_view(http)
+                live = [w for w in view["workers"] if w["id"] == "survivor"]
+                if live and len(live[0]["shards"]) == SHARDS:
+                    shards_back = time.time() - killed
+                await asyncio.sleep(0.05)
+            stop.set()
+            await feeding
+        rows = await all_finished(redis, list(stream))
+        rerun = [int(r["started_at"]) / 1e6 - killed for r in rows if r["id"] in interrupted]
+        done = [int(r["finished_at"]) / 1e6 - killed for r in rows if r["id"] in interrupted]
+        while True:
+            owners = [await redis.hget(presence_key(a), "worker") for a in theirs]
+            if all(o == "survivor" for o in owners):
+                connected = time.time() - killed
+                break
+            async with aiohttp.ClientSession() as http:
+                await cluster.submit(http, theirs, 0, len(theirs))
+            await asyncio.sleep(0.05)
+        return {
+            "interrupted_jobs": len(interrupted),
+            "accounts_moved": len(theirs),
+            "shards_held_again_s": shards_back,
+            "first_rerun_s": min(rerun) if rerun else float("nan"),
+            "all_interrupted_done_s": max(done) if done else float("nan"),
+            "accounts_connected_again_s": connected,
+        }
+    finally:
+        cluster.stop()
+        await redis.aclose()
+
+
+async def _reset(env: dict[str, str]) -> None:
+    """Forget queues, jobs and leases between runs (accounts stay in Postgres)."""
+    redis = Redis.from_url(env["TGFLOW_REDIS_URL"])
+    await redis.flushdb()
+    await redis.aclose()
+
+
+async def main(args: argparse.Namespace) -> None:
+    conn = await asyncpg.connect(args.database)
+    await conn.execute('DROP DATABASE IF EXISTS "tgflow_bench_scale" WITH (FORCE)')
+    await conn.execute('CREATE DATABASE "tgflow_bench_scale"')
+    await conn.close()
+    dsn = urlunsplit(urlsplit(args.database)._replace(path="/tgflow_bench_scale"))
+    await migrate(dsn)
+    mt_port, admin_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "TGFLOW_ENV": "development",
+        "TGFLOW_DATABASE_URL": dsn,
+        "TGFLOW_REDIS_URL": args.redis,
+        "TGFLOW_LOG_LEVEL": "WARNING",
+        "TGFLOW_MIGRATE_ON_START": "false",
+        "TGFLOW_SANDBOX_DC": f"127.0.0.1:{mt_port}",
+        "TGFLOW_TELEGRAM_SEND_RATE": "100000",
+        "TGFLOW_TELEGRAM_SEND_BURST": "100000",
+        "TGFLOW_TELEGRAM_PEER_SEND_RATE": "100000",
+        "TGFLOW_TELEGRAM_PEER_SEND_BURST": "100000",
+        "TGFLOW_TELEGRAM_MAX_CLIENTS": str(args.accounts + 10),
+        "TGFLOW_HEARTBEAT_SECONDS": "1",
+    }
+    await _reset(env)
+    sandbox = spawn("sandbox", "--port", str(mt_port), "--admin-port", str(admin_port), env=env)
+    try:
+        admin_url = f"http://127.0.0.1:{admin_port}"
+        await wait_http(f"{admin_url}/admin/server")
+        async with SandboxAdmin(admin_url) as admin:
+            created = [await admin.create_account() for _ in range(args.accounts)]
+        ids = await store_accounts(env, [(c["user_id"], c["session_string"]) for c in created])
+        counts = [int(n) for n in args.workers.split(",")]
+        rates = {n: await throughput(env, ids, n, args.sends) for n in counts}
+        print(f"send jobs over {args.accounts} accounts, {args.sends} per run (batch submit):")
+        for n, rate in rates.items():
+            print(f"  {n} worker(s): {rate:8.0f} jobs/s   x{rate / rates[counts[0]]:.2f}")
+        print(f"host: {psutil.cpu_count()} CPUs shared by sandbox, gateway, workers and client")
+        result = await recovery(env, ids)
+        print("recovery after SIGKILL of one of two workers:")
+        for name, value in result.items():
+            print(f"  {name}: {value:.2f}" if isinstance(value, float) else f"  {name}: {value}")
+    finally:
+        sandbox.terminate()
+        sandbox.wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accounts", type=int, default=100)
+    parser.add_argument("--sends", type=int, default=3000)
+    parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument(
+        "--database",
+        default=os.environ.get(
+            "TGFLOW_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument(
+        "--redis", default=os.environ.get("TGFLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
+    )
+    asyncio.run(main(parser.parse_args()))
