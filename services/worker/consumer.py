@@ -21,7 +21,7 @@ from arq import Worker
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Function
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError, WatchError
 
 from services.worker import metrics
 from services.worker.state import WorkerState
@@ -46,7 +46,6 @@ class Consumer(Worker):
         functions: list[Function],
         *,
         concurrency: int,
-        burst: bool = False,
         queue_name: str | None = None,
         slots: asyncio.BoundedSemaphore | None = None,
     ) -> None:
@@ -55,7 +54,6 @@ class Consumer(Worker):
             functions=functions,
             queue_name=queue_name or queue_key(kind),
             redis_pool=state.arq,
-            burst=burst,
             handle_signals=False,
             max_jobs=concurrency,
             poll_delay=settings.worker_poll_delay,
@@ -75,7 +73,9 @@ class Consumer(Worker):
         self.lease_s = settings.job_lease_seconds
         self.in_progress_timeout_s = self.lease_s
         self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
+        self._polling_done = asyncio.Event()  # no more polls, no more starts
+        self._stopping = asyncio.Event()  # and no more lease renewals
+        self._renewer: asyncio.Task[None] | None = None
         self._high: set[str] = set()  # running jobs that came from the high band
 
     async def _poll_iteration(self) -> None:
@@ -127,17 +127,6 @@ class Consumer(Worker):
             keep_in_progress,
         )
 
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """ARQ's start, minus ids this worker already runs.
-
-        A running job stays in the queue's sorted set until it finishes, so every poll
-        reads it again, and ARQ spends a WATCH/EXISTS/ZSCORE round trip on each one only
-        to find it taken. Skipping our own running jobs removes that per-poll cost.
-        """
-        fresh = [j for j in job_ids if j.decode() not in self.tasks]
-        if fresh:
-            await super().start_jobs(fresh)
-
     def wake(self) -> None:
         self._wake.set()
 
@@ -145,36 +134,63 @@ class Consumer(Worker):
         super()._release_sem_dec_counter_on_complete()
         self._wake.set()  # a free slot: look at the queue again now
 
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """ARQ's start (claim the in-progress key, then run), for ids not already ours.
+
+        A running job stays in the queue's sorted set until it finishes, so every poll
+        reads it again; skipping our own running jobs saves ARQ's WATCH/EXISTS/ZSCORE
+        round trip on each. Once draining has begun nothing more starts, even after a
+        wait for a free slot.
+        """
+        for job_id_b in job_ids:
+            job_id = job_id_b.decode()
+            if job_id in self.tasks:
+                continue
+            await self.sem.acquire()
+            if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            in_progress = in_progress_key_prefix + job_id
+            async with self.pool.pipeline(transaction=True) as pipe:
+                await pipe.watch(in_progress)
+                ongoing = await pipe.exists(in_progress)
+                score = await pipe.zscore(self.queue_name, job_id)
+                if ongoing or not score or score > timestamp_ms():
+                    self.job_counter -= 1  # taken elsewhere, finished, or moved later
+                    self.sem.release()
+                    continue
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.psetex(in_progress, int(self.in_progress_timeout_s * 1000), b"1")
+                try:
+                    await pipe.execute()
+                except (ResponseError, WatchError):
+                    self.job_counter -= 1
+                    self.sem.release()
+                    continue
+            task = asyncio.create_task(self.run_job(job_id, int(score)))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
     async def main(self) -> None:
         """ARQ's loop, but sleeping on the nudge event instead of a fixed delay."""
         self.ctx["redis"] = self.pool
-        renewer = asyncio.create_task(self._renew_leases())
-        try:
-            backoff = 0.05
-            while not self._stopping.is_set():
-                try:
-                    await self._poll_iteration()
-                    backoff = 0.05
-                except (RedisError, OSError) as exc:  # ride out Redis restarts
-                    raise_if_cancelling()
-                    log.warning("queue poll failed", queue=self.queue_name, error=str(exc))
-                    await sleep_unless(self._stopping, backoff)
-                    backoff = min(backoff * 2, 2.0)
-                    continue
-                metrics.JOBS_RUNNING.labels(self.kind.value).set(len(self.tasks))
-                if self.burst and await self._burst_done():
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
-                self._wake.clear()
-        finally:
-            self._stopping.set()
-            await renewer
-
-    async def _burst_done(self) -> bool:
-        if self.tasks:
-            return False
-        return int(await self.pool.zcard(self.queue_name)) == 0
+        self._renewer = asyncio.create_task(self._renew_leases())
+        backoff = 0.05
+        while not self._polling_done.is_set():
+            try:
+                await self._poll_iteration()
+                backoff = 0.05
+            except (RedisError, OSError) as exc:  # ride out Redis restarts
+                raise_if_cancelling()
+                log.warning("queue poll failed", queue=self.queue_name, error=str(exc))
+                await sleep_unless(self._polling_done, backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            metrics.JOBS_RUNNING.labels(self.kind.value).set(len(self.tasks))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
+            self._wake.clear()
 
     async def _renew_leases(self) -> None:
         """Extend the in-progress key of every running job well before it lapses."""
@@ -213,20 +229,32 @@ class Consumer(Worker):
         )
 
     async def drain(self, grace: float) -> None:
-        """Stop taking jobs, let running ones finish for ``grace`` s, hand back the rest."""
+        """Stop taking jobs, let running ones finish for ``grace`` s, hand back the rest.
+
+        The poll loop stops first, so no job can start behind the drain's back; job
+        leases stay renewed until every job is done or handed back.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         self.allow_pick_jobs = False
+        self._polling_done.set()
+        self._wake.set()
+        if self.main_task is not None and not self.main_task.done():
+            # It may be waiting for a slot another queue holds; then stop it there.
+            await asyncio.wait({self.main_task}, timeout=grace)
+            self.main_task.cancel()
+            await asyncio.gather(self.main_task, return_exceptions=True)
         pending = [t for t in self.tasks.values() if not t.done()]
         if pending:
-            log.info("draining", queue=self.kind.value, running=len(pending), grace=grace)
-            await asyncio.wait(pending, timeout=grace)
+            log.info("draining", queue=self.queue_name, running=len(pending), grace=grace)
+            await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
         leftover = [t for t in self.tasks.values() if not t.done()]
         for task in leftover:
             task.cancel()
         await asyncio.gather(*leftover, return_exceptions=True)
         self._stopping.set()
-        self._wake.set()
-        if self.main_task is not None:
-            await asyncio.gather(self.main_task, return_exceptions=True)
+        if self._renewer is not None:
+            await asyncio.gather(self._renewer, return_exceptions=True)
 
     async def run_forever(self) -> None:
         self.main_task = asyncio.create_task(self.main())

@@ -85,7 +85,7 @@ async def close_state(state: WorkerState) -> None:
     await state.redis.aclose()
 
 
-def build_consumers(state: WorkerState, *, burst: bool = False) -> list[Consumer]:
+def build_consumers(state: WorkerState) -> list[Consumer]:
     """Consumers of the unsharded queues (AI, control); Telegram shards come and go."""
     runners = build_runners()
     consumers = []
@@ -98,9 +98,7 @@ def build_consumers(state: WorkerState, *, burst: bool = False) -> list[Consumer
             continue
         functions = functions_for(kind, runners, grace=state.settings.worker_drain_seconds)
         consumers.append(
-            Consumer(
-                state, kind, functions, concurrency=state.settings.worker_concurrency, burst=burst
-            )
+            Consumer(state, kind, functions, concurrency=state.settings.worker_concurrency)
         )
     return consumers
 

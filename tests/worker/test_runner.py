@@ -81,7 +81,7 @@ async def _run_flaky(params: dict[str, Any]) -> dict[str, Any]:
         created_at=now,
         run_at=now,
     )
-    await store.submit(env, QueueKind.CONTROL)
+    await store.submit(env)
     try:
         async with gateway_client() as client, running_worker(worker_poll_delay=0.05):
             return await wait_for_status(client, env.id, {"succeeded", "failed"}, timeout=10)
