@@ -95,6 +95,9 @@ class WorkerSettings(BaseAppSettings):
     job_lease_seconds: float = Field(default=15.0, ge=2)
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     migrate_on_start: bool = True
+    # Dead letters: bounds of the Redis set of failed jobs (the archive keeps every one).
+    dead_letter_max: int = Field(default=100_000, ge=1)
+    dead_letter_retention_days: float = Field(default=30.0, gt=0)
     # Telegram: without an API id the worker talks to the sandbox DC.
     telegram_api_id: int | None = None
     telegram_api_hash: SecretStr | None = None

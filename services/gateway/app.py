@@ -12,7 +12,16 @@ from redis.exceptions import RedisError
 
 from services.gateway import errors
 from services.gateway.middleware import BodyLimit, Metrics
-from services.gateway.routes import accounts, ai, batch, health, jobs, monitoring, telegram
+from services.gateway.routes import (
+    accounts,
+    ai,
+    batch,
+    deadletters,
+    health,
+    jobs,
+    monitoring,
+    telegram,
+)
 from services.gateway.state import GatewayState
 from shared import db, metrics, registry
 from shared.config import GatewaySettings
@@ -81,6 +90,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(batch.router)
     app.include_router(jobs.router)
+    app.include_router(deadletters.router)
     app.include_router(ai.router)
     app.include_router(accounts.router)
     app.include_router(telegram.router)

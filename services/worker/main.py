@@ -55,7 +55,11 @@ async def open_state(settings: WorkerSettings, instance_id: str) -> WorkerState:
     pool = await db.create_pool(settings, role="worker")
     metrics.track_pool(pool, "worker")
     store = JobStore(
-        redis, status_ttl=settings.job_status_ttl, idempotency_ttl=settings.idempotency_ttl
+        redis,
+        status_ttl=settings.job_status_ttl,
+        idempotency_ttl=settings.idempotency_ttl,
+        dead_letter_max=settings.dead_letter_max,
+        dead_letter_max_age=settings.dead_letter_retention_days * 86_400,
     )
     tracer = trace.get_tracer("tgflow.worker")
     vault = vault_from_settings(

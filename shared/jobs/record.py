@@ -7,16 +7,27 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from shared.jobs.contract import JobStatus
-from shared.jobs.envelope import from_micros
+from shared.jobs.envelope import from_micros, to_micros
 
 
 class JobErrorInfo(BaseModel):
     code: str
     message: str
     details: dict[str, Any] | None = None
+
+
+class JobFailure(BaseModel):
+    """One failed run in a job's error history (deferrals are waits, not failures)."""
+
+    attempt: int = Field(description="The try that failed (tries restart at 1 on a requeue).")
+    code: str
+    message: str
+    at: datetime
+    final: bool = Field(default=False, description="This failure ended the job.")
+    requeue: int = Field(default=0, description="Requeues of the job before this run.")
 
 
 class JobView(BaseModel):
@@ -33,6 +44,13 @@ class JobView(BaseModel):
     trace_id: str | None = None
     cancel_requested: bool = False
     progress: Any = None
+    history: list[JobFailure] = Field(
+        default_factory=list, description="Every failed run, oldest first (the last 50)."
+    )
+    dead_at: datetime | None = Field(
+        default=None, description="When the job was dead-lettered; cleared by a requeue."
+    )
+    requeued: int = Field(default=0, description="How often the job was requeued.")
     created_at: datetime
     run_at: datetime
     started_at: datetime | None = None
@@ -45,6 +63,7 @@ class JobRecord(JobView):
     tenant: str
     queue: str
     seq: int = 0
+    timeout: float | None = None
 
     @classmethod
     def from_redis(cls, raw: Mapping[str, str]) -> JobRecord:
@@ -74,6 +93,10 @@ class JobRecord(JobView):
             finished_at=ts("finished_at"),
             cancel_requested=raw.get("cancel_requested") == "1",
             progress=orjson.loads(raw["progress"]) if raw.get("progress") else None,
+            history=orjson.loads(raw["history"]) if raw.get("history") else [],
+            dead_at=ts("dead_at"),
+            requeued=int(raw.get("requeued") or 0),
+            timeout=float(raw["timeout"]) if raw.get("timeout") else None,
         )
 
     @classmethod
@@ -99,4 +122,41 @@ class JobRecord(JobView):
             run_at=row["run_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
+            # Older queries name only the original columns.
+            history=row.get("history") or [],
+            dead_at=row.get("dead_at"),
+            requeued=row.get("requeued") or 0,
+            timeout=row.get("timeout"),
         )
+
+    def hash_fields(self) -> dict[str, str]:
+        """The job hash this record came from, as far as the archive keeps it."""
+
+        def ts(value: datetime | None) -> str:
+            return str(to_micros(value)) if value is not None else ""
+
+        def js(value: Any) -> str:
+            return orjson.dumps(value).decode() if value is not None else ""
+
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "type": self.type,
+            "queue": self.queue,
+            "status": self.status.value,
+            "attempts": str(self.attempts),
+            "params": js(self.params),
+            "result": js(self.result),
+            "error": self.error.model_dump_json() if self.error else "",
+            "created_at": ts(self.created_at),
+            "run_at": ts(self.run_at),
+            "started_at": ts(self.started_at),
+            "finished_at": ts(self.finished_at),
+            "timeout": repr(self.timeout) if self.timeout is not None else "",
+            "idempotency_key": self.idempotency_key or "",
+            "trace_id": self.trace_id or "",
+            "history": js([h.model_dump(mode="json") for h in self.history]),
+            "dead_at": ts(self.dead_at),
+            "requeued": str(self.requeued),
+            "seq": str(self.seq),
+        }
