@@ -148,7 +148,8 @@ return 'cancelled'
 
 # KEYS: job hash, ARQ job, queue, archive, dead letters, ARQ retry count, ARQ in-progress.
 # ARGV: id, tenant, ARQ job payload, score (ms), payload ttl (ms), nudge channel, now (us),
-#       trace id, then the job hash to rebuild (from the archive) when it has expired.
+#       the new run's trace id ('' keeps the old), then the job hash to rebuild (from the
+#       archive) when it has expired.
 _REQUEUE = (
     _SNAPSHOT
     + """
@@ -163,7 +164,8 @@ if not status then
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', '0', 'run_at', ARGV[7],
            'error', '', 'result', '', 'progress', '', 'started_at', '', 'finished_at', '',
-           'dead_at', '', 'worker', '', 'cancel_requested', '', 'trace_id', ARGV[8])
+           'dead_at', '', 'worker', '', 'cancel_requested', '')
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'trace_id', ARGV[8]) end
 redis.call('HINCRBY', KEYS[1], 'requeued', 1)
 redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('PERSIST', KEYS[1])
