@@ -118,7 +118,7 @@ async def dead_letter_page(
     for row, live in zip(rows, lives[: len(rows)], strict=True):
         if live is None or live.seq <= row.seq:
             kept.append(row)
-        elif live.dead_at is not None:
+        elif flt.matches(live):
             kept.append(live)  # fresher; a job requeued since the archive saw it is left out
     for live in lives[len(rows) :]:
         if live is None or live.tenant != tenant or not flt.matches(live):
