@@ -339,3 +339,51 @@ async def test_bad_filters_get_a_clear_4xx() -> None:
         )
         assert broken.status_code == 400
         assert broken.json()["error"]["code"] == "invalid_json"
+
+
+async def test_retry_waits_for_the_failed_runs_worker_to_let_go(
+    switch: breakable.Switch, store: JobStore, redis: Redis
+) -> None:
+    """Until ARQ has cleaned up after the failed run (its in-progress key), a requeue
+    would be undone by that cleanup: retry waits briefly, then answers 409."""
+    quick, stuck = await failed_in_store(store, 2)
+    await redis.set(f"arq:in-progress:{quick}", "1", px=300)
+    await redis.set(f"arq:in-progress:{stuck}", "1", px=60_000)
+    async with gateway_client() as client:
+        assert (await client.post(f"/v1/jobs/{quick}/retry", headers=auth())).status_code == 202
+        response = await client.post(f"/v1/jobs/{stuck}/retry", headers=auth())
+        assert response.status_code == 409
+        assert response.json()["error"]["code"] == "job_finishing"
+        assert response.headers["Retry-After"] == "1"
+        bulk = await client.post("/v1/dead-letters:requeue", json={}, headers=auth())
+    assert bulk.json()["skipped"] == [{"id": stuck, "reason": "job_finishing"}]
+    record = await store.get(stuck)
+    assert record is not None
+    assert record.status == "failed"
+
+
+async def test_requeue_refuses_jobs_of_unusable_accounts(
+    switch: breakable.Switch, store: JobStore, redis: Redis, pg: asyncpg.Connection[Any]
+) -> None:
+    disabled, active, missing = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await pg.execute("INSERT INTO tenants (id, name) VALUES ('acme', 'acme')")
+    await pg.execute(
+        "INSERT INTO accounts (id, tenant_id, state, disabled_reason) VALUES "
+        "($1, 'acme', 'disabled', 'revoked'), ($2, 'acme', 'active', NULL)",
+        disabled,
+        active,
+    )
+    jobs = {
+        account: (await failed_in_store(store, 1, params={"account_id": str(account)}))[0]
+        for account in (disabled, active, missing)
+    }
+    async with gateway_client() as client:
+        single = await client.post(f"/v1/jobs/{jobs[disabled]}/retry", headers=auth())
+        assert single.status_code == 409
+        assert single.json()["error"]["code"] == "account_not_active"
+        bulk = (await client.post("/v1/dead-letters:requeue", json={}, headers=auth())).json()
+    assert bulk["ids"] == [jobs[active]]
+    assert sorted(bulk["skipped"], key=lambda s: s["reason"]) == [
+        {"id": jobs[disabled], "reason": "account_not_active"},
+        {"id": jobs[missing], "reason": "account_not_found"},
+    ]
