@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -75,7 +76,7 @@ async def test_listing_pages_newest_first_with_filters(store: JobStore, redis: R
         assert first["next_cursor"]
         items = await dead_letters(client, limit=3)
         assert [i["id"] for i in items] == newest_first
-        dead_ats = [i["dead_at"] for i in items]
+        dead_ats = [datetime.fromisoformat(i["dead_at"]) for i in items]
         assert dead_ats == sorted(dead_ats, reverse=True)
         assert all(i["status"] == "failed" for i in items)
         assert all(len(i["history"]) == 1 and i["history"][0]["final"] for i in items)
@@ -140,7 +141,8 @@ async def test_retry_runs_a_failed_job_again_with_fresh_tries(
             (2, 1),
             (3, 1),
         ]
-        assert again["dead_at"] > again["history"][2]["at"]
+        last_round = datetime.fromisoformat(again["history"][2]["at"])
+        assert datetime.fromisoformat(again["dead_at"]) > last_round
 
         switch.mended = True
         assert (await client.post(f"/v1/jobs/{job_id}/retry", headers=auth())).status_code == 202
