@@ -71,7 +71,7 @@ async def test_exhausted_tries_are_dead_lettered_with_every_failure(
     assert all(h["requeue"] == 0 for h in history)
     times = [datetime.fromisoformat(h["at"]) for h in history]
     assert times == sorted(times)
-    stored = orjson.loads(await redis.hget(job_key(job_id), "history") or "[]")
+    stored = orjson.loads(await redis.hget(job_key(job_id), "history") or "[]")  # type: ignore[misc]
     assert re.fullmatch(r"\S+T\d\d:\d\d:\d\d\.\d{6}\+00:00", stored[0]["at"])  # UTC, microseconds
     assert job["dead_at"] is not None
     assert job["requeued"] == 0
@@ -145,7 +145,7 @@ async def test_the_dead_letter_set_is_trimmed_by_size_and_age(redis: Redis) -> N
     members = await redis.zrange(DEAD_LETTERS, 0, -1)
     assert members == [DEAD_LETTER_PLACEHOLDER, *ids[2:]]  # the newest three, oldest first
     for job_id in ids:  # trimming the set does not undo the jobs' own record
-        assert await redis.hget(job_key(job_id), "dead_at")
+        assert await redis.hget(job_key(job_id), "dead_at")  # type: ignore[misc]
 
     young = JobStore(redis, status_ttl=600, idempotency_ttl=600, dead_letter_max_age=0.3)
     await asyncio.sleep(0.4)
