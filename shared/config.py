@@ -46,6 +46,9 @@ class BaseAppSettings(BaseSettings):
     idempotency_ttl: int = Field(default=86_400, ge=60)
     # Telegram accounts map to this many shard queues; every process must agree on it.
     telegram_shards: int = Field(default=64, ge=1, le=4096)
+    # Dead letters: bounds of the Redis set of failed jobs (the archive keeps every one).
+    dead_letter_max: int = Field(default=100_000, ge=1)
+    dead_letter_retention_days: float = Field(default=30.0, gt=0)
     # AI providers: the gateway validates AI jobs against this catalogue, workers call it.
     ai_providers: str = ""
     ai_providers_file: str = ""

@@ -4,30 +4,40 @@ Each operation is one Lua script, so the idempotency check, the job hash, the AR
 entry, the archive stream entry and the wake-up nudge change together or not at all.
 The ``tgflow:archive`` stream carries a snapshot of every change; workers copy it into
 the Postgres ``jobs`` table, keeping the gateway free of database writes.
+
+Dead letters: a job that ends ``failed`` gets ``dead_at`` and joins the ``tgflow:deadletters``
+sorted set (score: epoch milliseconds) in the same step; a requeue takes it out again. The
+set holds a placeholder member at score 0 so that it survives being emptied (the monitor
+reads a missing key as "no source"); real members always have a positive score.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import orjson
-from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared import serialization
 from shared.config import BaseAppSettings
-from shared.jobs.contract import REGISTRY, QueueKind
-from shared.jobs.envelope import Envelope, to_micros
+from shared.jobs.contract import REGISTRY, JobStatus, QueueKind
+from shared.jobs.envelope import Envelope, to_micros, utcnow
 from shared.jobs.record import JobErrorInfo, JobRecord
 from shared.jobs.routing import Route, route_of, score_of
 from shared.telemetry import trace_id_of
 
 ARCHIVE_STREAM = "tgflow:archive"
+DEAD_LETTERS = "tgflow:deadletters"
+DEAD_LETTER_PLACEHOLDER = "placeholder"
 ARQ_JOB_EXTRA_MS = 7 * 86_400_000  # how long an ARQ job definition outlives its run_at
+HISTORY_MAX = 50  # failed runs kept per job (the oldest are dropped first)
+MESSAGE_MAX = 2000  # characters of an error message kept in the history
 
 _SNAPSHOT = """
 local function snapshot(key)
@@ -55,8 +65,42 @@ return {1, ARGV[1]}
 """
 )
 
+# ARGV[3] is '' or a JSON object of extras, decoded only when given:
+#   failure: {code, message, at, final} appended to the history, with the hash's own
+#            attempts and requeued counts (at most history_max entries are kept);
+#   dead:    {id, at_us, score, oldest, max}: set dead_at, add to the dead letters and trim
+#            them to scores above ``oldest`` and at most ``max`` members.
+_FAILURE = (
+    """
+local function record_failure(key, dead_key, opts)
+  if opts.failure then
+    local entry = opts.failure
+    entry.attempt = tonumber(redis.call('HGET', key, 'attempts') or '0') or 0
+    entry.requeue = tonumber(redis.call('HGET', key, 'requeued') or '0') or 0
+    local raw = redis.call('HGET', key, 'history')
+    local history = {}
+    if raw and raw ~= '' then history = cjson.decode(raw) end
+    table.insert(history, entry)
+    while #history > opts.history_max do table.remove(history, 1) end
+    redis.call('HSET', key, 'history', cjson.encode(history))
+  end
+  local dead = opts.dead
+  if dead then
+    redis.call('HSET', key, 'dead_at', dead.at_us)
+    redis.call('ZADD', dead_key, 0, '"""
+    + DEAD_LETTER_PLACEHOLDER
+    + """')
+    redis.call('ZADD', dead_key, dead.score, dead.id)
+    redis.call('ZREMRANGEBYSCORE', dead_key, '(0', '(' .. dead.oldest)
+    redis.call('ZREMRANGEBYRANK', dead_key, 1, -(tonumber(dead.max) + 1))
+  end
+end
+"""
+)
+
 _TRANSITION = (
     _SNAPSHOT
+    + _FAILURE
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {0, ''} end
@@ -67,7 +111,8 @@ if ARGV[1] ~= '' then
   end
   if not allowed then return {0, status} end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+if ARGV[3] ~= '' then record_failure(KEYS[1], KEYS[3], cjson.decode(ARGV[3])) end
 redis.call('HINCRBY', KEYS[1], 'seq', 1)
 if ARGV[2] == '0' then
   redis.call('PERSIST', KEYS[1])
@@ -103,6 +148,43 @@ return 'cancelled'
 )
 
 
+# KEYS: job hash, ARQ job, queue, archive, dead letters, ARQ retry count, ARQ in-progress.
+# ARGV: id, tenant, ARQ job payload, score (ms), payload ttl (ms), nudge channel, now (us),
+#       the new run's trace id ('' keeps the old), the nudge message, then the job hash to
+#       rebuild (from the archive) when it has expired.
+_REQUEUE = (
+    _SNAPSHOT
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status and redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[2] then return 'missing' end
+if status and status ~= 'failed' then return status end
+-- The failed run's worker has not yet removed its ARQ job: requeuing now would race it.
+if redis.call('EXISTS', KEYS[7]) == 1 then return 'finishing' end
+if not status then
+  if #ARGV < 10 then return 'missing' end
+  redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', '0', 'run_at', ARGV[7],
+           'error', '', 'result', '', 'progress', '', 'started_at', '', 'finished_at', '',
+           'dead_at', '', 'worker', '', 'cancel_requested', '')
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'trace_id', ARGV[8]) end
+redis.call('HINCRBY', KEYS[1], 'requeued', 1)
+redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('PERSIST', KEYS[1])
+redis.call('DEL', KEYS[6])
+redis.call('PSETEX', KEYS[2], ARGV[5], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[5], 0, '"""
+    + DEAD_LETTER_PLACEHOLDER
+    + """')
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('XADD', KEYS[4], '*', 'job', snapshot(KEYS[1]))
+redis.call('PUBLISH', ARGV[6], ARGV[9])
+return 'requeued'
+"""
+)
+
+
 def job_key(job_id: str) -> str:
     return f"tgflow:job:{job_id}"
 
@@ -120,17 +202,46 @@ def idempotency_key(tenant: str, key: str) -> str:
 CANCELLED_ERROR = JobErrorInfo(code="cancelled", message="The job was cancelled.")
 
 
+def arq_payload(env: Envelope) -> bytes:
+    """The ARQ job definition of a job: its envelope as JSON, never pickle."""
+    return serialize_job(
+        env.type,
+        (env.model_dump(mode="json"),),
+        {},
+        None,
+        to_micros(env.created_at) // 1000,
+        serializer=serialization.dumps,
+    )
+
+
 class JobStore:
     """Live job state in Redis; the only code that changes a job hash."""
 
-    def __init__(self, redis: Redis, *, status_ttl: int, idempotency_ttl: int, shards: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        status_ttl: int,
+        idempotency_ttl: int,
+        shards: int,
+        dead_letter_max: int = 100_000,
+        dead_letter_max_age: float = 30 * 86_400.0,
+    ) -> None:
         self.redis = redis
         self.shards = shards
         self.status_ttl = status_ttl
         self.idempotency_ttl = idempotency_ttl
+        self.dead_letter_max = dead_letter_max
+        self.dead_letter_max_age = dead_letter_max_age
         self._submit = redis.register_script(_SUBMIT)
         self._transition = redis.register_script(_TRANSITION)
         self._cancel = redis.register_script(_CANCEL)
+        self._requeue = redis.register_script(_REQUEUE)
+
+    def _queue_for(self, record: JobRecord) -> tuple[str, str, str]:
+        """The ARQ queue key, nudge channel and nudge message of a job's queue."""
+        route = self.route_of_record(record)
+        return route.queue, nudge_channel(route.kind), route.nudge
 
     @classmethod
     def for_settings(cls, redis: Redis, settings: BaseAppSettings) -> JobStore:
@@ -139,26 +250,22 @@ class JobStore:
             status_ttl=settings.job_status_ttl,
             idempotency_ttl=settings.idempotency_ttl,
             shards=settings.telegram_shards,
+            dead_letter_max=settings.dead_letter_max,
+            dead_letter_max_age=settings.dead_letter_retention_days * 86_400,
         )
 
     def route(self, job_type: str, params: Mapping[str, Any]) -> Route:
         return route_of(REGISTRY[job_type].queue, dict(params), self.shards)
 
     def route_of_record(self, record: JobRecord) -> Route:
-        return self.route(record.type, record.params)
+        """From the job's own queue kind: right even if its type has left the catalogue."""
+        return route_of(QueueKind(record.queue), record.params, self.shards)
 
     def _submit_call(self, env: Envelope) -> tuple[list[str], list[Any]]:
         route = self.route(env.type, env.params)
         created_us = to_micros(env.created_at)
         run_at_us = to_micros(env.run_at)
-        payload = serialize_job(
-            env.type,
-            (env.model_dump(mode="json"),),
-            {},
-            None,
-            created_us // 1000,
-            serializer=serialization.dumps,
-        )
+        payload = arq_payload(env)
         fields: dict[str, str] = {
             "id": env.id,
             "tenant": env.tenant,
@@ -216,19 +323,52 @@ class JobStore:
         *,
         allowed_from: tuple[str, ...] = (),
         final: bool = False,
+        failure: JobErrorInfo | None = None,
     ) -> tuple[bool, str]:
         """Set fields on a job hash if its status is one of ``allowed_from``.
 
         Returns whether it changed and the status it had before. A final transition
-        starts the hash's expiry; any other keeps it alive.
+        starts the hash's expiry; any other keeps it alive. ``failure`` (a failed run
+        that will retry) is appended to the job's error history. A move to ``failed``
+        appends its ``error`` there too and dead-letters the job, all in the same step.
         """
-        args: list[Any] = [",".join(allowed_from), self.status_ttl if final else 0]
+        extras = self._failure_extras(job_id, fields, failure)
+        args: list[Any] = [",".join(allowed_from), self.status_ttl if final else 0, extras]
         for name, value in fields.items():
             args += [name, value]
         changed, previous = await self._transition(
-            keys=[job_key(job_id), ARCHIVE_STREAM], args=args
+            keys=[job_key(job_id), ARCHIVE_STREAM, DEAD_LETTERS], args=args
         )
         return bool(changed), str(previous)
+
+    def _failure_extras(
+        self, job_id: str, fields: Mapping[str, str], failure: JobErrorInfo | None
+    ) -> str:
+        """The transition script's history and dead-letter instructions ('' for none)."""
+        dead = fields.get("status") == JobStatus.FAILED
+        if dead and failure is None and fields.get("error"):
+            failure = JobErrorInfo.model_validate_json(fields["error"])
+        if failure is None and not dead:
+            return ""
+        now = utcnow()
+        extras: dict[str, Any] = {"history_max": HISTORY_MAX}
+        if failure is not None:
+            extras["failure"] = {
+                "code": failure.code,
+                "message": failure.message[:MESSAGE_MAX],
+                "at": now.isoformat(timespec="microseconds"),
+                "final": dead,
+            }
+        if dead:
+            oldest = now - timedelta(seconds=self.dead_letter_max_age)
+            extras["dead"] = {
+                "id": job_id,
+                "at_us": str(to_micros(now)),
+                "score": str(to_micros(now) // 1000),
+                "oldest": str(to_micros(oldest) // 1000),
+                "max": str(self.dead_letter_max),
+            }
+        return orjson.dumps(extras).decode()
 
     async def cancel(self, record: JobRecord, now_us: int) -> str:
         """Cancel a queued job at once, or ask its worker to stop a running one."""
@@ -254,6 +394,57 @@ class JobStore:
             ],
         )
         return str(result)
+
+    def _requeue_call(self, record: JobRecord, env: Envelope) -> tuple[list[str], list[Any]]:
+        queue, channel, message = self._queue_for(record)
+        run_at_us = to_micros(env.run_at)
+        keys = [
+            job_key(record.id),
+            job_key_prefix + record.id,
+            queue,
+            ARCHIVE_STREAM,
+            DEAD_LETTERS,
+            retry_key_prefix + record.id,
+            in_progress_key_prefix + record.id,
+        ]
+        args: list[Any] = [
+            record.id,
+            record.tenant,
+            arq_payload(env),
+            score_of(run_at_us // 1000, env.priority),
+            ARQ_JOB_EXTRA_MS,
+            channel,
+            run_at_us,
+            trace_id_of(env.trace),
+            message,
+        ]
+        if record.status is JobStatus.FAILED:  # enough to rebuild an expired hash
+            for name, value in record.hash_fields().items():
+                args += [name, value]
+        return keys, args
+
+    async def requeue(self, record: JobRecord, env: Envelope) -> str:
+        """Put a failed job back on its queue at ``env.run_at``, in one atomic step.
+
+        Same id, tries from 1 again, history kept, ``requeued`` counted, out of the dead
+        letters. A job hash that has expired is rebuilt from ``record`` (an archive row).
+        Returns ``requeued``, or why not: ``missing``, ``finishing`` (the failed run is
+        still being cleaned up; try again shortly) or the job's status.
+        """
+        keys, args = self._requeue_call(record, env)
+        return str(await self._requeue(keys=keys, args=args))
+
+    async def requeue_in(self, pipe: Pipeline, record: JobRecord, env: Envelope) -> None:
+        """Queue a requeue on a pipeline, for many jobs in one round trip."""
+        keys, args = self._requeue_call(record, env)
+        await self._requeue(keys=keys, args=args, client=pipe)
+
+    async def recent_dead_letters(self, since: datetime, limit: int) -> list[str]:
+        """Ids dead-lettered since ``since``, newest first (any tenant)."""
+        ids = await self.redis.zrevrangebyscore(
+            DEAD_LETTERS, "+inf", f"({to_micros(since) // 1000}", start=0, num=limit
+        )
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     async def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
         """Several jobs' live records in one round trip (None where Redis has none)."""

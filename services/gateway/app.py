@@ -16,6 +16,7 @@ from services.gateway.routes import (
     accounts,
     ai,
     batch,
+    deadletters,
     health,
     jobs,
     monitoring,
@@ -88,6 +89,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(batch.router)
     app.include_router(jobs.router)
+    app.include_router(deadletters.router)
     app.include_router(ai.router)
     app.include_router(accounts.router)
     app.include_router(telegram.router)

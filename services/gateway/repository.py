@@ -12,7 +12,8 @@ from shared.jobs.envelope import from_micros, to_micros
 from shared.jobs.record import JobRecord
 
 _COLUMNS = """id, tenant_id, type, queue, status, params, attempts, result, error_code,
-    error_message, idempotency_key, trace_id, seq, created_at, run_at, started_at, finished_at"""
+    error_message, idempotency_key, trace_id, seq, created_at, run_at, started_at, finished_at,
+    history, dead_at, requeued, timeout"""
 
 
 class InvalidCursor(ValueError):
@@ -64,6 +65,41 @@ async def list_jobs(
         tenant,
         status,
         job_type,
+        after_ts,
+        after_id,
+        limit,
+    )
+    return [JobRecord.from_row(dict(r.items())) for r in rows]
+
+
+async def list_dead_letters(
+    db: Pool,
+    tenant: str,
+    *,
+    job_type: str | None,
+    error_code: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    cursor: tuple[datetime, uuid.UUID] | None,
+) -> list[JobRecord]:
+    """Newest dead-lettering first, keyset-paginated on (dead_at, id); since <= dead_at < until."""
+    after_ts, after_id = cursor if cursor else (None, None)
+    rows = await db.fetch(
+        f"""SELECT {_COLUMNS} FROM jobs
+            WHERE tenant_id = $1 AND dead_at IS NOT NULL
+              AND ($2::text IS NULL OR type = $2)
+              AND ($3::text IS NULL OR error_code = $3)
+              AND ($4::timestamptz IS NULL OR dead_at >= $4)
+              AND ($5::timestamptz IS NULL OR dead_at < $5)
+              AND ($6::timestamptz IS NULL OR (dead_at, id) < ($6, $7::uuid))
+            ORDER BY dead_at DESC, id DESC
+            LIMIT $8""",  # noqa: S608
+        tenant,
+        job_type,
+        error_code,
+        since,
+        until,
         after_ts,
         after_id,
         limit,

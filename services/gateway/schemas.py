@@ -78,7 +78,7 @@ class JobOut(JobView):
 
     @classmethod
     def of(cls, record: JobRecord) -> JobOut:
-        data = record.model_dump(exclude={"tenant", "queue", "seq"})
+        data = record.model_dump(exclude={"tenant", "queue", "seq", "timeout"})
         return cls(**data, links=Links(self=f"/v1/jobs/{record.id}"))
 
 

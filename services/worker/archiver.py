@@ -33,13 +33,17 @@ GROUP = "tgflow-archivers"
 _UPSERT = """
 INSERT INTO jobs (id, tenant_id, type, queue, status, params, attempts, result, error_code,
                   error_message, idempotency_key, trace_id, seq, created_at, run_at,
-                  started_at, finished_at, random_id, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, now())
+                  started_at, finished_at, random_id, history, dead_at, requeued, timeout,
+                  priority, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+        $19, $20, $21, $22, $23, now())
 ON CONFLICT (id) DO UPDATE SET
     status = EXCLUDED.status, attempts = EXCLUDED.attempts, result = EXCLUDED.result,
     error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message,
-    seq = EXCLUDED.seq, run_at = EXCLUDED.run_at, started_at = EXCLUDED.started_at,
-    finished_at = EXCLUDED.finished_at, random_id = EXCLUDED.random_id, updated_at = now()
+    trace_id = EXCLUDED.trace_id, seq = EXCLUDED.seq, run_at = EXCLUDED.run_at,
+    started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+    random_id = EXCLUDED.random_id, history = EXCLUDED.history, dead_at = EXCLUDED.dead_at,
+    requeued = EXCLUDED.requeued, updated_at = now()
 WHERE jobs.seq < EXCLUDED.seq
 """
 
@@ -70,6 +74,11 @@ def row_of(snapshot: Mapping[str, str]) -> tuple[Any, ...]:
         _opt_ts(snapshot.get("started_at")),
         _opt_ts(snapshot.get("finished_at")),
         int(snapshot["random_id"]) if snapshot.get("random_id") else None,
+        orjson.loads(snapshot["history"]) if snapshot.get("history") else [],
+        _opt_ts(snapshot.get("dead_at")),
+        int(snapshot.get("requeued") or 0),
+        float(snapshot["timeout"]) if snapshot.get("timeout") else None,
+        snapshot.get("priority") or "normal",
     )
 
 

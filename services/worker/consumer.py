@@ -217,7 +217,7 @@ class Consumer(Worker):
         else:
             error = JobErrorInfo(code="not_runnable", message="The queue could not run the job.")
             status = "failed"
-        await self.state.jobs.transition(
+        changed, _ = await self.state.jobs.transition(
             job_id,
             {
                 "status": status,
@@ -227,6 +227,9 @@ class Consumer(Worker):
             allowed_from=("queued", "running"),
             final=True,
         )
+        if changed and status == "failed":
+            metrics.JOBS_DEAD_LETTERED.labels(record.type, error.code).inc()
+            log.warning("job dead-lettered", job_id=job_id, tenant=record.tenant, code=error.code)
 
     async def drain(self, grace: float) -> None:
         """Stop taking jobs, let running ones finish for ``grace`` s, hand back the rest.

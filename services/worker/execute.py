@@ -160,6 +160,7 @@ class JobRunner:
                     **extra,
                 },
                 allowed_from=("running",),
+                failure=JobErrorInfo(code=outcome.code, message=outcome.message),
             )
             metrics.JOBS_RETRIED.labels(env.type, outcome.code).inc()
             log.warning("job will retry", code=outcome.code, delay=round(delay, 3))
@@ -195,7 +196,8 @@ class JobRunner:
         outcome: Outcome,
         extra: dict[str, str] | None = None,
     ) -> None:
-        await state.jobs.transition(
+        """Fail the job for good; the same step dead-letters it (see JobStore.transition)."""
+        changed, _ = await state.jobs.transition(
             env.id,
             {
                 "status": "failed",
@@ -208,6 +210,9 @@ class JobRunner:
         )
         metrics.JOBS_FAILED.labels(env.type, outcome.code).inc()
         log.warning("job failed", code=outcome.code, error=outcome.message)
+        if changed:
+            metrics.JOBS_DEAD_LETTERED.labels(env.type, outcome.code).inc()
+            log.warning("job dead-lettered", code=outcome.code)
 
     async def _cancelled(
         self, state: WorkerState, ctx: dict[str, Any], env: Envelope, extra: dict[str, str]

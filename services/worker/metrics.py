@@ -18,6 +18,11 @@ _BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 JOBS_STARTED = Counter("tgflow_jobs_started_total", "Job runs started.", ["type"])
 JOBS_SUCCEEDED = Counter("tgflow_jobs_succeeded_total", "Jobs that succeeded.", ["type"])
 JOBS_FAILED = Counter("tgflow_jobs_failed_total", "Jobs that failed for good.", ["type", "code"])
+JOBS_DEAD_LETTERED = Counter(
+    "tgflow_jobs_dead_lettered_total",
+    "Jobs that failed for good and went to the dead letters.",
+    ["type", "code"],
+)
 JOBS_RETRIED = Counter("tgflow_jobs_retried_total", "Job runs scheduled again.", ["type", "code"])
 JOBS_DEFERRED = Counter(
     "tgflow_jobs_deferred_total", "Job runs put off until a later time.", ["type", "code"]

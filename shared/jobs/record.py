@@ -7,10 +7,10 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from shared.jobs.contract import JobStatus
-from shared.jobs.envelope import from_micros
+from shared.jobs.envelope import from_micros, to_micros
 from shared.jobs.routing import Priority
 
 
@@ -18,6 +18,17 @@ class JobErrorInfo(BaseModel):
     code: str
     message: str
     details: dict[str, Any] | None = None
+
+
+class JobFailure(BaseModel):
+    """One failed run in a job's error history (deferrals are waits, not failures)."""
+
+    attempt: int = Field(description="The try that failed (tries restart at 1 on a requeue).")
+    code: str
+    message: str
+    at: datetime
+    final: bool = Field(default=False, description="This failure ended the job.")
+    requeue: int = Field(default=0, description="Requeues of the job before this run.")
 
 
 class JobView(BaseModel):
@@ -35,6 +46,13 @@ class JobView(BaseModel):
     cancel_requested: bool = False
     progress: Any = None
     priority: Priority = Priority.NORMAL
+    history: list[JobFailure] = Field(
+        default_factory=list, description="Every failed run, oldest first (the last 50)."
+    )
+    dead_at: datetime | None = Field(
+        default=None, description="When the job was dead-lettered; cleared by a requeue."
+    )
+    requeued: int = Field(default=0, description="How often the job was requeued.")
     created_at: datetime
     run_at: datetime
     started_at: datetime | None = None
@@ -47,6 +65,7 @@ class JobRecord(JobView):
     tenant: str
     queue: str
     seq: int = 0
+    timeout: float | None = None
 
     @classmethod
     def from_redis(cls, raw: Mapping[str, str]) -> JobRecord:
@@ -77,6 +96,10 @@ class JobRecord(JobView):
             cancel_requested=raw.get("cancel_requested") == "1",
             progress=orjson.loads(raw["progress"]) if raw.get("progress") else None,
             priority=Priority(raw.get("priority") or Priority.NORMAL),
+            history=orjson.loads(raw["history"]) if raw.get("history") else [],
+            dead_at=ts("dead_at"),
+            requeued=int(raw.get("requeued") or 0),
+            timeout=float(raw["timeout"]) if raw.get("timeout") else None,
         )
 
     @classmethod
@@ -102,4 +125,43 @@ class JobRecord(JobView):
             run_at=row["run_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
+            # Older queries name only the original columns.
+            history=row.get("history") or [],
+            dead_at=row.get("dead_at"),
+            requeued=row.get("requeued") or 0,
+            timeout=row.get("timeout"),
+            priority=Priority(row.get("priority") or Priority.NORMAL),
         )
+
+    def hash_fields(self) -> dict[str, str]:
+        """The job hash this record came from, as far as the archive keeps it."""
+
+        def ts(value: datetime | None) -> str:
+            return str(to_micros(value)) if value is not None else ""
+
+        def js(value: Any) -> str:
+            return orjson.dumps(value).decode() if value is not None else ""
+
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "type": self.type,
+            "queue": self.queue,
+            "status": self.status.value,
+            "attempts": str(self.attempts),
+            "params": js(self.params),
+            "result": js(self.result),
+            "error": self.error.model_dump_json() if self.error else "",
+            "created_at": ts(self.created_at),
+            "run_at": ts(self.run_at),
+            "started_at": ts(self.started_at),
+            "finished_at": ts(self.finished_at),
+            "timeout": repr(self.timeout) if self.timeout is not None else "",
+            "idempotency_key": self.idempotency_key or "",
+            "trace_id": self.trace_id or "",
+            "history": js([h.model_dump(mode="json") for h in self.history]),
+            "dead_at": ts(self.dead_at),
+            "requeued": str(self.requeued),
+            "priority": self.priority.value,
+            "seq": str(self.seq),
+        }

@@ -38,6 +38,9 @@ from services.monitor.samples import Sample
 from services.monitor.store import SeriesStore
 from shared import registry
 from shared.config import MonitorSettings
+from shared.jobs.envelope import Envelope, utcnow
+from shared.queue import JobStore
+from tests import breakable
 from tests.monitor.conftest import StaticCollector, serving
 
 
@@ -258,6 +261,32 @@ async def test_dead_letters_absent_then_counted(ctx: Context, redis: Redis) -> N
     await redis.set(DEAD_LETTER_KEY, "oops")
     with pytest.raises(TypeError, match="not a list"):
         await collector.collect(ctx)
+
+
+async def test_dead_letters_counts_the_workers_sorted_set(ctx: Context, redis: Redis) -> None:
+    """The set workers keep: real members are counted, and requeuing the last one leaves
+    the key (with its placeholder) so the source does not turn absent."""
+    store = JobStore(redis, status_ttl=600, idempotency_ttl=600, shards=4)
+    first, second = [await breakable.submit(store, job_type="system.echo") for _ in range(2)]
+    for job_id in (first, second):
+        await breakable.fail_in_store(store, job_id)
+    collector = DeadLettersCollector()
+    assert by_key(await collector.collect(ctx)) == {("tgflow_dead_letters", ()): 2}
+    for job_id in (first, second):
+        record = await store.get(job_id)
+        assert record is not None
+        env = Envelope(
+            id=job_id,
+            type=record.type,
+            tenant=record.tenant,
+            params=record.params,
+            timeout=5,
+            created_at=record.created_at,
+            run_at=utcnow(),
+        )
+        assert await store.requeue(record, env) == "requeued"
+    assert by_key(await collector.collect(ctx)) == {("tgflow_dead_letters", ()): 0}
+    assert await redis.type(DEAD_LETTER_KEY) == "zset"
 
 
 async def test_shard_gaps_need_an_announced_shard_count(ctx: Context, redis: Redis) -> None:

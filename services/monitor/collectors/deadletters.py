@@ -1,16 +1,18 @@
-"""Size of the dead-letter list: jobs that exhausted their tries.
+"""Size of the dead-letter list: jobs that failed for good and were not requeued.
 
-The list (``tgflow:deadletters``; a list, sorted set or stream) arrives with job
-dead-lettering. A missing key reads as "source not present", so the producer should
-keep the key once created (a stream, for instance, survives being emptied).
+Workers keep ``tgflow:deadletters`` as a sorted set (member: job id, score: epoch ms) with
+a placeholder member at score 0, so the key outlives its last entry; only members with a
+positive score are counted. A list or a stream is counted whole. A missing key reads as
+"source not present": no worker has dead-lettered a job yet.
 """
 
 from __future__ import annotations
 
 from services.monitor.collectors import Collected, Context, SourceAbsent
 from services.monitor.samples import Sample
+from shared.queue import DEAD_LETTERS
 
-DEAD_LETTER_KEY = "tgflow:deadletters"
+DEAD_LETTER_KEY = DEAD_LETTERS
 
 
 class DeadLettersCollector:
@@ -22,7 +24,7 @@ class DeadLettersCollector:
         if kind == "list":
             size = await ctx.redis.llen(DEAD_LETTER_KEY)  # type: ignore[misc]
         elif kind == "zset":
-            size = await ctx.redis.zcard(DEAD_LETTER_KEY)
+            size = await ctx.redis.zcount(DEAD_LETTER_KEY, "(0", "+inf")
         elif kind == "stream":
             size = await ctx.redis.xlen(DEAD_LETTER_KEY)
         elif kind == "none":
