@@ -84,6 +84,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         version="0.1.0",
         summary="Telegram user-account and AI jobs as durable background work.",
         lifespan=lifespan,
+        # One instrumentation only: OpenTelemetry's FastAPI instrumentor (see main.py) makes
+        # the request spans; FastAPI's own would add a second span, metrics and log hooks
+        # to every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
     app.include_router(health.router)
