@@ -21,7 +21,7 @@ from arq import Worker
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Function
-from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.exceptions import RedisError
 
 from services.worker import metrics
 from services.worker.state import WorkerState
@@ -34,6 +34,16 @@ from shared.jobs.routing import BAND_EDGE_MS, HIGH_SHIFT_MS, is_high
 from shared.logs import get_logger
 
 log = get_logger(__name__)
+
+# Claim a due job: not running anywhere (no in-progress key), still queued and due. Sets
+# the in-progress lease and answers the job's score, or 0 when it is not ours to start.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+return score
+"""
 
 
 class Consumer(Worker):
@@ -77,6 +87,7 @@ class Consumer(Worker):
         self._stopping = asyncio.Event()  # and no more lease renewals
         self._renewer: asyncio.Task[None] | None = None
         self._high: set[str] = set()  # running jobs that came from the high band
+        self._claim = self.pool.register_script(_CLAIM)
 
     async def _poll_iteration(self) -> None:
         """ARQ's poll, reading due high-priority jobs before due normal ones."""
@@ -137,10 +148,11 @@ class Consumer(Worker):
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """ARQ's start (claim the in-progress key, then run), for ids not already ours.
 
-        A running job stays in the queue's sorted set until it finishes, so every poll
-        reads it again; skipping our own running jobs saves ARQ's WATCH/EXISTS/ZSCORE
-        round trip on each. Once draining has begun nothing more starts, even after a
-        wait for a free slot.
+        ARQ claims a job with WATCH, EXISTS, ZSCORE and MULTI/EXEC (four round trips);
+        here one script does the same check-and-set atomically. A running job stays in
+        the queue's sorted set until it finishes, so every poll reads it again: our own
+        running jobs are skipped without asking Redis. Once draining has begun nothing
+        more starts, even after a wait for a free slot.
         """
         for job_id_b in job_ids:
             job_id = job_id_b.decode()
@@ -151,24 +163,15 @@ class Consumer(Worker):
                 self.sem.release()
                 return
             self.job_counter += 1
-            in_progress = in_progress_key_prefix + job_id
-            async with self.pool.pipeline(transaction=True) as pipe:
-                await pipe.watch(in_progress)
-                ongoing = await pipe.exists(in_progress)
-                score = await pipe.zscore(self.queue_name, job_id)
-                if ongoing or not score or score > timestamp_ms():
-                    self.job_counter -= 1  # taken elsewhere, finished, or moved later
-                    self.sem.release()
-                    continue
-                pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.psetex(in_progress, int(self.in_progress_timeout_s * 1000), b"1")
-                try:
-                    await pipe.execute()
-                except (ResponseError, WatchError):
-                    self.job_counter -= 1
-                    self.sem.release()
-                    continue
-            task = asyncio.create_task(self.run_job(job_id, int(score)))
+            score = await self._claim(
+                keys=[in_progress_key_prefix + job_id, self.queue_name],
+                args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
+            )
+            if not score:
+                self.job_counter -= 1  # taken elsewhere, finished, or moved later
+                self.sem.release()
+                continue
+            task = asyncio.create_task(self.run_job(job_id, int(float(score))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
 

@@ -45,6 +45,8 @@ def user_out(user: Any) -> UserOut:
 
 
 async def input_peer(tg: AccountSession, peer: str) -> Any:
+    if peer == "me":  # Saved Messages: nothing to resolve
+        return types.InputPeerSelf()
     method = "contacts.resolveUsername" if peer.startswith("@") else "peer.resolve"
     value: Any = int(peer) if peer.lstrip("-").isdigit() else peer
     return await tg.call(method, lambda: tg.client.get_input_entity(value))
@@ -56,7 +58,7 @@ async def send_message(ctx: JobContext, params: SendMessageParams) -> SendMessag
     random_id = random_id_for(ctx.job_id)
     ctx.annotate(random_id=random_id)
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
-        await tg.take_send_budget(params.peer)
+        await tg.take_send_budget(params.peer, "messages.sendMessage")
         peer = await input_peer(tg, params.peer)
         text, entities = await tg.client._parse_message_text(params.text, params.parse_mode or ())
         request = SendMessageRequest(
@@ -68,7 +70,9 @@ async def send_message(ctx: JobContext, params: SendMessageParams) -> SendMessag
             silent=params.silent or None,
             no_webpage=not params.link_preview or None,
         )
-        result = await tg.call("messages.sendMessage", lambda: tg.client(request))
+        result = await tg.call(
+            "messages.sendMessage", lambda: tg.client(request), flood_checked=True
+        )
     message_id, date = _sent_message(result, random_id)
     return SendMessageResult(message_id=message_id, random_id=random_id, date=date)
 

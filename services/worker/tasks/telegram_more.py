@@ -83,7 +83,7 @@ async def forward_messages(ctx: JobContext, params: ForwardParams) -> ForwardRes
     """One random_id per forwarded message, derived from the job id: re-runs repeat them."""
     random_ids = [random_id_for(f"{ctx.job_id}:{i}") for i in range(len(params.ids))]
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
-        await tg.take_send_budget(params.to_peer)
+        await tg.take_send_budget(params.to_peer, "messages.forwardMessages")
         source = await input_peer(tg, params.from_peer)
         target = await input_peer(tg, params.to_peer)
         request = ForwardMessagesRequest(
@@ -93,7 +93,9 @@ async def forward_messages(ctx: JobContext, params: ForwardParams) -> ForwardRes
             to_peer=target,
             silent=params.silent or None,
         )
-        updates = await tg.call("messages.forwardMessages", lambda: tg.client(request))
+        updates = await tg.call(
+            "messages.forwardMessages", lambda: tg.client(request), flood_checked=True
+        )
     by_random = {
         u.random_id: u.id
         for u in getattr(updates, "updates", [])

@@ -14,8 +14,15 @@ from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
-# Take one token from both buckets, or from neither; answer how long to wait (ms).
+# Take one token from both buckets, or from neither; answer how long to wait (ms). With a
+# flood key given (KEYS[3]) and a flood wait recorded there, take nothing and answer the
+# flood's end instead as a negative number (its epoch seconds, negated): one round trip
+# decides whether a send may go now.
 _TAKE = """
+if KEYS[3] then
+  local flood = redis.call('GET', KEYS[3])
+  if flood then return '-' .. flood end
+end
 local now = tonumber(ARGV[1])
 local waits = {}
 local state = {}
@@ -75,8 +82,50 @@ class Limits:
         peer_burst: int,
     ) -> float:
         """Spend one send token; 0 when allowed, else the seconds to wait."""
-        wait_ms = await self._take(
-            keys=[f"tgflow:budget:{account_id}", f"tgflow:budget:{account_id}:{peer}"],
-            args=[int(time.time() * 1000), rate, burst, peer_rate, peer_burst],
+        wait, _ = await self.gate_send(
+            account_id,
+            peer,
+            None,
+            rate=rate,
+            burst=burst,
+            peer_rate=peer_rate,
+            peer_burst=peer_burst,
         )
-        return int(wait_ms) / 1000
+        return wait
+
+    async def gate_send(
+        self,
+        account_id: uuid.UUID,
+        peer: str,
+        method: str | None,
+        *,
+        rate: float,
+        burst: int,
+        peer_rate: float,
+        peer_burst: int,
+    ) -> tuple[float, datetime | None]:
+        """One round trip before a send: (seconds to wait for the budget, flood end).
+
+        With ``method``, a flood wait recorded for it wins and no token is spent.
+        """
+        keys = [f"tgflow:budget:{account_id}", f"tgflow:budget:{account_id}:{peer}"]
+        if method is not None:
+            keys.append(flood_key(account_id, method))
+        answer = await self._take(
+            keys=keys, args=[int(time.time() * 1000), rate, burst, peer_rate, peer_burst]
+        )
+        text = answer.decode() if isinstance(answer, bytes) else str(answer)
+        if text.startswith("-"):
+            until = datetime.fromtimestamp(float(text[1:]), UTC)
+            if until > datetime.now(UTC):
+                return 0.0, until
+            return await self.gate_send(
+                account_id,
+                peer,
+                None,
+                rate=rate,
+                burst=burst,
+                peer_rate=peer_rate,
+                peer_burst=peer_burst,
+            )
+        return int(text) / 1000, None

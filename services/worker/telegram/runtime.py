@@ -9,7 +9,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 from opentelemetry import trace
@@ -164,14 +164,21 @@ class AccountSession:
         self.account = account
         self.client = client
 
-    async def call(self, method: str, request: Callable[[], Awaitable[T]]) -> T:
-        """Run one Telegram call under the shared flood state, timeout and error map."""
+    async def call(
+        self, method: str, request: Callable[[], Awaitable[T]], *, flood_checked: bool = False
+    ) -> T:
+        """Run one Telegram call under the shared flood state, timeout and error map.
+
+        ``flood_checked``: the caller has just looked at this method's flood state (the
+        send gate does, in the same round trip as the budget).
+        """
         if not self.runtime.pool.may_connect(self.account.id):
             later = utcnow() + timedelta(seconds=1)
             raise Deferral("shard_moved", "The account's shard is moving to another worker.", later)
-        until = await self.runtime.limits.flood_until(self.account.id, method)
-        if until is not None:
-            raise Deferral("flood_wait", f"{method} is in a flood wait for this account.", until)
+        if not flood_checked:
+            until = await self.runtime.limits.flood_until(self.account.id, method)
+            if until is not None:
+                raise _flooded(method, until)
         start = time.perf_counter()
         account_id = str(self.account.id)
         with tracer.start_as_current_span(
@@ -195,20 +202,28 @@ class AccountSession:
             self.runtime.forget(self.account.id)
         return result
 
-    async def take_send_budget(self, peer: str) -> None:
+    async def take_send_budget(self, peer: str, method: str) -> None:
+        """Before a send: defer on a flood wait for ``method``, or when over budget."""
         settings = self.runtime.settings
-        wait = await self.runtime.limits.take_send(
+        wait, flooded_until = await self.runtime.limits.gate_send(
             self.account.id,
             peer,
+            method,
             rate=settings.telegram_send_rate,
             burst=settings.telegram_send_burst,
             peer_rate=settings.telegram_peer_send_rate,
             peer_burst=settings.telegram_peer_send_burst,
         )
+        if flooded_until is not None:
+            raise _flooded(method, flooded_until)
         if wait > 0:
             metrics.BUDGET_WAITS.labels("send").inc()
             until = utcnow() + timedelta(seconds=wait)
             raise Deferral("send_budget", f"Paced by the send budget for {wait:.2f} s.", until)
+
+
+def _flooded(method: str, until: datetime) -> Deferral:
+    return Deferral("flood_wait", f"{method} is in a flood wait for this account.", until)
 
 
 def message_out(message: Any) -> dict[str, Any]:
