@@ -1,11 +1,12 @@
 """End-to-end pipeline benchmark: tgflow against bare ARQ on the same Redis, in one run.
 
-    .venv/bin/python bench/pipeline.py [--jobs 2000] [--clients 50] [--idle 100]
+    .venv/bin/python bench/pipeline.py [--jobs 2000] [--clients 50] [--idle 100] [--batch 100]
 
 tgflow: N system.echo jobs submitted over HTTP by K concurrent clients to a real
 gateway process, run by a real worker process (concurrency 100), timed from the job
 records (created_at -> started_at -> finished_at, microseconds). Then, one at a time
-on an otherwise idle system, the enqueue-to-start latency.
+on an otherwise idle system, the enqueue-to-start latency. A second tgflow run submits
+the same N jobs with POST /v1/jobs:batch, B jobs per request from K/10 clients.
 
 Bare ARQ: a no-op function in a worker process, jobs enqueued with ArqRedis by K
 concurrent tasks, timed from ARQ's own job results; once with ARQ defaults
@@ -60,6 +61,8 @@ class Result:
 
 
 def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
@@ -172,7 +175,9 @@ async def _until_done(redis: Redis, ids: list[str]) -> list[dict[str, str]]:
         await asyncio.sleep(0.05)
 
 
-async def bench_tgflow(env: dict[str, str], jobs: int, clients: int, idle: int) -> Result:
+async def bench_tgflow(
+    env: dict[str, str], jobs: int, clients: int, idle: int, batch: int = 1
+) -> Result:
     port = _free_port()
     procs = [
         subprocess.Popen(
@@ -193,8 +198,8 @@ async def bench_tgflow(env: dict[str, str], jobs: int, clients: int, idle: int) 
             base_url=f"http://127.0.0.1:{port}", headers=headers, connector=connector
         ) as client:
             await _wait_ready(client)
-            await _tgflow_burst(client, redis, 100, clients)  # warm-up
-            rows = await _tgflow_burst(client, redis, jobs, clients)
+            await _tgflow_burst(client, redis, 100, clients, batch)  # warm-up
+            rows = await _tgflow_burst(client, redis, jobs, clients, batch)
             lat = [(int(r["started_at"]) - int(r["created_at"])) / 1000 for r in rows]
             span_us = max(int(r["finished_at"]) for r in rows) - min(
                 int(r["created_at"]) for r in rows
@@ -209,7 +214,7 @@ async def bench_tgflow(env: dict[str, str], jobs: int, clients: int, idle: int) 
                     await asyncio.sleep(0.001)
                 idle_lat.append((int(row["started_at"]) - int(row["created_at"])) / 1000)
         return Result(
-            "tgflow",
+            "tgflow" if batch == 1 else f"tgflow batch{batch}",
             len(rows),
             throughput,
             pct(lat, 0.5),
@@ -238,17 +243,27 @@ async def _wait_ready(client: aiohttp.ClientSession) -> None:
 
 
 async def _tgflow_burst(
-    client: aiohttp.ClientSession, redis: Redis, jobs: int, clients: int
+    client: aiohttp.ClientSession, redis: Redis, jobs: int, clients: int, batch: int = 1
 ) -> list[dict[str, str]]:
-    remaining = iter(range(jobs))
+    """Submit ``jobs`` from ``clients`` connections: one per POST, or ``batch`` per
+    POST /v1/jobs:batch."""
+    remaining = iter(range(0, jobs, batch))
     ids: list[str] = []
 
     async def submit() -> None:
-        for i in remaining:
-            body = {"type": "system.echo", "params": {"message": str(i)}}
-            async with client.post("/v1/jobs", json=body) as response:
+        for first in remaining:
+            bodies = [
+                {"type": "system.echo", "params": {"message": str(i)}}
+                for i in range(first, min(jobs, first + batch))
+            ]
+            if batch == 1:
+                async with client.post("/v1/jobs", json=bodies[0]) as response:
+                    response.raise_for_status()
+                    ids.append((await response.json())["id"])
+                continue
+            async with client.post("/v1/jobs:batch", json={"jobs": bodies}) as response:
                 response.raise_for_status()
-                ids.append((await response.json())["id"])
+                ids.extend(item["id"] for item in (await response.json())["items"])
 
     await asyncio.gather(*(submit() for _ in range(clients)))
     return await _until_done(redis, ids)
@@ -285,18 +300,24 @@ def report(results: list[Result]) -> None:
             f"{r.name:16}{r.jobs:>6}{r.throughput:>10.0f}{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}"
             f"{r.idle_p50_ms:>10.2f}{r.idle_p99_ms:>10.2f}"
         )
-    tg = results[0]
-    for base in results[1:]:
-        print(
-            f"tgflow / {base.name}: throughput x{tg.throughput / base.throughput:.2f}, "
-            f"idle start p50 x{tg.idle_p50_ms / base.idle_p50_ms:.2f}"
-        )
+    tgflow = [r for r in results if r.name.startswith("tgflow")]
+    for tg in tgflow:
+        for base in results:
+            if base in tgflow:
+                continue
+            print(
+                f"{tg.name} / {base.name}: throughput x{tg.throughput / base.throughput:.2f}, "
+                f"idle start p50 x{tg.idle_p50_ms / base.idle_p50_ms:.2f}"
+            )
     print("latency columns: enqueue (created) to start; 'idle' = one job at a time")
 
 
 async def main(args: argparse.Namespace) -> None:
     env = await prepare(args.database, args.redis)
     results = [await bench_tgflow(env, args.jobs, args.clients, args.idle)]
+    if args.batch > 1:
+        clients = max(1, args.clients // 10)
+        results.append(await bench_tgflow(env, args.jobs, clients, 0, batch=args.batch))
     results.append(await bench_arq(args.redis, "defaults", args.jobs, args.clients, args.idle))
     results.append(await bench_arq(args.redis, "tuned", args.jobs, args.clients, args.idle))
     report(results)
@@ -307,6 +328,9 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--idle", type=int, default=100, help="jobs for the idle latency runs")
+    parser.add_argument(
+        "--batch", type=int, default=100, help="also submit this many per POST /v1/jobs:batch"
+    )
     parser.add_argument(
         "--database",
         default=os.environ.get(

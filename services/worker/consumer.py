@@ -30,7 +30,7 @@ from shared.aio import raise_if_cancelling, sleep_unless
 from shared.jobs import QueueKind, queue_key
 from shared.jobs.envelope import to_micros, utcnow
 from shared.jobs.record import JobErrorInfo
-from shared.jobs.routing import BAND_EDGE_MS, HIGH_SHIFT_MS, is_high
+from shared.jobs.routing import BAND_EDGE_MS, HIGH_SHIFT_MS, due_ms_of, is_high
 from shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -58,6 +58,7 @@ class Consumer(Worker):
         concurrency: int,
         queue_name: str | None = None,
         slots: asyncio.BoundedSemaphore | None = None,
+        poll_delay: float | None = None,
     ) -> None:
         settings = state.settings
         super().__init__(
@@ -66,7 +67,7 @@ class Consumer(Worker):
             redis_pool=state.arq,
             handle_signals=False,
             max_jobs=concurrency,
-            poll_delay=settings.worker_poll_delay,
+            poll_delay=poll_delay or settings.worker_poll_delay,
             keep_result=0,
             max_tries=1_000_000,  # tries are counted by the job runner, per job type
             allow_abort_jobs=True,
@@ -87,17 +88,32 @@ class Consumer(Worker):
         self._stopping = asyncio.Event()  # and no more lease renewals
         self._renewer: asyncio.Task[None] | None = None
         self._high: set[str] = set()  # running jobs that came from the high band
+        self._next_poll_s = self.poll_delay_s
         self._claim = self.pool.register_script(_CLAIM)
 
     async def _poll_iteration(self) -> None:
-        """ARQ's poll, reading due high-priority jobs before due normal ones."""
+        """ARQ's poll, reading due high-priority jobs before due normal ones.
+
+        The same round trip finds the next job not yet due in each band, so the loop
+        sleeps until then (a deferred or retried job starts on time) rather than polling.
+        """
+        self._next_poll_s = self.poll_delay_s
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
             now = timestamp_ms()
             count = self.queue_read_limit
+            queue, high_now = self.queue_name, now - HIGH_SHIFT_MS
             async with self.pool.pipeline(transaction=False) as pipe:
-                pipe.zrangebyscore(self.queue_name, "-inf", now - HIGH_SHIFT_MS, start=0, num=count)
-                pipe.zrangebyscore(self.queue_name, BAND_EDGE_MS, now, start=0, num=count)
-                high, normal = await pipe.execute()
+                pipe.zrangebyscore(queue, "-inf", high_now, start=0, num=count)
+                pipe.zrangebyscore(queue, BAND_EDGE_MS, now, start=0, num=count)
+                pipe.zrangebyscore(
+                    queue, f"({high_now}", f"({BAND_EDGE_MS}", start=0, num=1, withscores=True
+                )
+                pipe.zrangebyscore(queue, f"({now}", "+inf", start=0, num=1, withscores=True)
+                high, normal, next_high, next_normal = await pipe.execute()
+            upcoming = [due_ms_of(score) for _, score in [*next_high, *next_normal]]
+            if upcoming:
+                wait = max(0.0, (min(upcoming) - now) / 1000)
+                self._next_poll_s = min(self.poll_delay_s, wait)
             await self.start_jobs(high + normal)
         if self.allow_abort_jobs:
             await self._cancel_aborted_jobs()
@@ -192,7 +208,7 @@ class Consumer(Worker):
                 continue
             metrics.JOBS_RUNNING.labels(self.kind.value).set(len(self.tasks))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
+                await asyncio.wait_for(self._wake.wait(), self._next_poll_s)
             self._wake.clear()
 
     async def _renew_leases(self) -> None:

@@ -381,6 +381,11 @@ class ShardManager:
         }
 
 
+# A worker may hold dozens of shard queues: their fallback poll is slower, since nudges
+# wake them for new jobs and each poll sleeps exactly until its next deferred job is due.
+SHARD_POLL_FLOOR_S = 2.0
+
+
 def shard_consumer_factory(
     state: WorkerState, functions: list[Any], slots: asyncio.BoundedSemaphore
 ) -> Callable[[int], Consumer]:
@@ -392,6 +397,7 @@ def shard_consumer_factory(
             concurrency=state.settings.worker_concurrency,
             queue_name=shard_queue(shard),
             slots=slots,
+            poll_delay=max(state.settings.worker_poll_delay, SHARD_POLL_FLOOR_S),
         )
 
     return make
