@@ -3,7 +3,9 @@
 Each operation is one Lua script, so the idempotency check, the job hash, the ARQ queue
 entry, the archive stream entry and the wake-up nudge change together or not at all.
 The ``tgflow:archive`` stream carries a snapshot of every change; workers copy it into
-the Postgres ``jobs`` table, keeping the gateway free of database writes.
+the Postgres ``jobs`` table, keeping the gateway free of database writes. Each script
+also calls ``job_changed`` (``shared/delivery/lua.py``) after its change: the job's live
+event for SSE listeners and, at a final state, its webhook delivery, in the same step.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared import serialization
+from shared.delivery.lua import ON_CHANGE, WEBHOOK_DUE, webhook_key
 from shared.jobs.contract import QueueKind, queue_key
 from shared.jobs.envelope import Envelope, to_micros
 from shared.jobs.record import JobErrorInfo, JobRecord
@@ -38,6 +41,7 @@ end
 
 _SUBMIT = (
     _SNAPSHOT
+    + ON_CHANGE
     + """
 if ARGV[2] == '1' then
   local existing = redis.call('GET', KEYS[1])
@@ -49,12 +53,14 @@ redis.call('PSETEX', KEYS[3], ARGV[6], ARGV[4])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('XADD', KEYS[5], '*', 'job', snapshot(KEYS[2]))
 redis.call('PUBLISH', ARGV[7], 'job')
+job_changed(KEYS[2], '', false)
 return {1, ARGV[1]}
 """
 )
 
 _TRANSITION = (
     _SNAPSHOT
+    + ON_CHANGE
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {0, ''} end
@@ -73,12 +79,14 @@ else
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
 redis.call('XADD', KEYS[2], '*', 'job', snapshot(KEYS[1]))
+job_changed(KEYS[1], status, sets_status(ARGV, 3), KEYS[3], KEYS[4])
 return {1, status}
 """
 )
 
 _CANCEL = (
     _SNAPSHOT
+    + ON_CHANGE
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
@@ -96,6 +104,7 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[3],
 redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('XADD', KEYS[6], '*', 'job', snapshot(KEYS[1]))
+job_changed(KEYS[1], status, true, KEYS[7], KEYS[8])
 return 'cancelled'
 """
 )
@@ -154,6 +163,8 @@ class JobStore:
             "trace_id": trace_id_of(env.trace),
             "seq": "1",
         }
+        if env.webhook_url:
+            fields["webhook_url"] = env.webhook_url
         keys = [
             idempotency_key(env.tenant, env.idempotency_key) if env.idempotency_key else "",
             job_key(env.id),
@@ -203,7 +214,7 @@ class JobStore:
         for name, value in fields.items():
             args += [name, value]
         changed, previous = await self._transition(
-            keys=[job_key(job_id), ARCHIVE_STREAM], args=args
+            keys=[job_key(job_id), ARCHIVE_STREAM, WEBHOOK_DUE, webhook_key(job_id)], args=args
         )
         return bool(changed), str(previous)
 
@@ -217,6 +228,8 @@ class JobStore:
                 job_key_prefix + job_id,
                 abort_jobs_ss,
                 ARCHIVE_STREAM,
+                WEBHOOK_DUE,
+                webhook_key(job_id),
             ],
             args=[
                 job_id,

@@ -5,8 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self, Union
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from shared.delivery.webhooks import MAX_URL_LENGTH, WebhookState, url_problem
 from shared.jobs import REGISTRY, JobStatus
 from shared.jobs.record import JobRecord, JobView
 
@@ -27,6 +37,18 @@ class SubmitOptions(BaseModel):
     timeout_seconds: float | None = Field(
         default=None, gt=0, description="Lower the job type's timeout for this job."
     )
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=MAX_URL_LENGTH,
+        description="http(s) URL POSTed to, signed, when the job finishes (docs/delivery.md).",
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_form(cls, value: str | None) -> str | None:
+        if value is not None and (problem := url_problem(value, allow_private=True)):
+            raise PydanticCustomError("invalid_webhook_url", "{problem}", {"problem": problem})
+        return value
 
     @model_validator(mode="after")
     def _one_schedule(self) -> Self:
@@ -70,11 +92,14 @@ class JobAccepted(BaseModel):
 
 class JobOut(JobView):
     links: Links
+    webhook: WebhookState | None = Field(
+        default=None, description="The completion webhook, if one was set (GET by id only)."
+    )
 
     @classmethod
-    def of(cls, record: JobRecord) -> JobOut:
-        data = record.model_dump(exclude={"tenant", "queue", "seq"})
-        return cls(**data, links=Links(self=f"/v1/jobs/{record.id}"))
+    def of(cls, record: JobRecord, webhook: WebhookState | None = None) -> JobOut:
+        data = record.model_dump(exclude={"tenant", "queue", "seq", "webhook_url"})
+        return cls(**data, links=Links(self=f"/v1/jobs/{record.id}"), webhook=webhook)
 
 
 class JobPage(BaseModel):

@@ -22,6 +22,7 @@ class Envelope(BaseModel):
     run_at: AwareDatetime
     idempotency_key: str | None = None
     trace: dict[str, str] = {}
+    webhook_url: str | None = None  # POSTed to when the job finishes
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

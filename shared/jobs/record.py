@@ -45,6 +45,7 @@ class JobRecord(JobView):
     tenant: str
     queue: str
     seq: int = 0
+    webhook_url: str | None = None
 
     @classmethod
     def from_redis(cls, raw: Mapping[str, str]) -> JobRecord:
@@ -74,6 +75,7 @@ class JobRecord(JobView):
             finished_at=ts("finished_at"),
             cancel_requested=raw.get("cancel_requested") == "1",
             progress=orjson.loads(raw["progress"]) if raw.get("progress") else None,
+            webhook_url=raw.get("webhook_url") or None,
         )
 
     @classmethod

@@ -11,6 +11,7 @@ from services.gateway import repository
 from services.gateway.deps import Reader, State, Writer
 from services.gateway.errors import ApiError
 from services.gateway.routes.accounts import check_accounts
+from services.gateway.routes.webhooks import check_webhook, webhook_state
 from services.gateway.schemas import (
     JobAccepted,
     JobOut,
@@ -107,6 +108,7 @@ def envelope_of(body: SubmitOptions, tenant: str, max_defer: int) -> Envelope:
         run_at=run_at,
         idempotency_key=body.idempotency_key,
         trace=inject_context(),
+        webhook_url=body.webhook_url,
     )
 
 
@@ -124,6 +126,7 @@ async def submit_job(
     response: Response,
 ) -> JobAccepted:
     check_params(body, state)
+    check_webhook(body, state)
     env = envelope_of(body, principal.tenant, state.settings.max_defer_seconds)
     await check_accounts(state, principal.tenant, [env])
     queue = REGISTRY[env.type].queue
@@ -161,7 +164,7 @@ async def get_job(job_id: str, state: State, principal: Reader) -> JobOut:
     record = await find_job(state, principal.tenant, job_id)
     if record is None:
         raise _not_found(job_id)
-    return JobOut.of(record)
+    return JobOut.of(record, await webhook_state(state, record))
 
 
 @router.get("/jobs", response_model=JobPage, summary="List jobs, newest first")
