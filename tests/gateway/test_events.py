@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import orjson
+import pytest
 from redis.asyncio import Redis
 
+from shared.ids import uuid7
+from shared.jobs import QueueKind
+from shared.jobs.envelope import Envelope, utcnow
+from shared.queue import JobStore
 from tests.helpers import (
     auth,
     eventually,
@@ -18,6 +24,7 @@ from tests.helpers import (
     served_gateway,
     wait_for_status,
 )
+from tests.worker.test_runner import flaky_type  # noqa: F401 - a fixture used by name
 
 SLEEP_WITH_PROGRESS = {
     "type": "system.sleep",
@@ -198,3 +205,27 @@ async def _freed_slot(client: httpx.AsyncClient, job_id: str) -> None:
             if r.status_code == 200:
                 return
         await asyncio.sleep(0.05)
+
+
+@pytest.mark.usefixtures("flaky_type")
+async def test_a_failed_run_that_will_retry_streams_retrying(redis: Redis) -> None:
+    store = JobStore(redis, status_ttl=600, idempotency_ttl=600)
+    now = utcnow()
+    env = Envelope(
+        id=str(uuid7()),
+        type="test.flaky",
+        tenant="acme",
+        params={"fail_times": 1},
+        timeout=5,
+        created_at=now,
+        run_at=now + timedelta(seconds=0.3),
+    )
+    await store.submit(env, QueueKind.CONTROL)
+    async with served_gateway() as client:
+        stream = asyncio.create_task(follow(client, env.id))
+        async with running_worker(worker_poll_delay=0.05):
+            events = await asyncio.wait_for(stream, 20)
+    assert [e["event"] for e in events] == ["queued", "started", "retrying", "started", "finished"]
+    assert events[2]["data"]["error"]["code"] == "server_error"
+    assert events[2]["data"]["attempts"] == 1
+    assert events[-1]["data"]["result"] == {"attempt": 2}
