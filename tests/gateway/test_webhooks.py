@@ -265,3 +265,22 @@ async def test_a_batch_carries_each_jobs_webhook(hook: tuple[Hook, str]) -> None
         orjson.loads(body)["job"]["params"]["message"] for _, body in receiver.requests
     )
     assert delivered == ["0", "1", "2"]
+
+
+async def test_the_cli_prints_the_same_signing_key(capsys: pytest.CaptureFixture[str]) -> None:
+    from services.cli.main import main
+
+    assert main(["webhook-key", "--tenant", "acme"]) == 0
+    printed = capsys.readouterr().out.strip()
+    async with gateway_client() as client:
+        served = (await client.get("/v1/webhooks/signing-key", headers=auth())).json()
+        reader = await client.get("/v1/webhooks/signing-key", headers=auth(scopes=("jobs:read",)))
+    assert served == {"tenant": "acme", "algorithm": "hmac-sha256", "key": printed}
+    assert reader.status_code == 403
+
+
+async def test_a_configured_webhook_secret_changes_every_key() -> None:
+    async with gateway_client() as default, gateway_client(webhook_secret="s3cret-xyz") as custom:
+        first = (await default.get("/v1/webhooks/signing-key", headers=auth())).json()["key"]
+        second = (await custom.get("/v1/webhooks/signing-key", headers=auth())).json()["key"]
+    assert first != second
