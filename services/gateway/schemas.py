@@ -93,7 +93,7 @@ class JobAccepted(BaseModel):
 class JobOut(JobView):
     links: Links
     webhook: WebhookState | None = Field(
-        default=None, description="The completion webhook, if one was set (GET by id only)."
+        default=None, description="The completion webhook, if one was set (not in listings)."
     )
 
     @classmethod

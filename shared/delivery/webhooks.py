@@ -32,6 +32,8 @@ EVENT_FINISHED = "job.finished"
 MAX_URL_LENGTH = 2048
 _DELIVERY_NAMESPACE = uuid.UUID("6f0b3c1e-9a57-4d3e-8a1f-2c7d5e4b9a10")
 
+# Delivery keys are named after the due set's members inside the script: like the rest
+# of tgflow's Redis use, this expects one Redis (or one slot), not a cluster.
 _CLAIM = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
 local out = {}

@@ -221,8 +221,8 @@ async def cancel_job(job_id: str, state: State, principal: Writer, response: Res
         raise ApiError(409, "job_finished", "The job finished before it could be cancelled.")
     if outcome == "cancelling":
         response.status_code = 202
-    fresh = await state.jobs.get(record.id)
-    return JobOut.of(fresh or record)
+    fresh = await state.jobs.get(record.id) or record
+    return JobOut.of(fresh, await webhook_state(state, fresh))
 
 
 @router.get("/job-types", response_model=list[JobTypeOut], summary="The job catalogue")
