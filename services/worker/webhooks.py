@@ -10,7 +10,6 @@ up to ``TGFLOW_WEBHOOK_MAX_ATTEMPTS``, then the delivery is marked failed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import random
 import time
@@ -27,7 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.worker.state import WorkerState
-from shared.aio import raise_if_cancelling
+from shared.aio import raise_if_cancelling, sleep_unless
 from shared.db import Pool
 from shared.delivery.lua import WEBHOOK_NUDGE
 from shared.delivery.webhooks import EVENT_FINISHED, Claim, WebhookStatus, WebhookStore
@@ -115,8 +114,7 @@ class Deliverer:
                     log.warning("webhook deliverer retrying", error=type(exc).__name__)
                 finally:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), backoff)
+                await sleep_unless(self.stop, backoff)
                 backoff = min(backoff * 2, 5.0)
         finally:
             await self._finish_inflight()
@@ -197,8 +195,8 @@ class Deliverer:
             code: int | None = None
             wait: float | None = None
             try:
-                await self._check_address(claim.url)
                 async with asyncio.timeout(self.settings.webhook_timeout):
+                    await self._check_address(claim.url)
                     code, error, wait = await self._send(claim.url, body, headers)
             except TimeoutError:
                 error = f"timed out after {self.settings.webhook_timeout:g}s"
