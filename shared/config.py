@@ -10,6 +10,8 @@ from typing import Self
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.signing import derive_key
+
 DEFAULT_SECRET = "dev-insecure-signing-secret-change-me"  # noqa: S105 - the value production refuses
 
 
@@ -54,6 +56,10 @@ class BaseAppSettings(BaseSettings):
     ai_providers_file: str = ""
     ai_default_provider: str = ""
     ai_sandbox_url: str = "http://127.0.0.1:10480/v1"
+    # Completion webhooks: the signing secret (default: derived from secret_key) and
+    # whether URLs may point at loopback, private or link-local addresses.
+    webhook_secret: SecretStr | None = None
+    webhook_allow_private: bool = False
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Self:
@@ -66,6 +72,12 @@ class BaseAppSettings(BaseSettings):
         signing secret so the two processes share it without another setting."""
         secret = self.secret_key.get_secret_value().encode()
         return hmac.new(secret, b"tgflow-monitor-api", hashlib.sha256).hexdigest()
+
+    def webhook_signing_key(self, tenant: str) -> str:
+        """The key a tenant's completion webhooks are signed with: one per tenant, so a
+        receiver of one tenant cannot forge another's, all derived from one secret."""
+        secret = self.webhook_secret or self.secret_key
+        return derive_key(secret.get_secret_value(), f"tgflow-webhook:{tenant}")
 
     @property
     def is_development(self) -> bool:
@@ -88,6 +100,8 @@ class GatewaySettings(BaseAppSettings):
     control_wait_seconds: float = Field(default=20.0, gt=0, le=120)
     monitor_url: str = "http://127.0.0.1:8001"
     monitor_timeout: float = Field(default=5.0, gt=0, le=60)
+    sse_max_streams: int = Field(default=1000, ge=1, le=100_000)
+    sse_keepalive_seconds: float = Field(default=15.0, gt=0, le=300)
 
 
 class WorkerSettings(BaseAppSettings):
@@ -125,6 +139,20 @@ class WorkerSettings(BaseAppSettings):
     ai_slot_wait_seconds: float = Field(default=10.0, ge=0, le=60)
     ai_lease_seconds: float = Field(default=30.0, ge=2)
     ai_http_max_connections: int = Field(default=100, ge=1, le=10_000)
+    # Completion webhooks: attempts, backoff, timeouts and how many POSTs run at once.
+    webhook_max_attempts: int = Field(default=12, ge=1, le=100)
+    webhook_backoff_seconds: float = Field(default=10.0, gt=0)
+    webhook_backoff_cap_seconds: float = Field(default=3600.0, gt=0)
+    webhook_timeout: float = Field(default=10.0, gt=0, le=300)
+    webhook_lease_seconds: float = Field(default=60.0, gt=0)
+    webhook_concurrency: int = Field(default=20, ge=1, le=1000)
+    webhook_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _webhook_lease(self) -> Self:
+        if self.webhook_lease_seconds <= self.webhook_timeout:
+            raise ValueError("TGFLOW_WEBHOOK_LEASE_SECONDS must exceed TGFLOW_WEBHOOK_TIMEOUT")
+        return self
 
     @property
     def queue_kinds(self) -> list[str]:

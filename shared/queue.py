@@ -3,7 +3,9 @@
 Each operation is one Lua script, so the idempotency check, the job hash, the ARQ queue
 entry, the archive stream entry and the wake-up nudge change together or not at all.
 The ``tgflow:archive`` stream carries a snapshot of every change; workers copy it into
-the Postgres ``jobs`` table, keeping the gateway free of database writes.
+the Postgres ``jobs`` table, keeping the gateway free of database writes. Each script
+also calls ``job_changed`` (``shared/delivery/lua.py``) after its change: the job's live
+event for SSE listeners and, at a final state, its webhook delivery, in the same step.
 
 Dead letters: a job that ends ``failed`` gets ``dead_at`` and joins the ``tgflow:deadletters``
 sorted set (score: epoch milliseconds) in the same step; a requeue takes it out again. The
@@ -26,6 +28,7 @@ from redis.asyncio.client import Pipeline
 
 from shared import serialization
 from shared.config import BaseAppSettings
+from shared.delivery.lua import ON_CHANGE, WEBHOOK_DUE, webhook_key
 from shared.jobs.contract import REGISTRY, JobStatus, QueueKind
 from shared.jobs.envelope import Envelope, to_micros, utcnow
 from shared.jobs.record import JobErrorInfo, JobRecord
@@ -50,6 +53,7 @@ end
 
 _SUBMIT = (
     _SNAPSHOT
+    + ON_CHANGE
     + """
 if ARGV[2] == '1' then
   local existing = redis.call('GET', KEYS[1])
@@ -61,6 +65,7 @@ redis.call('PSETEX', KEYS[3], ARGV[6], ARGV[4])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('XADD', KEYS[5], '*', 'job', snapshot(KEYS[2]))
 redis.call('PUBLISH', ARGV[7], ARGV[8])
+job_changed(KEYS[2], '', false)
 return {1, ARGV[1]}
 """
 )
@@ -101,6 +106,7 @@ end
 _TRANSITION = (
     _SNAPSHOT
     + _FAILURE
+    + ON_CHANGE
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {0, ''} end
@@ -120,12 +126,14 @@ else
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
 redis.call('XADD', KEYS[2], '*', 'job', snapshot(KEYS[1]))
+job_changed(KEYS[1], status, sets_status(ARGV, 4), KEYS[4], KEYS[5])
 return {1, status}
 """
 )
 
 _CANCEL = (
     _SNAPSHOT
+    + ON_CHANGE
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
@@ -143,6 +151,7 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[3],
 redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('XADD', KEYS[6], '*', 'job', snapshot(KEYS[1]))
+job_changed(KEYS[1], status, true, KEYS[7], KEYS[8])
 return 'cancelled'
 """
 )
@@ -154,6 +163,7 @@ return 'cancelled'
 #       rebuild (from the archive) when it has expired.
 _REQUEUE = (
     _SNAPSHOT
+    + ON_CHANGE
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status and redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[2] then return 'missing' end
@@ -180,6 +190,7 @@ redis.call('ZADD', KEYS[5], 0, '"""
 redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('XADD', KEYS[4], '*', 'job', snapshot(KEYS[1]))
 redis.call('PUBLISH', ARGV[6], ARGV[9])
+job_changed(KEYS[1], 'failed', false)
 return 'requeued'
 """
 )
@@ -283,6 +294,8 @@ class JobStore:
             "trace_id": trace_id_of(env.trace),
             "seq": "1",
         }
+        if env.webhook_url:
+            fields["webhook_url"] = env.webhook_url
         keys = [
             idempotency_key(env.tenant, env.idempotency_key) if env.idempotency_key else "",
             job_key(env.id),
@@ -337,7 +350,14 @@ class JobStore:
         for name, value in fields.items():
             args += [name, value]
         changed, previous = await self._transition(
-            keys=[job_key(job_id), ARCHIVE_STREAM, DEAD_LETTERS], args=args
+            keys=[
+                job_key(job_id),
+                ARCHIVE_STREAM,
+                DEAD_LETTERS,
+                WEBHOOK_DUE,
+                webhook_key(job_id),
+            ],
+            args=args,
         )
         return bool(changed), str(previous)
 
@@ -382,6 +402,8 @@ class JobStore:
                 job_key_prefix + job_id,
                 abort_jobs_ss,
                 ARCHIVE_STREAM,
+                WEBHOOK_DUE,
+                webhook_key(job_id),
             ],
             args=[
                 job_id,

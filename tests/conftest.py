@@ -74,6 +74,7 @@ TABLES = (
     "monitor_notifications",
     "ai_cache",
     "ai_usage",
+    "webhook_deliveries",
 )
 
 

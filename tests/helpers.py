@@ -137,3 +137,40 @@ async def wait_until_serving(client: httpx.AsyncClient, path: str = "/healthz") 
             return False
 
     await eventually(up, timeout=20, interval=0.1)
+
+
+@contextlib.asynccontextmanager
+async def served_gateway(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app under uvicorn on a free loopback port (streams need a real server)."""
+    from services.gateway.app import end_streams
+    from shared.httpserver import bound_port, make_server, wait_started
+
+    app = create_app(GatewaySettings(**overrides))
+    server = make_server(app, "127.0.0.1", 0)
+    task = asyncio.create_task(server.serve())
+    await wait_started(server, task)
+    try:
+        base = f"http://127.0.0.1:{bound_port(server)}"
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            yield client
+    finally:
+        end_streams(app)
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+async def read_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """Parse a text/event-stream body: one dict per event (comments as {"comment": ...})."""
+    event: dict[str, Any] = {}
+    async for line in response.aiter_lines():
+        if line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+        elif not line:
+            if event:
+                yield event
+            event = {}
+        else:
+            name, _, value = line.partition(":")
+            event[name] = value.removeprefix(" ")
+    if event:
+        yield event

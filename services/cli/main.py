@@ -73,6 +73,15 @@ def _token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _webhook_key(args: argparse.Namespace) -> int:
+    from shared.config import BaseAppSettings
+
+    settings = BaseAppSettings()
+    settings.ensure_safe()
+    print(settings.webhook_signing_key(args.tenant))
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     from services.cli.up import up
 
@@ -121,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=int, default=30 * 86_400, help="lifetime in seconds")
     p.add_argument("--subject", default="cli")
     p.set_defaults(fn=_token_create)
+
+    p = sub.add_parser("webhook-key", help="print the key a tenant's webhooks are signed with")
+    p.add_argument("--tenant", required=True)
+    p.set_defaults(fn=_webhook_key)
 
     keys = sub.add_parser("keys", help="vault keys for sessions").add_subparsers(
         dest="action", required=True

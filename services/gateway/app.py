@@ -17,10 +17,12 @@ from services.gateway.routes import (
     ai,
     batch,
     deadletters,
+    events,
     health,
     jobs,
     monitoring,
     telegram,
+    webhooks,
     workers,
 )
 from services.gateway.state import GatewayState
@@ -34,6 +36,14 @@ from shared.redis_client import create_redis
 log = get_logger(__name__)
 
 
+def end_streams(app: FastAPI) -> None:
+    """Make open job event streams end (within a second), ahead of a shutdown: uvicorn
+    waits for open responses before it runs the lifespan's shutdown."""
+    state: GatewayState | None = getattr(app.state, "tgflow", None)
+    if state is not None:
+        state.closing = True
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: GatewaySettings = app.state.settings
@@ -45,7 +55,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     monitor = monitoring.monitor_client(
         settings.monitor_url, settings.monitor_timeout, settings.monitor_api_key()
     )
-    app.state.tgflow = GatewayState(settings, redis, pool, store, instance_id, monitor)
+    state = GatewayState(settings, redis, pool, store, instance_id, monitor)
+    state.events = create_redis(settings, blocking=True)
+    app.state.tgflow = state
     url = f"http://{registry.advertised_host(settings.gateway_host)}:{settings.gateway_port}"
     stop = asyncio.Event()
     beat = asyncio.create_task(
@@ -66,11 +78,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        state.closing = True
         stop.set()
         await beat
         with contextlib.suppress(RedisError, OSError):
             await registry.withdraw(redis, instance_id)
         await monitor.aclose()
+        await state.events.aclose()
         metrics.untrack_pool("gateway")
         await pool.close()
         await redis.aclose()
@@ -94,6 +108,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(batch.router)
     app.include_router(jobs.router)
     app.include_router(deadletters.router)
+    app.include_router(events.router)
+    app.include_router(webhooks.router)
     app.include_router(ai.router)
     app.include_router(accounts.router)
     app.include_router(telegram.router)

@@ -78,6 +78,11 @@ def validation_response(exc: RequestValidationError, tags: set[str]) -> Response
             f"Unknown job type {tag!r}; see GET /v1/job-types for the catalogue.",
             [{"field": "type", "message": "unknown job type", "type": "unknown_job_type"}],
         )
+    hooks = [d for d in details if d["field"].rsplit(".", 1)[-1] == "webhook_url"]
+    if hooks:
+        return error_response(
+            422, "invalid_webhook_url", f"Invalid webhook URL: {hooks[0]['message']}", hooks
+        )
     first = details[0]["field"] or "body"
     if any(d["field"].startswith("params") for d in details):
         return error_response(

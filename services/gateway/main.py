@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import socket
+
 import uvicorn
+from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-from services.gateway.app import create_app
+from services.gateway.app import create_app, end_streams
 from shared.config import GatewaySettings
 from shared.logs import setup_logging
 from shared.registry import new_instance_id
 from shared.telemetry import setup_sentry, setup_tracing
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn, ending the app's event streams as it begins to shut down."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        end_streams(self.app)
+        await super().shutdown(sockets)
 
 
 def run(settings: GatewaySettings) -> None:
@@ -32,6 +47,6 @@ def run(settings: GatewaySettings) -> None:
         timeout_graceful_shutdown=10,
     )
     try:
-        uvicorn.Server(config).run()
+        GatewayServer(config, app).run()
     finally:
         provider.shutdown()

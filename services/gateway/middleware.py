@@ -80,11 +80,16 @@ class Metrics:
             return
         start = time.perf_counter()
         status = 500
+        stream = False
 
         async def capture(message: Message) -> None:
-            nonlocal status
+            nonlocal status, stream
             if message["type"] == "http.response.start":
                 status = message["status"]
+                stream = any(
+                    k == b"content-type" and v.startswith(b"text/event-stream")
+                    for k, v in message.get("headers", ())
+                )
             await send(message)
 
         try:
@@ -94,4 +99,5 @@ class Metrics:
             template = getattr(route, "path", "unmatched")
             method = scope["method"]
             HTTP_REQUESTS.labels(method, template, str(status)).inc()
-            HTTP_LATENCY.labels(method, template).observe(time.perf_counter() - start)
+            if not stream:  # an event stream's length is the job's, not a latency
+                HTTP_LATENCY.labels(method, template).observe(time.perf_counter() - start)

@@ -8,6 +8,7 @@ import uuid
 from datetime import datetime
 
 from shared.db import Pool
+from shared.delivery.webhooks import WebhookState
 from shared.jobs.envelope import from_micros, to_micros
 from shared.jobs.record import JobRecord
 
@@ -105,3 +106,15 @@ async def list_dead_letters(
         limit,
     )
     return [JobRecord.from_row(dict(r.items())) for r in rows]
+
+
+async def get_webhook(db: Pool, tenant: str, job_id: uuid.UUID) -> WebhookState | None:
+    """A settled completion webhook, once Redis has let it go."""
+    row = await db.fetchrow(
+        "SELECT delivery_id, url, status, attempts, last_status_code, last_error, "
+        "last_attempt_at, delivered_at FROM webhook_deliveries "
+        "WHERE job_id = $1 AND tenant_id = $2",
+        job_id,
+        tenant,
+    )
+    return WebhookState.from_row(dict(row.items())) if row else None

@@ -5,8 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self, Union
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from shared.delivery.webhooks import MAX_URL_LENGTH, WebhookState, url_problem
 from shared.jobs import REGISTRY, JobStatus
 from shared.jobs.record import JobRecord, JobView
 from shared.jobs.routing import Priority
@@ -32,6 +42,18 @@ class SubmitOptions(BaseModel):
         default=Priority.NORMAL,
         description="high: served before every due normal job of the same queue.",
     )
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=MAX_URL_LENGTH,
+        description="http(s) URL POSTed to, signed, when the job finishes (docs/delivery.md).",
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_form(cls, value: str | None) -> str | None:
+        if value is not None and (problem := url_problem(value, allow_private=True)):
+            raise PydanticCustomError("invalid_webhook_url", "{problem}", {"problem": problem})
+        return value
 
     @model_validator(mode="after")
     def _one_schedule(self) -> Self:
@@ -75,11 +97,14 @@ class JobAccepted(BaseModel):
 
 class JobOut(JobView):
     links: Links
+    webhook: WebhookState | None = Field(
+        default=None, description="The completion webhook, if one was set (not in listings)."
+    )
 
     @classmethod
-    def of(cls, record: JobRecord) -> JobOut:
-        data = record.model_dump(exclude={"tenant", "queue", "seq", "timeout"})
-        return cls(**data, links=Links(self=f"/v1/jobs/{record.id}"))
+    def of(cls, record: JobRecord, webhook: WebhookState | None = None) -> JobOut:
+        data = record.model_dump(exclude={"tenant", "queue", "seq", "timeout", "webhook_url"})
+        return cls(**data, links=Links(self=f"/v1/jobs/{record.id}"), webhook=webhook)
 
 
 class JobPage(BaseModel):

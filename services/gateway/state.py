@@ -20,3 +20,6 @@ class GatewayState:
     jobs: JobStore
     instance_id: str
     monitor: httpx.AsyncClient | None = None
+    events: Redis | None = None  # pub/sub for job event streams (no read timeout)
+    streams: int = 0  # job event streams open now
+    closing: bool = False  # shutting down: open event streams end

@@ -1,4 +1,5 @@
-"""The worker process: consumers per queue, the archiver, heartbeats and /metrics."""
+"""The worker process: consumers per queue, the archiver, the webhook deliverer,
+heartbeats and /metrics."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from services.worker.tasks import HANDLERS
 from services.worker.telegram.runtime import TelegramRuntime
 from services.worker.telegram.upkeep import listen_for_disconnects, validate_idle_sessions
 from services.worker.telegram.vault import vault_from_settings
+from services.worker.webhooks import Deliverer
 from shared import db, metrics, registry
 from shared.config import WorkerSettings
 from shared.httpserver import bound_port, health_and_metrics_app, make_server, wait_started
@@ -150,6 +152,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     )
     consuming = [asyncio.create_task(c.run_forever(), name=f"consume-{c.kind}") for c in consumers]
     archiving = asyncio.create_task(archiver.run(), name="archiver")
+    delivering = asyncio.create_task(Deliverer(state, blocking, stop).run(), name="webhooks")
     nudges = asyncio.create_task(
         listen_for_nudges(blocking, nudge_routes(consumers, shards), stop), name="nudges"
     )
@@ -225,6 +228,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     archiver.stop()  # after the consumers: their last transitions get archived too
     await asyncio.gather(
         archiving,
+        delivering,
         nudges,
         gauges,
         pool_care,

@@ -25,6 +25,7 @@ class Envelope(BaseModel):
     idempotency_key: str | None = None
     trace: dict[str, str] = {}
     priority: Priority = Priority.NORMAL
+    webhook_url: str | None = None  # POSTed to when the job finishes
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

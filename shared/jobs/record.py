@@ -66,6 +66,7 @@ class JobRecord(JobView):
     queue: str
     seq: int = 0
     timeout: float | None = None
+    webhook_url: str | None = None
 
     @classmethod
     def from_redis(cls, raw: Mapping[str, str]) -> JobRecord:
@@ -100,6 +101,7 @@ class JobRecord(JobView):
             dead_at=ts("dead_at"),
             requeued=int(raw.get("requeued") or 0),
             timeout=float(raw["timeout"]) if raw.get("timeout") else None,
+            webhook_url=raw.get("webhook_url") or None,
         )
 
     @classmethod

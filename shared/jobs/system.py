@@ -20,6 +20,12 @@ class SleepParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seconds: float = Field(ge=0, le=3600, description="How long to sleep; cancellable.")
+    progress_every: float | None = Field(
+        default=None,
+        ge=0.01,
+        le=3600,
+        description="Report progress ({elapsed, seconds}) this often, in seconds.",
+    )
 
 
 class SleepResult(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ class Hook:
 
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     script: list[tuple[float, int]] = field(default_factory=list)  # (delay, status) per call
+    times: list[float] = field(default_factory=list)  # time.monotonic() of each arrival
 
     @property
     def bodies(self) -> list[dict[str, Any]]:
@@ -27,6 +29,7 @@ class Hook:
     def app(self) -> Starlette:
         async def receive(request: Request) -> Response:
             body = await request.body()
+            self.times.append(time.monotonic())
             self.requests.append((dict(request.headers), body))
             delay, status = self.script.pop(0) if self.script else (0.0, 200)
             if delay:

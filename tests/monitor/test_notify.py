@@ -20,10 +20,10 @@ from services.monitor.api import NewSilence, create_silence
 from services.monitor.clock import ManualClock
 from services.monitor.engine import Engine
 from services.monitor.lifecycle import AlertState
-from services.monitor.notifiers.payload import sign
 from services.monitor.notifiers.telegram import JOB_TYPE
 from shared.jobs import REGISTRY, JobType, QueueKind
 from shared.jobs.routing import shard_of, shard_queue
+from shared.signing import sign
 from tests.monitor.conftest import StaticCollector, serving
 from tests.monitor.receivers import Hook, SmtpServer
 

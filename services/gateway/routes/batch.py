@@ -14,6 +14,7 @@ from services.gateway.routes.jobs import (
     envelope_of,
     find_job,
 )
+from services.gateway.routes.webhooks import check_webhook
 from services.gateway.schemas import Links
 from shared.jobs.envelope import Envelope
 
@@ -51,8 +52,9 @@ class BatchAccepted(BaseModel):
 async def submit_batch(body: BatchRequest, state: State, principal: Writer) -> BatchAccepted:
     """Validated as a whole (any invalid job rejects the batch with its index), then
     enqueued in one pipeline; each job keeps its own idempotency key."""
-    for job in body.jobs:
+    for index, job in enumerate(body.jobs):
         check_params(job, state)
+        check_webhook(job, state, index)
     envs = [
         envelope_of(job, principal.tenant, state.settings.max_defer_seconds) for job in body.jobs
     ]

@@ -11,6 +11,7 @@ from services.gateway import repository
 from services.gateway.deps import Reader, State, Writer
 from services.gateway.errors import ApiError
 from services.gateway.routes.accounts import check_accounts
+from services.gateway.routes.webhooks import check_webhook, webhook_state
 from services.gateway.schemas import (
     JobAccepted,
     JobOut,
@@ -108,6 +109,7 @@ def envelope_of(body: SubmitOptions, tenant: str, max_defer: int) -> Envelope:
         idempotency_key=body.idempotency_key,
         trace=inject_context(),
         priority=body.priority,
+        webhook_url=body.webhook_url,
     )
 
 
@@ -125,6 +127,7 @@ async def submit_job(
     response: Response,
 ) -> JobAccepted:
     check_params(body, state)
+    check_webhook(body, state)
     env = envelope_of(body, principal.tenant, state.settings.max_defer_seconds)
     await check_accounts(state, principal.tenant, [env])
     job_id, created = await state.jobs.submit(env)
@@ -161,7 +164,7 @@ async def get_job(job_id: str, state: State, principal: Reader) -> JobOut:
     record = await find_job(state, principal.tenant, job_id)
     if record is None:
         raise _not_found(job_id)
-    return JobOut.of(record)
+    return JobOut.of(record, await webhook_state(state, record))
 
 
 @router.get("/jobs", response_model=JobPage, summary="List jobs, newest first")
@@ -218,8 +221,8 @@ async def cancel_job(job_id: str, state: State, principal: Writer, response: Res
         raise ApiError(409, "job_finished", "The job finished before it could be cancelled.")
     if outcome == "cancelling":
         response.status_code = 202
-    fresh = await state.jobs.get(record.id)
-    return JobOut.of(fresh or record)
+    fresh = await state.jobs.get(record.id) or record
+    return JobOut.of(fresh, await webhook_state(state, fresh))
 
 
 @router.get("/job-types", response_model=list[JobTypeOut], summary="The job catalogue")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,9 +74,3 @@ def _common(maps: list[dict[str, str]]) -> dict[str, str]:
         return {}
     first = maps[0]
     return {k: v for k, v in first.items() if all(m.get(k) == v for m in maps[1:])}
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """HMAC-SHA256 over ``timestamp.body``, as the webhook signature header carries it."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()

@@ -15,7 +15,8 @@ import orjson
 from services.monitor.clock import iso
 from services.monitor.notifiers import NotifyError
 from services.monitor.notifiers.config import WebhookReceiver
-from services.monitor.notifiers.payload import Notification, sign
+from services.monitor.notifiers.payload import Notification
+from shared.signing import sign
 
 
 async def post_json(
