@@ -32,7 +32,19 @@ async def put(redis: Redis, secret: str, value: str, *, ttl: int = 600) -> str:
 
 async def take(redis: Redis, secret: str, ref: str) -> str | None:
     """The secret behind ``ref``, removed as it is read; None if gone or tampered."""
-    raw = await redis.getdel(f"tgflow:transit:{ref}")
+    return _open(secret, ref, await redis.getdel(f"tgflow:transit:{ref}"))
+
+
+async def peek(redis: Redis, secret: str, ref: str) -> str | None:
+    """The secret behind ``ref``, left in place (for a job that may have to retry)."""
+    return _open(secret, ref, await redis.get(f"tgflow:transit:{ref}"))
+
+
+async def drop(redis: Redis, ref: str) -> None:
+    await redis.delete(f"tgflow:transit:{ref}")
+
+
+def _open(secret: str, ref: str, raw: str | bytes | None) -> str | None:
     if raw is None:
         return None
     blob = base64.b64decode(raw)

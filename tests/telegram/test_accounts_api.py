@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 from services.sandbox.admin_client import SandboxAdmin
+from services.sandbox.client import auth_key_id, make_client, sandbox_session
+from services.sandbox.server import Sandbox
 from tests.helpers import auth, wait_for_status
 from tests.telegram.conftest import import_account
 
@@ -85,15 +87,45 @@ async def test_accounts_are_tenant_scoped(api: httpx.AsyncClient, admin: Sandbox
     assert job.json()["error"]["code"] == "account_not_found"
 
 
-async def test_reimporting_a_known_user_keeps_one_account_whose_session_opens(
+async def test_reimporting_a_held_session_answers_the_account_without_connecting(
     api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
 ) -> None:
-    """The session is sealed for the row that holds it, even when that row already existed."""
+    """One owner per key: the importer never opens a second connection to a held key."""
     first, created = await import_account(api, admin)
+    key = auth_key_id(created["session_string"])
+    before = [r for r in await admin.ledger() if r["auth_key_id"] == key]
     again = await api.post(
+        "/v1/accounts/import", json={"session_string": created["session_string"]}, headers=auth()
+    )
+    assert again.status_code == 201
+    assert again.json()["id"] == first["id"]
+    assert await pg.fetchval("SELECT count(*) FROM accounts") == 1
+    assert [r for r in await admin.ledger() if r["auth_key_id"] == key] == before
+    other = await api.post(
         "/v1/accounts/import",
         json={"session_string": created["session_string"]},
-        headers=auth(),
+        headers=auth("globex"),
+    )
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "session_in_use"
+    assert await pg.fetchval("SELECT count(*) FROM accounts") == 1
+
+
+async def test_a_new_session_of_a_known_user_is_sealed_for_its_existing_account(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, pg: asyncpg.Connection[Any]
+) -> None:
+    first, created = await import_account(api, admin, phone="+15550009876")
+    client = make_client(sandbox_session(2, "127.0.0.1", sandbox.mtproto_port))
+    await client.connect()
+    try:
+        await client.send_code_request("+15550009876")
+        await client.sign_in("+15550009876", "22222")
+        second_session = client.session.save()
+    finally:
+        await client.disconnect()
+    assert auth_key_id(second_session) != auth_key_id(created["session_string"])
+    again = await api.post(
+        "/v1/accounts/import", json={"session_string": second_session}, headers=auth()
     )
     assert again.status_code == 201
     assert again.json()["id"] == first["id"]

@@ -81,6 +81,8 @@ async def await_job(state: State, job_id: str, wait_seconds: float) -> JobRecord
 _ERROR_STATUS = {
     "session_invalid": 422,
     "session_expired": 422,
+    "session_in_use": 409,
+    "import_in_progress": 409,
     "phone_code_invalid": 400,
     "phone_code_expired": 400,
     "password_invalid": 400,

@@ -15,15 +15,65 @@ from shared import transit
 from shared.errors import PermanentFailure, RetryableFailure
 from shared.jobs.accounts import AccountOut, ImportParams
 
+IMPORT_LOCK_MS = 90_000  # longer than an import job's timeout
+
 
 async def import_session(ctx: JobContext, params: ImportParams) -> AccountOut:
-    """Validate a session with one get_me, then store it sealed."""
-    settings = ctx.state.settings
-    session = await transit.take(
-        ctx.state.redis, settings.secret_key.get_secret_value(), params.session_ref
-    )
+    """Validate a session with one get_me, then store it sealed.
+
+    One owner per key: a session whose auth key an active account already holds is never
+    connected here (its shard's worker may have it connected right now). The tenant's
+    own account is answered as it is; another tenant's is refused. Two imports of one
+    key at once are serialised by a short Redis lock; the one that waits retries.
+    """
+    redis, secret = ctx.state.redis, ctx.state.settings.secret_key.get_secret_value()
+    session = await transit.peek(redis, secret, params.session_ref)
     if session is None:
         raise PermanentFailure("session_expired", "The session handed to this job is gone.")
+    fingerprint = accounts.auth_key_hash(session)
+    lock = f"tgflow:import:{fingerprint}"
+    if not await redis.set(lock, ctx.job_id, nx=True, px=IMPORT_LOCK_MS):
+        raise RetryableFailure(
+            "import_in_progress",
+            "This session is being imported by another request.",
+            details={"retry_after": 1},
+        )
+    keep = False  # the session stays parked only for a retry of this job
+    try:
+        if fingerprint is None:
+            raise PermanentFailure("session_invalid", "The session holds no auth key.")
+        await accounts.backfill_key_hashes(ctx.state.db, ctx.state.telegram.vault)
+        holder = await ctx.state.db.fetchrow(
+            """SELECT id, tenant_id, tg_user_id, username, state FROM accounts
+               WHERE auth_key_hash = $1 AND session_ciphertext IS NOT NULL
+                 AND state <> 'disabled'
+               LIMIT 1""",
+            fingerprint,
+        )
+        if holder is None:
+            return await _validate_and_store(ctx, session)
+        if holder["tenant_id"] != ctx.tenant:
+            raise PermanentFailure(
+                "session_in_use", "An account of another tenant holds this session."
+            )
+        return AccountOut(
+            account_id=holder["id"],
+            tg_user_id=holder["tg_user_id"],
+            username=holder["username"],
+            state=holder["state"],
+        )
+    except RetryableFailure:
+        keep = True
+        raise
+    finally:
+        if not keep:
+            await transit.drop(redis, params.session_ref)
+        if await redis.get(lock) == ctx.job_id:
+            await redis.delete(lock)
+
+
+async def _validate_and_store(ctx: JobContext, session: str) -> AccountOut:
+    settings = ctx.state.settings
     api_id, api_hash = api_credentials(settings)
     client = TelegramClient(StringSession(session), api_id, api_hash, **client_options(settings))
     try:

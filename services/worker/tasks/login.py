@@ -80,15 +80,17 @@ def _open_session(ctx: JobContext, row: Any) -> StringSession:
 
 async def _save_session(ctx: JobContext, account_id: uuid.UUID, session: str, **cols: Any) -> None:
     sealed = ctx.state.telegram.vault.seal(session, aad=account_id.bytes)
-    sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(cols, start=5))
+    sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(cols, start=6))
     await ctx.state.db.execute(
         f"""UPDATE accounts SET session_ciphertext = $2, session_wrapped_key = $3,
-               session_key_id = $4{", " + sets if sets else ""}, updated_at = now()
+               session_key_id = $4, auth_key_hash = $5{", " + sets if sets else ""},
+               updated_at = now()
            WHERE id = $1""",  # noqa: S608 - column names are ours, values are bound
         account_id,
         sealed.ciphertext,
         sealed.wrapped_key,
         sealed.key_id,
+        accounts.auth_key_hash(session),
         *cols.values(),
     )
 
@@ -192,7 +194,7 @@ async def logout(ctx: JobContext, params: AccountIdParams) -> LoginStep:
                 await client.log_out()
     await ctx.state.db.execute(
         """UPDATE accounts SET session_ciphertext = NULL, session_wrapped_key = NULL,
-               session_key_id = NULL, updated_at = now() WHERE id = $1""",
+               auth_key_hash = NULL, session_key_id = NULL, updated_at = now() WHERE id = $1""",
         account.id,
     )
     await accounts.set_state(
@@ -208,7 +210,7 @@ async def cleanup_sessions(ctx: JobContext, params: CleanupParams) -> CleanupRes
         days = ctx.state.settings.telegram_session_retention_days
     rows = await ctx.state.db.fetch(
         """UPDATE accounts SET session_ciphertext = NULL, session_wrapped_key = NULL,
-               session_key_id = NULL, updated_at = now()
+               auth_key_hash = NULL, session_key_id = NULL, updated_at = now()
            WHERE tenant_id = $1 AND state = 'disabled' AND session_ciphertext IS NOT NULL
              AND invalid_since < now() - make_interval(days => $2)
            RETURNING id""",

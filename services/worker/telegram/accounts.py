@@ -5,11 +5,14 @@ Workers own every write. A state change and its event row commit together.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+from telethon.sessions import StringSession
 
 from services.worker.telegram.vault import Sealed, Vault
 from shared.db import Pool
@@ -58,6 +61,35 @@ class Account:
     @property
     def aad(self) -> bytes:
         return self.id.bytes
+
+
+def auth_key_hash(session: str) -> str | None:
+    """A stable fingerprint of the auth key inside a string session (None without one).
+
+    Stored beside the sealed session so that two sessions holding one key can be told
+    apart from two different keys without connecting either.
+    """
+    key = StringSession(session).auth_key
+    if key is None or key.key is None:
+        return None
+    return hashlib.sha256(b"tgflow-auth-key:" + key.key).hexdigest()[:32]
+
+
+async def backfill_key_hashes(db: Pool, vault: Vault, *, limit: int = 1000) -> int:
+    """Fingerprint sessions stored before fingerprints were kept (a bounded batch)."""
+    rows = await db.fetch(
+        """SELECT id, session_ciphertext, session_wrapped_key, session_key_id FROM accounts
+           WHERE auth_key_hash IS NULL AND session_ciphertext IS NOT NULL LIMIT $1""",
+        limit,
+    )
+    for row in rows:
+        sealed = sealed_of(row)
+        assert sealed is not None
+        fingerprint = auth_key_hash(vault.open(sealed, aad=row["id"].bytes))
+        await db.execute(
+            "UPDATE accounts SET auth_key_hash = $2 WHERE id = $1", row["id"], fingerprint or ""
+        )
+    return len(rows)
 
 
 def sealed_of(row: Any) -> Sealed | None:
@@ -168,8 +200,9 @@ async def insert_active(
         sealed = vault.seal(session, aad=new_id.bytes)
         stored: uuid.UUID | None = await conn.fetchval(
             """INSERT INTO accounts (id, tenant_id, phone, tg_user_id, username, first_name,
-                   dc_id, state, session_ciphertext, session_wrapped_key, session_key_id)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, $9, $10)
+                   dc_id, state, session_ciphertext, session_wrapped_key, session_key_id,
+                   auth_key_hash)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, $9, $10, $11)
                ON CONFLICT (tenant_id, tg_user_id) WHERE tg_user_id IS NOT NULL DO NOTHING
                RETURNING id""",
             new_id,
@@ -182,6 +215,7 @@ async def insert_active(
             sealed.ciphertext,
             sealed.wrapped_key,
             sealed.key_id,
+            auth_key_hash(session),
         )
         if stored is None:  # this user is known: re-seal for the existing row and update it
             stored = await conn.fetchval(
@@ -194,12 +228,13 @@ async def insert_active(
             await conn.execute(
                 """UPDATE accounts SET state = 'active', disabled_reason = NULL,
                        invalid_since = NULL, session_ciphertext = $2, session_wrapped_key = $3,
-                       session_key_id = $4, updated_at = now()
+                       session_key_id = $4, auth_key_hash = $5, updated_at = now()
                    WHERE id = $1""",
                 stored,
                 sealed.ciphertext,
                 sealed.wrapped_key,
                 sealed.key_id,
+                auth_key_hash(session),
             )
         await record_event(conn, stored, tenant, "imported", {"tg_user_id": me["id"]})
     return stored
