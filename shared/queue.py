@@ -127,6 +127,14 @@ else
 end
 redis.call('XADD', KEYS[2], '*', 'job', snapshot(KEYS[1]))
 job_changed(KEYS[1], status, sets_status(ARGV, 4), KEYS[4], KEYS[5])
+if KEYS[6] then
+  -- The run is over: ARQ's own bookkeeping goes in the same step (what its finish does):
+  -- in-progress lease, try count and job definition, abort mark, queue entry.
+  local id = redis.call('HGET', KEYS[1], 'id')
+  redis.call('DEL', KEYS[6], KEYS[7], KEYS[8])
+  redis.call('ZREM', KEYS[9], id)
+  redis.call('ZREM', KEYS[10], id)
+end
 return {1, status}
 """
 )
@@ -196,6 +204,33 @@ return 'requeued'
 )
 
 
+# KEYS: ARQ in-progress, queue, job hash, archive, ARQ try count.
+# ARGV: id, now (ms), lease (ms), worker id, now (us).
+# Claims a due job for this worker (what ARQ's WATCH/EXISTS/ZSCORE/MULTI does) and, when
+# the job hash is queued or running, records the run as started in the same step.
+# Answers {score, 1 if started here} or 0 when the job is not ours to run.
+_CLAIM = (
+    _SNAPSHOT
+    + ON_CHANGE
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+local status = redis.call('HGET', KEYS[3], 'status')
+if status ~= 'queued' and status ~= 'running' then return {score, 0} end
+local tries = (tonumber(redis.call('GET', KEYS[5]) or '0') or 0) + 1
+redis.call('HSET', KEYS[3], 'status', 'running', 'attempts', tries, 'started_at', ARGV[5],
+           'worker', ARGV[4])
+redis.call('HINCRBY', KEYS[3], 'seq', 1)
+redis.call('PERSIST', KEYS[3])
+redis.call('XADD', KEYS[4], '*', 'job', snapshot(KEYS[3]))
+job_changed(KEYS[3], status, true)
+return {score, 1}
+"""
+)
+
+
 def job_key(job_id: str) -> str:
     return f"tgflow:job:{job_id}"
 
@@ -248,6 +283,7 @@ class JobStore:
         self._transition = redis.register_script(_TRANSITION)
         self._cancel = redis.register_script(_CANCEL)
         self._requeue = redis.register_script(_REQUEUE)
+        self._claim = redis.register_script(_CLAIM)
 
     def _queue_for(self, record: JobRecord) -> tuple[str, str, str]:
         """The ARQ queue key, nudge channel and nudge message of a job's queue."""
@@ -337,6 +373,7 @@ class JobStore:
         allowed_from: tuple[str, ...] = (),
         final: bool = False,
         failure: JobErrorInfo | None = None,
+        arq_queue: str | None = None,
     ) -> tuple[bool, str]:
         """Set fields on a job hash if its status is one of ``allowed_from``.
 
@@ -344,21 +381,23 @@ class JobStore:
         starts the hash's expiry; any other keeps it alive. ``failure`` (a failed run
         that will retry) is appended to the job's error history. A move to ``failed``
         appends its ``error`` there too and dead-letters the job, all in the same step.
+        With ``arq_queue`` (a run's last word), ARQ's finishing of the job in that queue
+        happens in the same step too, and the worker skips its own.
         """
         extras = self._failure_extras(job_id, fields, failure)
         args: list[Any] = [",".join(allowed_from), self.status_ttl if final else 0, extras]
         for name, value in fields.items():
             args += [name, value]
-        changed, previous = await self._transition(
-            keys=[
-                job_key(job_id),
-                ARCHIVE_STREAM,
-                DEAD_LETTERS,
-                WEBHOOK_DUE,
-                webhook_key(job_id),
-            ],
-            args=args,
-        )
+        keys = [job_key(job_id), ARCHIVE_STREAM, DEAD_LETTERS, WEBHOOK_DUE, webhook_key(job_id)]
+        if arq_queue is not None:
+            keys += [
+                in_progress_key_prefix + job_id,
+                retry_key_prefix + job_id,
+                job_key_prefix + job_id,
+                abort_jobs_ss,
+                arq_queue,
+            ]
+        changed, previous = await self._transition(keys=keys, args=args)
         return bool(changed), str(previous)
 
     def _failure_extras(
@@ -389,6 +428,26 @@ class JobStore:
                 "max": str(self.dead_letter_max),
             }
         return orjson.dumps(extras).decode()
+
+    async def claim(
+        self, job_id: str, queue: str, *, lease_ms: int, worker: str, now_us: int
+    ) -> tuple[float, bool] | None:
+        """Claim a due job of ``queue`` for a run: its score and whether the claim also
+        recorded it as started (None when it is running elsewhere, gone or not due)."""
+        answer = await self._claim(
+            keys=[
+                in_progress_key_prefix + job_id,
+                queue,
+                job_key(job_id),
+                ARCHIVE_STREAM,
+                retry_key_prefix + job_id,
+            ],
+            args=[job_id, now_us // 1000, lease_ms, worker, now_us],
+        )
+        if not answer:
+            return None
+        score, started = answer
+        return float(score), bool(started)
 
     async def cancel(self, record: JobRecord, now_us: int) -> str:
         """Cancel a queued job at once, or ask its worker to stop a running one."""

@@ -35,16 +35,6 @@ from shared.logs import get_logger
 
 log = get_logger(__name__)
 
-# Claim a due job: not running anywhere (no in-progress key), still queued and due. Sets
-# the in-progress lease and answers the job's score, or 0 when it is not ours to start.
-_CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
-redis.call('PSETEX', KEYS[1], ARGV[3], '1')
-return score
-"""
-
 
 class Consumer(Worker):
     """Consumes one queue for one worker process."""
@@ -89,7 +79,8 @@ class Consumer(Worker):
         self._renewer: asyncio.Task[None] | None = None
         self._high: set[str] = set()  # running jobs that came from the high band
         self._next_poll_s = self.poll_delay_s
-        self._claim = self.pool.register_script(_CLAIM)
+        self.started_by_claim: set[str] = set()  # claims that also recorded the start
+        self.finished_by_run: set[str] = set()  # runs whose last transition finished ARQ's job
 
     async def _poll_iteration(self) -> None:
         """ARQ's poll, reading due high-priority jobs before due normal ones.
@@ -141,7 +132,13 @@ class Consumer(Worker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
-        """ARQ re-scores a retried job at now + delay; keep a high job in its band."""
+        """ARQ's finish, unless the run's last transition did it already; and since ARQ
+        re-scores a retried job at now + delay, keep a high job in its band."""
+        self.started_by_claim.discard(job_id)
+        if job_id in self.finished_by_run:
+            self.finished_by_run.discard(job_id)
+            if finish:
+                return
         if incr_score and job_id in self._high:
             incr_score -= HIGH_SHIFT_MS
         await super().finish_job(
@@ -165,7 +162,8 @@ class Consumer(Worker):
         """ARQ's start (claim the in-progress key, then run), for ids not already ours.
 
         ARQ claims a job with WATCH, EXISTS, ZSCORE and MULTI/EXEC (four round trips);
-        here one script does the same check-and-set atomically. A running job stays in
+        here one script does the same check-and-set atomically, and records the run as
+        started in the same step. A running job stays in
         the queue's sorted set until it finishes, so every poll reads it again: our own
         running jobs are skipped without asking Redis. Once draining has begun nothing
         more starts, even after a wait for a free slot.
@@ -179,15 +177,21 @@ class Consumer(Worker):
                 self.sem.release()
                 return
             self.job_counter += 1
-            score = await self._claim(
-                keys=[in_progress_key_prefix + job_id, self.queue_name],
-                args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
+            claimed = await self.state.jobs.claim(
+                job_id,
+                self.queue_name,
+                lease_ms=int(self.in_progress_timeout_s * 1000),
+                worker=self.state.instance_id,
+                now_us=to_micros(utcnow()),
             )
-            if not score:
+            if claimed is None:
                 self.job_counter -= 1  # taken elsewhere, finished, or moved later
                 self.sem.release()
                 continue
-            task = asyncio.create_task(self.run_job(job_id, int(float(score))))
+            score, started = claimed
+            if started:
+                self.started_by_claim.add(job_id)
+            task = asyncio.create_task(self.run_job(job_id, int(score)))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
 
@@ -227,6 +231,7 @@ class Consumer(Worker):
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """ARQ gave up on a job without running it (expired, aborted before start)."""
+        self.started_by_claim.discard(job_id)
         await super().finish_failed_job(job_id, result_data)
         record = await self.state.jobs.get(job_id)
         if record is None or record.status.is_terminal:

@@ -75,26 +75,29 @@ class JobRunner:
     async def _run(
         self, state: WorkerState, ctx: dict[str, Any], env: Envelope, attempt: int, span: Any
     ) -> None:
+        consumer = ctx["consumer"]
         if attempt > self.job_type.retry.max_tries + 2:
             # The job keeps killing its worker before it can record an outcome.
             await self._finish_failed(
-                state, env, Outcome(Action.FAIL, "attempts_exhausted", "Too many attempts.")
+                state, ctx, env, Outcome(Action.FAIL, "attempts_exhausted", "Too many attempts.")
             )
             return
-        started_us = _now_us()
-        changed, previous = await state.jobs.transition(
-            env.id,
-            {
-                "status": "running",
-                "attempts": str(attempt),
-                "started_at": started_us,
-                "worker": state.instance_id,
-            },
-            allowed_from=("queued", "running"),
-        )
-        if not changed:
-            log.info("job not started", status=previous)
-            return
+        if env.id in consumer.started_by_claim:
+            consumer.started_by_claim.discard(env.id)  # the claim recorded the start
+        else:
+            changed, previous = await state.jobs.transition(
+                env.id,
+                {
+                    "status": "running",
+                    "attempts": str(attempt),
+                    "started_at": _now_us(),
+                    "worker": state.instance_id,
+                },
+                allowed_from=("queued", "running"),
+            )
+            if not changed:
+                log.info("job not started", status=previous)
+                return
         metrics.JOBS_STARTED.labels(env.type).inc()
         metrics.JOB_QUEUE_WAIT.labels(env.type).observe(
             max(0.0, (utcnow() - env.run_at).total_seconds())
@@ -112,10 +115,12 @@ class JobRunner:
             outcome = classify(exc)
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, outcome.code))
-            await self._failed(state, env, attempt, outcome, job.extra)
+            await self._failed(state, ctx, env, attempt, outcome, job.extra)
         else:
-            await state.jobs.transition(
-                env.id,
+            await self._last_word(
+                state,
+                ctx,
+                env,
                 {
                     "status": "succeeded",
                     "result": orjson.dumps(result).decode(),
@@ -124,7 +129,6 @@ class JobRunner:
                     **job.extra,
                 },
                 allowed_from=("running",),
-                final=True,
             )
             metrics.JOBS_SUCCEEDED.labels(env.type).inc()
             log.info("job succeeded", duration=round(time.perf_counter() - start, 6))
@@ -138,9 +142,28 @@ class JobRunner:
             result = await self.handler(job, params)
         return self.job_type.result.model_validate(result).model_dump(mode="json")
 
+    async def _last_word(
+        self,
+        state: WorkerState,
+        ctx: dict[str, Any],
+        env: Envelope,
+        fields: dict[str, str],
+        *,
+        allowed_from: tuple[str, ...],
+    ) -> bool:
+        """A final transition that also finishes ARQ's job, in one step."""
+        consumer = ctx["consumer"]
+        changed, _ = await state.jobs.transition(
+            env.id, fields, allowed_from=allowed_from, final=True, arq_queue=consumer.queue_name
+        )
+        if changed:
+            consumer.finished_by_run.add(env.id)
+        return changed
+
     async def _failed(
         self,
         state: WorkerState,
+        ctx: dict[str, Any],
         env: Envelope,
         attempt: int,
         outcome: Outcome,
@@ -165,7 +188,7 @@ class JobRunner:
             metrics.JOBS_RETRIED.labels(env.type, outcome.code).inc()
             log.warning("job will retry", code=outcome.code, delay=round(delay, 3))
             raise Retry(defer=timedelta(seconds=delay))
-        await self._finish_failed(state, env, outcome, extra)
+        await self._finish_failed(state, ctx, env, outcome, extra)
 
     async def _defer(
         self, state: WorkerState, env: Envelope, outcome: Outcome, extra: dict[str, str]
@@ -192,13 +215,16 @@ class JobRunner:
     async def _finish_failed(
         self,
         state: WorkerState,
+        ctx: dict[str, Any],
         env: Envelope,
         outcome: Outcome,
         extra: dict[str, str] | None = None,
     ) -> None:
         """Fail the job for good; the same step dead-letters it (see JobStore.transition)."""
-        changed, _ = await state.jobs.transition(
-            env.id,
+        changed = await self._last_word(
+            state,
+            ctx,
+            env,
             {
                 "status": "failed",
                 "error": _error(outcome.code, outcome.message),
@@ -206,7 +232,6 @@ class JobRunner:
                 **(extra or {}),
             },
             allowed_from=("queued", "running"),
-            final=True,
         )
         metrics.JOBS_FAILED.labels(env.type, outcome.code).inc()
         log.warning("job failed", code=outcome.code, error=outcome.message)
