@@ -207,7 +207,9 @@ return 'requeued'
 # KEYS: ARQ in-progress, queue, job hash, archive, ARQ try count.
 # ARGV: id, now (ms), lease (ms), worker id, now (us).
 # Claims a due job for this worker (what ARQ's WATCH/EXISTS/ZSCORE/MULTI does) and, when
-# the job hash is queued or running, records the run as started in the same step.
+# the job hash is queued or running, records the run as started in the same step. The try
+# number is ARQ's count plus one; ARQ counts it when the run begins, a moment later (a
+# worker dying in between has not run the handler, and the next claim repeats the number).
 # Answers {score, 1 if started here} or 0 when the job is not ours to run.
 _CLAIM = (
     _SNAPSHOT

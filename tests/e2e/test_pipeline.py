@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import uuid
 from collections.abc import Callable
@@ -87,6 +88,7 @@ async def test_sigkill_mid_job_runs_again_within_the_lease(
         )
     ).json()["id"]
     await wait_for_status(client, job_id, {"running"})
+    await asyncio.sleep(0.3)  # inside the handler: the claim records "running" just before
     doomed.signal(signal.SIGKILL)
     await doomed.wait()
     spawn("worker", env=FAST_WORKER)
