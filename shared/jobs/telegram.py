@@ -149,7 +149,10 @@ class OkResult(BaseModel):
 
 class ParticipantsParams(PeerParams):
     offset: int = Field(default=0, ge=0)
-    limit: int = Field(default=200, ge=1, le=200)
+    limit: int = Field(default=200, ge=1, le=10_000, description="Members to fetch, page by page.")
+    page_size: int = Field(
+        default=200, ge=1, le=200, description="Members per Telegram request (at most 200)."
+    )
     search: str = Field(default="", max_length=64)
 
 

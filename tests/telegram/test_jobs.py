@@ -184,6 +184,21 @@ async def test_channel_join_read_members_and_forward_once(
     assert len(page["result"]["participants"]) == 3
     assert page["result"]["total"] >= 5
     assert page["result"]["next_offset"] == 3
+    assert page["progress"] == {"pages": 1, "fetched": 3, "total": page["result"]["total"]}
+    paged = await run(
+        api,
+        "telegram.get_participants",
+        account_id=account["id"],
+        peer="@news_sb",
+        limit=4,
+        page_size=2,
+        offset=1,
+    )  # two requests of two, each reported as it lands
+    members = [u["id"] for u in paged["result"]["participants"]]
+    assert len(set(members)) == 4
+    assert members[:2] == [u["id"] for u in page["result"]["participants"]][1:]
+    assert paged["progress"] == {"pages": 2, "fetched": 4, "total": page["result"]["total"]}
+    assert paged["result"]["next_offset"] == (5 if page["result"]["total"] > 5 else None)
     dialogs = await run(api, "telegram.get_dialogs", account_id=account["id"])
     assert chat["chat_id"] in [d["peer"]["id"] for d in dialogs["result"]["dialogs"]]
     read = await run(api, "telegram.mark_read", account_id=account["id"], peer="@news_sb")

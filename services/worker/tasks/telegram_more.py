@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
+import orjson
 from telethon import types
 from telethon.tl.functions.channels import GetParticipantsRequest, JoinChannelRequest
 from telethon.tl.functions.messages import ForwardMessagesRequest, ImportChatInviteRequest
@@ -26,6 +28,7 @@ from shared.jobs.telegram import (
     ParticipantsParams,
     ParticipantsResult,
     ResolveResult,
+    UserOut,
 )
 
 _INVITE = re.compile(r"(?:\+|joinchat/)([A-Za-z0-9_\-]+)/?$")
@@ -114,20 +117,35 @@ async def mark_read(ctx: JobContext, params: MarkReadParams) -> OkResult:
     return OkResult(ok=bool(done))
 
 
+def _sender(tg: Any, request: Any) -> Any:
+    """One request as the callable ``AccountSession.call`` runs (bound now, not later)."""
+    return lambda: tg.client(request)
+
+
 async def get_participants(ctx: JobContext, params: ParticipantsParams) -> ParticipantsResult:
+    """Up to ``limit`` members, one request per page, reporting progress after each."""
+    users: list[UserOut] = []
+    total = 0
+    offset = params.offset
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
         channel = await input_peer(tg, params.peer)
-        request = GetParticipantsRequest(
-            channel,
-            types.ChannelParticipantsSearch(params.search),
-            params.offset,
-            params.limit,
-            hash=0,
-        )
-        page = await tg.call("channels.getParticipants", lambda: tg.client(request))
-    users = [user_out(u) for u in getattr(page, "users", [])]
-    total = int(getattr(page, "count", len(users)))
-    following = params.offset + len(users)
+        for page_number in itertools.count(1):
+            want = min(params.page_size, params.limit - len(users))
+            request = GetParticipantsRequest(
+                channel, types.ChannelParticipantsSearch(params.search), offset, want, hash=0
+            )
+            page = await tg.call("channels.getParticipants", _sender(tg, request))
+            fetched = [user_out(u) for u in getattr(page, "users", [])]
+            users += fetched
+            offset += len(fetched)
+            total = int(getattr(page, "count", offset))
+            await ctx.report(
+                progress=orjson.dumps(
+                    {"pages": page_number, "fetched": len(users), "total": total}
+                ).decode()
+            )
+            if not fetched or len(users) >= params.limit or offset >= total:
+                break
     return ParticipantsResult(
-        participants=users, total=total, next_offset=following if following < total else None
+        participants=users, total=total, next_offset=offset if offset < total else None
     )
