@@ -6,22 +6,22 @@ import uuid
 
 from redis.asyncio import Redis
 
-from services.worker.telegram.limits import Limits
+from services.worker.telegram.limits import Limits, SendBudget
 
 
 async def test_send_budget_paces_bursts_per_account_and_peer(redis: Redis) -> None:
     limits = Limits(redis)
     account = uuid.uuid4()
-    budget = {"rate": 10.0, "burst": 5, "peer_rate": 1.0, "peer_burst": 2}
-    assert await limits.take_send(account, "@a", **budget) == 0
-    assert await limits.take_send(account, "@a", **budget) == 0
-    wait = await limits.take_send(account, "@a", **budget)
+    budget = SendBudget(rate=10.0, burst=5, peer_rate=1.0, peer_burst=2)
+    assert await limits.take_send(account, "@a", budget) == 0
+    assert await limits.take_send(account, "@a", budget) == 0
+    wait = await limits.take_send(account, "@a", budget)
     assert 0.5 < wait <= 1.0  # the peer bucket is empty: one token per second
-    assert await limits.take_send(account, "@b", **budget) == 0  # another peer flows
-    assert await limits.take_send(account, "@c", **budget) == 0
-    assert await limits.take_send(account, "@d", **budget) == 0
-    assert await limits.take_send(account, "@e", **budget) > 0  # the account's burst of 5
-    assert await limits.take_send(uuid.uuid4(), "@a", **budget) == 0  # other accounts flow
+    assert await limits.take_send(account, "@b", budget) == 0  # another peer flows
+    assert await limits.take_send(account, "@c", budget) == 0
+    assert await limits.take_send(account, "@d", budget) == 0
+    assert await limits.take_send(account, "@e", budget) > 0  # the account's burst of 5
+    assert await limits.take_send(uuid.uuid4(), "@a", budget) == 0  # other accounts flow
 
 
 async def test_flood_state_is_shared_and_expires(redis: Redis) -> None:
@@ -34,3 +34,17 @@ async def test_flood_state_is_shared_and_expires(redis: Redis) -> None:
     assert await second.flood_until(account, "messages.getHistory") is None
     ttl = await redis.pttl(f"tgflow:flood:{account}:messages.sendMessage")
     assert 29_000 < ttl <= 30_000
+
+
+async def test_the_send_gate_answers_a_flood_without_spending_a_token(redis: Redis) -> None:
+    limits = Limits(redis)
+    account = uuid.uuid4()
+    budget = SendBudget(rate=0.001, burst=1, peer_rate=0.001, peer_burst=1)  # one send, ever
+    until = await limits.record_flood(account, "messages.sendMessage", 30)
+    wait, flooded = await limits.gate_send(account, "@a", "messages.sendMessage", budget)
+    assert (wait, flooded) == (0.0, until)
+    # The flood took nothing: the single token is still there for another method's send.
+    assert await limits.gate_send(account, "@a", "messages.forwardMessages", budget) == (0.0, None)
+    wait, flooded = await limits.gate_send(account, "@a", "messages.forwardMessages", budget)
+    assert flooded is None
+    assert wait > 0  # and now it is spent

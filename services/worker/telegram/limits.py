@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from redis.asyncio import Redis
@@ -49,6 +50,16 @@ return 0
 """
 
 
+@dataclass(frozen=True)
+class SendBudget:
+    """Token buckets for sends: per account, and per (account, peer)."""
+
+    rate: float
+    burst: int
+    peer_rate: float
+    peer_burst: int
+
+
 def flood_key(account_id: uuid.UUID, method: str) -> str:
     return f"tgflow:flood:{account_id}:{method}"
 
@@ -71,38 +82,13 @@ class Limits:
         await self.redis.set(flood_key(account_id, method), repr(until), px=max(1, seconds) * 1000)
         return datetime.fromtimestamp(until, UTC)
 
-    async def take_send(
-        self,
-        account_id: uuid.UUID,
-        peer: str,
-        *,
-        rate: float,
-        burst: int,
-        peer_rate: float,
-        peer_burst: int,
-    ) -> float:
+    async def take_send(self, account_id: uuid.UUID, peer: str, budget: SendBudget) -> float:
         """Spend one send token; 0 when allowed, else the seconds to wait."""
-        wait, _ = await self.gate_send(
-            account_id,
-            peer,
-            None,
-            rate=rate,
-            burst=burst,
-            peer_rate=peer_rate,
-            peer_burst=peer_burst,
-        )
+        wait, _ = await self.gate_send(account_id, peer, None, budget)
         return wait
 
     async def gate_send(
-        self,
-        account_id: uuid.UUID,
-        peer: str,
-        method: str | None,
-        *,
-        rate: float,
-        burst: int,
-        peer_rate: float,
-        peer_burst: int,
+        self, account_id: uuid.UUID, peer: str, method: str | None, budget: SendBudget
     ) -> tuple[float, datetime | None]:
         """One round trip before a send: (seconds to wait for the budget, flood end).
 
@@ -112,20 +98,19 @@ class Limits:
         if method is not None:
             keys.append(flood_key(account_id, method))
         answer = await self._take(
-            keys=keys, args=[int(time.time() * 1000), rate, burst, peer_rate, peer_burst]
+            keys=keys,
+            args=[
+                int(time.time() * 1000),
+                budget.rate,
+                budget.burst,
+                budget.peer_rate,
+                budget.peer_burst,
+            ],
         )
         text = answer.decode() if isinstance(answer, bytes) else str(answer)
         if text.startswith("-"):
             until = datetime.fromtimestamp(float(text[1:]), UTC)
             if until > datetime.now(UTC):
                 return 0.0, until
-            return await self.gate_send(
-                account_id,
-                peer,
-                None,
-                rate=rate,
-                burst=burst,
-                peer_rate=peer_rate,
-                peer_burst=peer_burst,
-            )
+            return await self.gate_send(account_id, peer, None, budget)  # it just ended
         return int(text) / 1000, None

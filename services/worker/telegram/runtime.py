@@ -20,7 +20,7 @@ from telethon import TelegramClient
 from services.worker.telegram import accounts, metrics
 from services.worker.telegram.accounts import Account, State
 from services.worker.telegram.errors import Kind, map_error
-from services.worker.telegram.limits import Limits
+from services.worker.telegram.limits import Limits, SendBudget
 from services.worker.telegram.pool import ClientPool
 from services.worker.telegram.vault import Vault
 from shared.aio import raise_if_cancelling, sleep_unless
@@ -205,14 +205,14 @@ class AccountSession:
     async def take_send_budget(self, peer: str, method: str) -> None:
         """Before a send: defer on a flood wait for ``method``, or when over budget."""
         settings = self.runtime.settings
-        wait, flooded_until = await self.runtime.limits.gate_send(
-            self.account.id,
-            peer,
-            method,
+        budget = SendBudget(
             rate=settings.telegram_send_rate,
             burst=settings.telegram_send_burst,
             peer_rate=settings.telegram_peer_send_rate,
             peer_burst=settings.telegram_peer_send_burst,
+        )
+        wait, flooded_until = await self.runtime.limits.gate_send(
+            self.account.id, peer, method, budget
         )
         if flooded_until is not None:
             raise _flooded(method, flooded_until)
