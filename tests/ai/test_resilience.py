@@ -66,7 +66,8 @@ async def test_breaker_opens_probes_and_closes(
     async with ai_stack() as client:
         job_id = await submit(client, {"prompt": PROMPT})
         await eventually(lambda: _state(redis, "open"), timeout=10)
-        assert _breaker_metric() == 2  # open, as a metric
+        # The gauge follows the shared state as soon as the worker has recorded it.
+        await eventually(lambda: _gauge_is(2), timeout=2)
         job = await wait_for_status(client, job_id, {"succeeded", "failed"}, timeout=20)
     assert job["status"] == "succeeded", job
     # Two 500s opened it, the next attempt was refused, the probe after it succeeded.
@@ -74,6 +75,10 @@ async def test_breaker_opens_probes_and_closes(
     assert await _state(redis, "closed")
     assert _breaker_metric() == 0
     assert await model_requests(model) == 3
+
+
+async def _gauge_is(value: float) -> bool:
+    return _breaker_metric() == value
 
 
 def _breaker_metric() -> float | None:
