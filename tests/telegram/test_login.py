@@ -10,6 +10,7 @@ import httpx
 
 from services.sandbox.admin_client import SandboxAdmin
 from tests.helpers import auth
+from tests.telegram.conftest import import_account
 from tests.telegram.test_jobs import run
 
 CODE = "22222"  # the sandbox's login code: the DC id five times
@@ -36,6 +37,22 @@ async def test_login_by_phone_and_code(api: httpx.AsyncClient, pg: asyncpg.Conne
     assert row["tg_user_id"] == done.json()["tg_user_id"]
     me = await run(api, "telegram.get_me", account_id=account_id)
     assert me["result"]["id"] == done.json()["tg_user_id"]
+
+
+async def test_logging_in_a_known_user_again_renews_that_account(
+    api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
+    """One account per user: a second login hands its new session to the first account."""
+    first, _ = await import_account(api, admin, phone="+15550002222")
+    started = await api.post("/v1/accounts", json={"phone": "+15550002222"}, headers=auth())
+    pending = started.json()["account_id"]
+    done = await api.post(f"/v1/accounts/{pending}/login/code", json={"code": CODE}, headers=auth())
+    assert done.status_code == 200, done.text
+    assert done.json()["account_id"] == first["id"]
+    assert done.json()["state"] == "active"
+    assert await pg.fetchval("SELECT count(*) FROM accounts") == 1
+    me = await run(api, "telegram.get_me", account_id=first["id"])
+    assert me["status"] == "succeeded", me
 
 
 async def test_login_with_two_factor_password(api: httpx.AsyncClient, admin: SandboxAdmin) -> None:

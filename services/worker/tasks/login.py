@@ -32,6 +32,9 @@ from shared.jobs.accounts import (
     LoginStartParams,
     LoginStep,
 )
+from shared.logs import get_logger
+
+log = get_logger(__name__)
 
 
 def _fresh_session(ctx: JobContext) -> StringSession:
@@ -122,6 +125,14 @@ async def login_start(ctx: JobContext, params: LoginStartParams) -> LoginStep:
 async def _finish(ctx: JobContext, row: Any, client: TelegramClient) -> LoginStep:
     me = await client.get_me()
     session = client.session.save()
+    known = await ctx.state.db.fetchval(
+        "SELECT id FROM accounts WHERE tenant_id = $1 AND tg_user_id = $2 AND id <> $3",
+        ctx.tenant,
+        me.id,
+        row["id"],
+    )
+    if known is not None:
+        return await _into_known_account(ctx, row, client, me, session)
     await _save_session(
         ctx,
         row["id"],
@@ -136,6 +147,32 @@ async def _finish(ctx: JobContext, row: Any, client: TelegramClient) -> LoginSte
     assert account is not None
     await accounts.set_state(ctx.state.db, account, State.ACTIVE)
     return LoginStep(account_id=row["id"], state="active", next=None, tg_user_id=me.id)
+
+
+async def _into_known_account(
+    ctx: JobContext, row: Any, client: TelegramClient, me: Any, session: str
+) -> LoginStep:
+    """A new login of a user the tenant has an account for: the new session goes to that
+    account (one account per user) and the login's own row is dropped. This client is
+    off the network first: the account's shard owner may connect the new key next."""
+    dc_id = client.session.dc_id
+    await client.disconnect()
+    stored = await accounts.insert_active(
+        ctx.state.db,
+        vault=ctx.state.telegram.vault,
+        tenant=ctx.tenant,
+        session=session,
+        me={
+            "id": me.id,
+            "username": me.username,
+            "first_name": me.first_name,
+            "phone": me.phone,
+            "dc_id": dc_id,
+        },
+    )
+    await ctx.state.db.execute("DELETE FROM accounts WHERE id = $1", row["id"])
+    log.info("login merged into the known account", account_id=str(stored))
+    return LoginStep(account_id=stored, state="active", next=None, tg_user_id=me.id)
 
 
 async def login_code(ctx: JobContext, params: LoginCodeParams) -> LoginStep:
