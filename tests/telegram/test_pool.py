@@ -29,7 +29,7 @@ async def _runtime(sandbox: Sandbox, **overrides: float) -> TelegramRuntime:
 
 @pytest.fixture
 async def fast_upkeep(sandbox: Sandbox) -> AsyncIterator[TelegramRuntime]:
-    rt = await _runtime(sandbox, telegram_idle_seconds=0.5, telegram_health_seconds=0.2)
+    rt = await _runtime(sandbox, telegram_idle_seconds=2.0, telegram_health_seconds=0.2)
     yield rt
     await rt.close()
     await rt.db.close()
@@ -49,14 +49,14 @@ async def test_unhealthy_clients_are_recycled_and_idle_ones_dropped(
     rt = fast_upkeep
     healthy, _ = await import_account(api, admin)
     sick, created = await import_account(api, admin)
-    await _connect(rt, healthy["id"])
     await _connect(rt, sick["id"])
-    assert len(rt.pool.connected()) == 2
     await admin.add_fault(created["user_id"], "revoke")
-    await asyncio.sleep(0.3)  # past the health interval, not yet idle
+    await _connect(rt, healthy["id"])
+    assert len(rt.pool.connected()) == 2
+    await asyncio.sleep(0.3)  # past the health interval, far from idle (2 s)
     await rt.pool.maintain()
     assert rt.pool.connected() == [uuid.UUID(healthy["id"])]
-    await asyncio.sleep(0.6)  # past the idle timeout
+    await asyncio.sleep(2.1)  # past the idle timeout
     await rt.pool.maintain()
     assert rt.pool.connected() == []
 
