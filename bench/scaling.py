@@ -23,21 +23,25 @@ import subprocess
 import sys
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-import asyncpg
 import psutil
 from redis.asyncio import Redis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.telegram import free_port, spawn, store_accounts, wait_http  # noqa: E402
+from bench.telegram import (  # noqa: E402
+    free_port,
+    fresh_database,
+    sandbox_env,
+    spawn,
+    store_accounts,
+    wait_http,
+)
 from services.sandbox.admin_client import SandboxAdmin  # noqa: E402
 from shared.auth import mint_token  # noqa: E402
 from shared.config import DEFAULT_SECRET  # noqa: E402
-from shared.db import migrate  # noqa: E402
 from shared.telegram_keys import presence_key  # noqa: E402
 
 SHARDS = 64
@@ -227,28 +231,9 @@ async def _reset(env: dict[str, str]) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    conn = await asyncpg.connect(args.database)
-    await conn.execute('DROP DATABASE IF EXISTS "tgflow_bench_scale" WITH (FORCE)')
-    await conn.execute('CREATE DATABASE "tgflow_bench_scale"')
-    await conn.close()
-    dsn = urlunsplit(urlsplit(args.database)._replace(path="/tgflow_bench_scale"))
-    await migrate(dsn)
+    dsn = await fresh_database(args.database, "tgflow_bench_scale")
     mt_port, admin_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "TGFLOW_ENV": "development",
-        "TGFLOW_DATABASE_URL": dsn,
-        "TGFLOW_REDIS_URL": args.redis,
-        "TGFLOW_LOG_LEVEL": "WARNING",
-        "TGFLOW_MIGRATE_ON_START": "false",
-        "TGFLOW_SANDBOX_DC": f"127.0.0.1:{mt_port}",
-        "TGFLOW_TELEGRAM_SEND_RATE": "100000",
-        "TGFLOW_TELEGRAM_SEND_BURST": "100000",
-        "TGFLOW_TELEGRAM_PEER_SEND_RATE": "100000",
-        "TGFLOW_TELEGRAM_PEER_SEND_BURST": "100000",
-        "TGFLOW_TELEGRAM_MAX_CLIENTS": str(args.accounts + 10),
-        "TGFLOW_HEARTBEAT_SECONDS": "1",
-    }
+    env = {**sandbox_env(dsn, args.redis, mt_port, args.accounts), "TGFLOW_HEARTBEAT_SECONDS": "1"}
     await _reset(env)
     sandbox = spawn("sandbox", "--port", str(mt_port), "--admin-port", str(admin_port), env=env)
     try:

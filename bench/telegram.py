@@ -70,6 +70,36 @@ async def wait_http(url: str) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
+async def fresh_database(admin_dsn: str, name: str) -> str:
+    """A new, migrated database beside ``admin_dsn``'s; its URL."""
+    conn = await asyncpg.connect(admin_dsn)
+    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    dsn = urlunsplit(urlsplit(admin_dsn)._replace(path=f"/{name}"))
+    await migrate(dsn)
+    return dsn
+
+
+def sandbox_env(dsn: str, redis_url: str, mtproto_port: int, accounts: int) -> dict[str, str]:
+    """Processes against the sandbox DC, with send budgets out of the way: they are a
+    pacing policy, not overhead."""
+    return {
+        **os.environ,
+        "TGFLOW_ENV": "development",
+        "TGFLOW_DATABASE_URL": dsn,
+        "TGFLOW_REDIS_URL": redis_url,
+        "TGFLOW_LOG_LEVEL": "WARNING",
+        "TGFLOW_MIGRATE_ON_START": "false",
+        "TGFLOW_SANDBOX_DC": f"127.0.0.1:{mtproto_port}",
+        "TGFLOW_TELEGRAM_SEND_RATE": "100000",
+        "TGFLOW_TELEGRAM_SEND_BURST": "100000",
+        "TGFLOW_TELEGRAM_PEER_SEND_RATE": "100000",
+        "TGFLOW_TELEGRAM_PEER_SEND_BURST": "100000",
+        "TGFLOW_TELEGRAM_MAX_CLIENTS": str(accounts + 10),
+    }
+
+
 async def store_accounts(env: dict[str, str], sessions: list[tuple[int, str]]) -> list[str]:
     """Seal and store sessions as an import would (bench shortcut: no API round trip)."""
     from services.worker.telegram import accounts
@@ -234,31 +264,12 @@ async def bench_bare(sessions: list[str], sends: int) -> float:
 
 
 async def main(args: argparse.Namespace) -> None:
-    admin_dsn = args.database
-    conn = await asyncpg.connect(admin_dsn)
-    await conn.execute('DROP DATABASE IF EXISTS "tgflow_bench_tg" WITH (FORCE)')
-    await conn.execute('CREATE DATABASE "tgflow_bench_tg"')
-    await conn.close()
-    dsn = urlunsplit(urlsplit(admin_dsn)._replace(path="/tgflow_bench_tg"))
-    await migrate(dsn)
+    dsn = await fresh_database(args.database, "tgflow_bench_tg")
     redis = Redis.from_url(args.redis)
     await redis.flushdb()
     await redis.aclose()
     mt_port, admin_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "TGFLOW_ENV": "development",
-        "TGFLOW_DATABASE_URL": dsn,
-        "TGFLOW_REDIS_URL": args.redis,
-        "TGFLOW_LOG_LEVEL": "WARNING",
-        "TGFLOW_MIGRATE_ON_START": "false",
-        "TGFLOW_SANDBOX_DC": f"127.0.0.1:{mt_port}",
-        "TGFLOW_TELEGRAM_SEND_RATE": "100000",
-        "TGFLOW_TELEGRAM_SEND_BURST": "100000",
-        "TGFLOW_TELEGRAM_PEER_SEND_RATE": "100000",
-        "TGFLOW_TELEGRAM_PEER_SEND_BURST": "100000",
-        "TGFLOW_TELEGRAM_MAX_CLIENTS": str(args.accounts + 10),
-    }
+    env = sandbox_env(dsn, args.redis, mt_port, args.accounts)
     sandbox = spawn("sandbox", "--port", str(mt_port), "--admin-port", str(admin_port), env=env)
     try:
         admin_url = f"http://127.0.0.1:{admin_port}"

@@ -320,7 +320,6 @@ class JobStore:
             "tenant": env.tenant,
             "type": env.type,
             "queue": route.kind.value,
-            "shard": "" if route.shard is None else str(route.shard),
             "priority": env.priority,
             "status": "queued",
             "attempts": "0",

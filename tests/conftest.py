@@ -23,6 +23,8 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.db import migrate
+from shared.queue import JobStore
+from tests import breakable
 
 ADMIN_DSN = os.environ.get(
     "TGFLOW_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -184,3 +186,16 @@ def _guarded_connect(self: socket.socket, address: Any) -> None:
 def hygiene(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(time, "sleep", _guarded_sleep)
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+
+
+@pytest.fixture
+def switch() -> Iterator[breakable.Switch]:
+    """The ``test.breakable`` job type, registered for one test."""
+    with breakable.registered() as switch:
+        yield switch
+
+
+@pytest.fixture
+async def store(redis: Redis) -> JobStore:
+    """A job store on this session's Redis database (4 Telegram shards)."""
+    return JobStore(redis, status_ttl=600, idempotency_ttl=600, shards=4)

@@ -31,7 +31,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -116,7 +116,6 @@ class Held:
     consumer: Consumer
     task: asyncio.Task[None]
     fence_at: float  # monotonic: past this without a renewal, stop using the shard
-    since: float = field(default_factory=time.time)
     leaving: bool = False
 
 
@@ -162,9 +161,6 @@ class ShardManager:
 
     def shards(self) -> list[int]:
         return sorted(self.held)
-
-    def consumers(self) -> list[Consumer]:
-        return [h.consumer for h in self.held.values()]
 
     def wake(self, shard: str) -> None:
         """A job arrived in a shard's queue (``*``: look at every held shard)."""
@@ -246,11 +242,7 @@ class ShardManager:
 
     async def _live_workers(self) -> int:
         live = await registry.live_instances(self.redis, "worker")
-        ids = {
-            w["id"]
-            for w in live
-            if QueueKind.TELEGRAM.value in w.get("queues", "").split(",") and not w.get("leaving")
-        }
+        ids = {w["id"] for w in live if QueueKind.TELEGRAM.value in w.get("queues", "").split(",")}
         ids.add(self.owner)
         return len(ids)
 
@@ -373,12 +365,6 @@ class ShardManager:
             else:
                 await asyncio.sleep(0.01)
         metrics.SHARDS_HELD.set(len(self.held))
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "shards": self.shards(),
-            "running": sum(len(h.consumer.tasks) for h in self.held.values()),
-        }
 
 
 # A worker may hold dozens of shard queues: their fallback poll is slower, since nudges

@@ -3,35 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import httpx
 import orjson
-import pytest
 from prometheus_client import REGISTRY as METRICS
 from redis.asyncio import Redis
 
-from shared.config import BaseAppSettings
 from shared.queue import DEAD_LETTER_PLACEHOLDER, DEAD_LETTERS, JobStore, job_key
-from shared.redis_client import create_redis
 from tests import breakable
 from tests.helpers import auth, eventually, gateway_client, running_worker, wait_for_status
-
-
-@pytest.fixture
-def switch() -> Iterator[breakable.Switch]:
-    with breakable.registered() as switch:
-        yield switch
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[JobStore]:
-    redis = create_redis(BaseAppSettings())
-    yield JobStore(redis, status_ttl=600, idempotency_ttl=600, shards=4)
-    await redis.aclose()
 
 
 def requeued_metric(how: str) -> float:

@@ -42,7 +42,7 @@ async def import_session(ctx: JobContext, params: ImportParams) -> AccountOut:
     try:
         if fingerprint is None:
             raise PermanentFailure("session_invalid", "The session holds no auth key.")
-        await accounts.backfill_key_hashes(ctx.state.db, ctx.state.telegram.vault)
+        await _backfill_once(ctx)
         holder = await ctx.state.db.fetchrow(
             """SELECT id, tenant_id, tg_user_id, username, state FROM accounts
                WHERE auth_key_hash = $1 AND session_ciphertext IS NOT NULL
@@ -70,6 +70,15 @@ async def import_session(ctx: JobContext, params: ImportParams) -> AccountOut:
             await transit.drop(redis, params.session_ref)
         if await redis.get(lock) == ctx.job_id:
             await redis.delete(lock)
+
+
+async def _backfill_once(ctx: JobContext) -> None:
+    """Fingerprint sessions stored before fingerprints existed (once per process: every
+    session stored since carries its fingerprint)."""
+    runtime = ctx.state.telegram
+    while not runtime.key_hashes_complete:
+        done = await accounts.backfill_key_hashes(runtime.db, runtime.vault)
+        runtime.key_hashes_complete = done == 0
 
 
 async def _validate_and_store(ctx: JobContext, session: str) -> AccountOut:

@@ -55,6 +55,8 @@ class TelegramRuntime:
         self.pool = ClientPool(settings, vault, redis, worker_id)
         # Account rows read per job: cached briefly, dropped on every local state change.
         self._accounts: dict[uuid.UUID, tuple[float, Account]] = {}
+        # Whether every stored session has its auth key fingerprint (see tasks.accounts).
+        self.key_hashes_complete = False
         # Per-tenant call counters, flushed to Redis in batches (not one write per call).
         self._calls: collections.Counter[tuple[str, str]] = collections.Counter()
 
