@@ -127,6 +127,7 @@ async def test_the_dead_letter_set_is_trimmed_by_size_and_age(redis: Redis) -> N
     ids = [await breakable.submit(store) for _ in range(5)]
     for job_id in ids:
         await breakable.fail_in_store(store, job_id)
+        await asyncio.sleep(0.003)  # scores are milliseconds: keep the order unambiguous
     members = await redis.zrange(DEAD_LETTERS, 0, -1)
     assert members == [DEAD_LETTER_PLACEHOLDER, *ids[2:]]  # the newest three, oldest first
     for job_id in ids:  # trimming the set does not undo the jobs' own record
