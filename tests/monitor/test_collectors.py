@@ -29,6 +29,7 @@ from services.monitor.collectors.redis import RedisCollector
 from services.monitor.collectors.scrape import ScrapeCollector
 from services.monitor.collectors.shards import ShardsCollector, lease_key
 from services.monitor.collectors.system import SystemCollector
+from services.monitor.collectors.webhooks import WebhooksCollector
 from services.monitor.collectors.workers import WorkersCollector
 from services.monitor.lifecycle import Tracker
 from services.monitor.rules.evaluate import evaluate_rule
@@ -38,6 +39,7 @@ from services.monitor.samples import Sample
 from services.monitor.store import SeriesStore
 from shared import registry
 from shared.config import MonitorSettings
+from shared.delivery.lua import WEBHOOK_DUE
 from shared.jobs.envelope import Envelope, utcnow
 from shared.queue import JobStore
 from tests import breakable
@@ -431,8 +433,8 @@ async def test_default_collectors_run_against_the_real_services(ctx: Context, re
     states = {n: s.state for n, s in sampler.status.items()}
     assert states == {
         "postgres": "ok", "redis": "ok", "system": "ok", "queues": "ok", "workers": "ok",
-        "shards": "absent", "deadletters": "absent", "jobs": "ok", "accounts": "ok",
-        "alerts": "ok", "scrape": "ok",
+        "shards": "absent", "deadletters": "absent", "webhooks": "ok", "jobs": "ok",
+        "accounts": "ok", "alerts": "ok", "scrape": "ok",
     }  # fmt: skip
     assert sampler.latest["alerts"] == [
         Sample("tgflow_alerts_firing", 3.0, {}, "Alerts firing now.")
@@ -472,4 +474,24 @@ async def test_accounts_and_long_flood_waits_fire_the_shipped_rules(
     assert firing == {
         "AccountDisabled": "1 Telegram accounts are disabled",
         "FloodWaitLong": "1 accounts wait out a flood wait longer than 5 minutes",
+    }
+
+
+async def test_webhooks_pending_in_redis_and_given_up_in_postgres(
+    ctx: Context, redis: Redis, pg: asyncpg.Connection[Any]
+) -> None:
+    await redis.zadd(WEBHOOK_DUE, {"job-a": 1.0, "job-b": 2.0})
+    for status in ("failed", "failed", "delivered"):
+        await pg.execute(
+            """INSERT INTO webhook_deliveries (job_id, tenant_id, delivery_id, url, status,
+                   attempts, created_at)
+               VALUES ($1, 't', $2, 'https://h.example/x', $3, 8, now())""",
+            uuid.uuid4(),
+            uuid.uuid4(),
+            status,
+        )
+    got = await WebhooksCollector().collect(ctx)
+    assert by_key(got) == {
+        ("tgflow_webhooks_pending", ()): 2,
+        ("tgflow_webhook_deliveries_failed", ()): 2,
     }

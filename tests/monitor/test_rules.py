@@ -290,6 +290,8 @@ def test_the_default_rules_cover_the_earlier_systems_and_tgflows_own() -> None:
         "AccountDisabled",
         "FloodWaitLong",
         "DeadLettersRising",
+        "WebhookDeliveriesFailing",
+        "WebhookBacklogHigh",
     } <= names
 
 

@@ -15,6 +15,7 @@ from services.monitor.collectors.redis import RedisCollector
 from services.monitor.collectors.scrape import ScrapeCollector
 from services.monitor.collectors.shards import ShardsCollector
 from services.monitor.collectors.system import SystemCollector
+from services.monitor.collectors.webhooks import WebhooksCollector
 from services.monitor.collectors.workers import WorkersCollector
 from shared.config import MonitorSettings
 
@@ -29,6 +30,7 @@ def default_collectors(settings: MonitorSettings, firing: Callable[[], int]) -> 
         WorkersCollector(),
         ShardsCollector(),
         DeadLettersCollector(),
+        WebhooksCollector(),
         JobsCollector(),
         AccountsCollector(),
         AlertsCollector(firing),
