@@ -43,7 +43,7 @@ from services.worker.state import WorkerState
 from shared import registry
 from shared.aio import raise_if_cancelling
 from shared.jobs import QueueKind
-from shared.jobs.routing import shard_of, shard_queue
+from shared.jobs.routing import shard_lease_key, shard_of, shard_queue
 from shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -53,10 +53,6 @@ FENCE_KEY = "tgflow:shards:fence"
 COUNT_KEY = "tgflow:shards:count"
 CHANGED_CHANNEL = "tgflow:shards:changed"
 RELEASED = "released"
-
-
-def lease_key(shard: int) -> str:
-    return f"tgflow:lease:shard:{shard}"
 
 
 _ACQUIRE = """
@@ -229,7 +225,7 @@ class ShardManager:
         sent = time.monotonic()
         values = [self.held[n].value for n in shards]
         results = await self._renew_all(
-            keys=[lease_key(n) for n in shards], args=[int(self.ttl * 1000), *values]
+            keys=[shard_lease_key(n) for n in shards], args=[int(self.ttl * 1000), *values]
         )
         for shard, value, ok in zip(shards, values, cast(list[int], results), strict=True):
             held = self.held.get(shard)
@@ -252,7 +248,7 @@ class ShardManager:
             return
         share = math.ceil(self.count / await self._live_workers())
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.mget([lease_key(n) for n in range(self.count)])
+            pipe.mget([shard_lease_key(n) for n in range(self.count)])
             pipe.hgetall(STATE_KEY)
             leases, last = await pipe.execute()
         free = [n for n, v in enumerate(leases) if v is None and n not in self.held]
@@ -272,7 +268,7 @@ class ShardManager:
     async def _take(self, shard: int) -> None:
         token = int(
             await self._acquire(
-                keys=[lease_key(shard), FENCE_KEY, STATE_KEY],
+                keys=[shard_lease_key(shard), FENCE_KEY, STATE_KEY],
                 args=[self.owner, int(self.ttl * 1000), shard],
             )
         )
@@ -281,7 +277,7 @@ class ShardManager:
         granted = time.monotonic()
         if self._closing:  # shutting down meanwhile: give it straight back
             await self._release(
-                keys=[lease_key(shard), STATE_KEY], args=[f"{self.owner}|{token}", shard]
+                keys=[shard_lease_key(shard), STATE_KEY], args=[f"{self.owner}|{token}", shard]
             )
             return
         consumer = self.make_consumer(shard)
@@ -321,7 +317,7 @@ class ShardManager:
         if fenced:
             return
         try:
-            await self._release(keys=[lease_key(shard), STATE_KEY], args=[held.value, shard])
+            await self._release(keys=[shard_lease_key(shard), STATE_KEY], args=[held.value, shard])
             await self.redis.publish(CHANGED_CHANNEL, self.owner)
         except (RedisError, OSError) as exc:
             raise_if_cancelling()

@@ -37,6 +37,11 @@ def shard_of(account_id: uuid.UUID | str, shards: int) -> int:
     return int.from_bytes(digest, "big") % shards
 
 
+def shard_lease_key(shard: int) -> str:
+    """The Redis key whose holder owns the shard (read by the monitor too)."""
+    return f"tgflow:lease:shard:{shard}"
+
+
 def shard_queue(shard: int) -> str:
     return f"{queue_key(QueueKind.TELEGRAM)}:{shard}"
 

@@ -207,8 +207,7 @@ async def _freed_slot(client: httpx.AsyncClient, job_id: str) -> None:
 
 
 @pytest.mark.usefixtures("flaky_type")
-async def test_a_failed_run_that_will_retry_streams_retrying(redis: Redis) -> None:
-    store = JobStore(redis, status_ttl=600, idempotency_ttl=600, shards=4)
+async def test_a_failed_run_that_will_retry_streams_retrying(redis: Redis, store: JobStore) -> None:
     now = utcnow()
     env = Envelope(
         id=str(uuid7()),

@@ -27,7 +27,7 @@ from services.monitor.collectors.postgres import PostgresCollector
 from services.monitor.collectors.queues import QueuesCollector
 from services.monitor.collectors.redis import RedisCollector
 from services.monitor.collectors.scrape import ScrapeCollector
-from services.monitor.collectors.shards import ShardsCollector, lease_key
+from services.monitor.collectors.shards import ShardsCollector
 from services.monitor.collectors.system import SystemCollector
 from services.monitor.collectors.webhooks import WebhooksCollector
 from services.monitor.collectors.workers import WorkersCollector
@@ -41,6 +41,7 @@ from shared import registry
 from shared.config import MonitorSettings
 from shared.delivery.lua import WEBHOOK_DUE
 from shared.jobs.envelope import Envelope, utcnow
+from shared.jobs.routing import shard_lease_key
 from shared.queue import JobStore
 from tests import breakable
 from tests.monitor.conftest import StaticCollector, serving
@@ -297,8 +298,8 @@ async def test_shard_gaps_need_an_announced_shard_count(ctx: Context, redis: Red
     with pytest.raises(SourceAbsent, match="shard count"):
         await collector.collect(ctx)
     await registry.announce(redis, "w1", {"id": "w1", "kind": "worker", "shards": "4"}, ttl=30)
-    await redis.set(lease_key(0), "w1")
-    await redis.set(lease_key(2), "w1")
+    await redis.set(shard_lease_key(0), "w1")
+    await redis.set(shard_lease_key(2), "w1")
     got = await collector.collect(ctx)
     assert by_key(got) == {("tgflow_shards_total", ()): 4, ("tgflow_shards_unowned", ()): 2}
     assert got.details["unowned"] == [1, 3]

@@ -46,8 +46,7 @@ async def collect(redis: Redis, channel: str, count: int) -> list[dict[str, Any]
     return messages
 
 
-async def test_every_change_publishes_one_event_with_its_seq(redis: Redis) -> None:
-    store = JobStore(redis, status_ttl=600, idempotency_ttl=600, shards=4)
+async def test_every_change_publishes_one_event_with_its_seq(redis: Redis, store: JobStore) -> None:
     env = envelope()
     listening = asyncio.create_task(collect(redis, f"tgflow:job-events:{env.id}", 6))
     await asyncio.sleep(0.1)
@@ -77,8 +76,9 @@ async def test_every_change_publishes_one_event_with_its_seq(redis: Redis) -> No
     assert await redis.exists(f"tgflow:webhook:{env.id}") == 0  # no URL, no delivery
 
 
-async def test_the_final_change_schedules_the_webhook_in_the_same_step(redis: Redis) -> None:
-    store = JobStore(redis, status_ttl=600, idempotency_ttl=600, shards=4)
+async def test_the_final_change_schedules_the_webhook_in_the_same_step(
+    redis: Redis, store: JobStore
+) -> None:
     env = envelope("https://example.com/hook")
     await store.submit(env)
     await store.transition(env.id, {"status": "running"}, allowed_from=("queued",))
@@ -99,8 +99,9 @@ async def test_the_final_change_schedules_the_webhook_in_the_same_step(redis: Re
     assert not changed
 
 
-async def test_a_claim_is_leased_and_a_stale_claimer_cannot_settle(redis: Redis) -> None:
-    store = JobStore(redis, status_ttl=600, idempotency_ttl=600, shards=4)
+async def test_a_claim_is_leased_and_a_stale_claimer_cannot_settle(
+    redis: Redis, store: JobStore
+) -> None:
     hooks = WebhookStore(redis, ttl=600)
     env = envelope("https://example.com/hook")
     await store.submit(env)

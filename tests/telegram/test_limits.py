@@ -11,17 +11,23 @@ from services.worker.telegram.limits import Limits, SendBudget
 
 async def test_send_budget_paces_bursts_per_account_and_peer(redis: Redis) -> None:
     limits = Limits(redis)
+
+    async def take(account: uuid.UUID, peer: str) -> float:
+        wait, flooded = await limits.gate_send(account, peer, None, budget)
+        assert flooded is None
+        return wait
+
     account = uuid.uuid4()
     budget = SendBudget(rate=10.0, burst=5, peer_rate=1.0, peer_burst=2)
-    assert await limits.take_send(account, "@a", budget) == 0
-    assert await limits.take_send(account, "@a", budget) == 0
-    wait = await limits.take_send(account, "@a", budget)
+    assert await take(account, "@a") == 0
+    assert await take(account, "@a") == 0
+    wait = await take(account, "@a")
     assert 0.5 < wait <= 1.0  # the peer bucket is empty: one token per second
-    assert await limits.take_send(account, "@b", budget) == 0  # another peer flows
-    assert await limits.take_send(account, "@c", budget) == 0
-    assert await limits.take_send(account, "@d", budget) == 0
-    assert await limits.take_send(account, "@e", budget) > 0  # the account's burst of 5
-    assert await limits.take_send(uuid.uuid4(), "@a", budget) == 0  # other accounts flow
+    assert await take(account, "@b") == 0  # another peer flows
+    assert await take(account, "@c") == 0
+    assert await take(account, "@d") == 0
+    assert await take(account, "@e") > 0  # the account's burst of 5
+    assert await take(uuid.uuid4(), "@a") == 0  # other accounts flow
 
 
 async def test_flood_state_is_shared_and_expires(redis: Redis) -> None:

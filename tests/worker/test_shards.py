@@ -17,10 +17,10 @@ import pytest
 from redis.asyncio import Redis
 
 from services.worker.main import build_shards, close_state, open_state
-from services.worker.shards import ShardManager, agree_shard_count, lease_key
+from services.worker.shards import ShardManager, agree_shard_count
 from shared import registry
 from shared.config import WorkerSettings
-from shared.jobs.routing import shard_of
+from shared.jobs.routing import shard_lease_key, shard_of
 from tests.helpers import eventually
 
 SHARDS = 8
@@ -115,7 +115,7 @@ async def test_a_joining_worker_takes_half_by_hand_off_and_no_shard_has_two_owne
                 return len(mine) == len(theirs) == SHARDS // 2
 
             await eventually(split, timeout=15)
-            owners = {n: await redis.get(lease_key(n)) for n in range(SHARDS)}
+            owners = {n: await redis.get(shard_lease_key(n)) for n in range(SHARDS)}
             assert {o.split("|")[0] for o in owners.values()} == {"wa", "wb"}
             for n in b.shards():
                 assert owners[n].startswith("wb|")
@@ -128,9 +128,9 @@ async def test_a_lease_taken_over_is_fenced_at_the_next_renewal(
 ) -> None:
     async with manager(_settings(tgflow_env["TGFLOW_REDIS_URL"], "wa")) as a:
         await eventually(lambda: _true(len(a.shards()) == SHARDS))
-        await redis.set(lease_key(3), "intruder|999999", px=60_000)
+        await redis.set(shard_lease_key(3), "intruder|999999", px=60_000)
         await eventually(lambda: _true(not a.usable(3) and 3 not in a.shards()), timeout=5)
-        assert await redis.get(lease_key(3)) == "intruder|999999"  # never deleted by a
+        assert await redis.get(shard_lease_key(3)) == "intruder|999999"  # never deleted by a
 
 
 async def test_a_worker_cut_off_from_redis_fences_itself_before_its_lease_lapses(
@@ -148,7 +148,7 @@ async def test_a_worker_cut_off_from_redis_fences_itself_before_its_lease_lapses
             await eventually(lambda: _true(not a.shards()), timeout=5, interval=0.01)
             fenced_after = time.monotonic() - cut
             # Fenced while every lease still stands: nobody else could hold them yet.
-            ttls = [await redis.pttl(lease_key(n)) for n in range(SHARDS)]
+            ttls = [await redis.pttl(shard_lease_key(n)) for n in range(SHARDS)]
             assert all(t > 0 for t in ttls), ttls
             assert fenced_after < 3.0
             assert not any(a.usable(n) for n in range(SHARDS))

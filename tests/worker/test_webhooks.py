@@ -49,11 +49,10 @@ def test_backoff_grows_within_its_jitter() -> None:
 
 
 async def test_two_workers_never_post_one_attempt_twice(
-    hook: tuple[Hook, str], redis: Redis
+    hook: tuple[Hook, str], redis: Redis, store: JobStore
 ) -> None:
     receiver, url = hook
     receiver.script = [(0.05, 200)] * 40  # slow enough for the workers to overlap
-    store = JobStore(redis, status_ttl=600, idempotency_ttl=600, shards=4)
     ids = []
     for _ in range(40):
         env = envelope(url)
@@ -74,10 +73,9 @@ async def test_two_workers_never_post_one_attempt_twice(
 
 
 async def test_an_attempt_cut_off_by_a_dead_claimer_is_made_again(
-    hook: tuple[Hook, str], redis: Redis
+    hook: tuple[Hook, str], redis: Redis, store: JobStore
 ) -> None:
     receiver, url = hook
-    store = JobStore(redis, status_ttl=600, idempotency_ttl=600, shards=4)
     env = envelope(url)
     await store.submit(env)
     await store.cancel(await _record(store, env.id), to_micros(utcnow()))
@@ -96,8 +94,9 @@ async def test_an_attempt_cut_off_by_a_dead_claimer_is_made_again(
     assert [h["x-tgflow-attempt"] for h, _ in receiver.requests] == ["2"]
 
 
-async def test_an_unreachable_receiver_is_retried_then_given_up(redis: Redis) -> None:
-    store = JobStore(redis, status_ttl=600, idempotency_ttl=600, shards=4)
+async def test_an_unreachable_receiver_is_retried_then_given_up(
+    redis: Redis, store: JobStore
+) -> None:
     env = envelope("http://127.0.0.1:9/hook")  # nothing listens on the discard port
     await store.submit(env)
     await store.cancel(await _record(store, env.id), to_micros(utcnow()))
@@ -115,8 +114,7 @@ async def test_an_unreachable_receiver_is_retried_then_given_up(redis: Redis) ->
     assert "ConnectError" in state["last_error"]
 
 
-async def test_private_addresses_are_refused_at_delivery(redis: Redis) -> None:
-    store = JobStore(redis, status_ttl=600, idempotency_ttl=600, shards=4)
+async def test_private_addresses_are_refused_at_delivery(redis: Redis, store: JobStore) -> None:
     env = envelope("http://localhost:9/hook")  # a name: only resolving it tells
     await store.submit(env)
     await store.cancel(await _record(store, env.id), to_micros(utcnow()))

@@ -1,9 +1,8 @@
 """Telegram shards without an owner: leases missing for shards workers announce.
 
-Data shape it expects (Telegram sharding arrives later): workers announce the shard
-count as ``shards`` in their registry entry, and hold ``tgflow:lease:shard:{n}``
-keys while they own shard ``n``. Until a worker announces a count, the source is
-reported absent rather than as zero gaps.
+Workers serving the Telegram queue announce the shard count as ``shards`` in their
+registry entry and hold ``shard_lease_key(n)`` while they own shard ``n``. While no
+worker announces a count, the source is reported absent rather than as zero gaps.
 """
 
 from __future__ import annotations
@@ -11,10 +10,7 @@ from __future__ import annotations
 from services.monitor.collectors import Collected, Context, SourceAbsent
 from services.monitor.samples import Sample
 from shared import registry
-
-
-def lease_key(shard: int) -> str:
-    return f"tgflow:lease:shard:{shard}"
+from shared.jobs.routing import shard_lease_key
 
 
 class ShardsCollector:
@@ -27,7 +23,7 @@ class ShardsCollector:
         if not counts:
             raise SourceAbsent("no worker announces a shard count (Telegram shard leases)")
         total = max(counts)
-        owners = await ctx.redis.mget([lease_key(i) for i in range(total)]) if total else []
+        owners = await ctx.redis.mget([shard_lease_key(i) for i in range(total)]) if total else []
         unowned = [i for i, owner in enumerate(owners) if owner is None]
         return Collected(
             [

@@ -102,12 +102,6 @@ async def _validate_and_store(ctx: JobContext, session: str) -> AccountOut:
         vault=ctx.state.telegram.vault,
         tenant=ctx.tenant,
         session=session,
-        me={
-            "id": me.id,
-            "username": me.username,
-            "first_name": me.first_name,
-            "phone": me.phone,
-            "dc_id": client.session.dc_id,
-        },
+        me=accounts.me_fields(me, client.session.dc_id),
     )
     return AccountOut(account_id=stored, tg_user_id=me.id, username=me.username, state="active")

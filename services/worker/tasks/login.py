@@ -162,13 +162,7 @@ async def _into_known_account(
         vault=ctx.state.telegram.vault,
         tenant=ctx.tenant,
         session=session,
-        me={
-            "id": me.id,
-            "username": me.username,
-            "first_name": me.first_name,
-            "phone": me.phone,
-            "dc_id": dc_id,
-        },
+        me=accounts.me_fields(me, dc_id),
     )
     await ctx.state.db.execute("DELETE FROM accounts WHERE id = $1", row["id"])
     log.info("login merged into the known account", account_id=str(stored))

@@ -179,6 +179,17 @@ async def set_state(
     return True
 
 
+def me_fields(me: Any, dc_id: int | None) -> dict[str, Any]:
+    """What ``insert_active`` keeps of a logged-in user (Telethon's ``get_me``)."""
+    return {
+        "id": me.id,
+        "username": me.username,
+        "first_name": me.first_name,
+        "phone": me.phone,
+        "dc_id": dc_id,
+    }
+
+
 async def insert_active(
     db: Pool,
     *,

@@ -82,11 +82,6 @@ class Limits:
         await self.redis.set(flood_key(account_id, method), repr(until), px=max(1, seconds) * 1000)
         return datetime.fromtimestamp(until, UTC)
 
-    async def take_send(self, account_id: uuid.UUID, peer: str, budget: SendBudget) -> float:
-        """Spend one send token; 0 when allowed, else the seconds to wait."""
-        wait, _ = await self.gate_send(account_id, peer, None, budget)
-        return wait
-
     async def gate_send(
         self, account_id: uuid.UUID, peer: str, method: str | None, budget: SendBudget
     ) -> tuple[float, datetime | None]:
