@@ -304,7 +304,7 @@ class JobStore:
         )
 
     def route(self, job_type: str, params: Mapping[str, Any]) -> Route:
-        return route_of(REGISTRY[job_type].queue, dict(params), self.shards)
+        return route_of(REGISTRY[job_type].queue, params, self.shards)
 
     def route_of_record(self, record: JobRecord) -> Route:
         """From the job's own queue kind: right even if its type has left the catalogue."""

@@ -27,6 +27,7 @@ from shared.ids import uuid7
 from shared.jobs import REGISTRY, JobType, QueueKind, RetryPolicy, queue_key
 from shared.jobs.envelope import Envelope, to_micros, utcnow
 from shared.jobs.record import JobErrorInfo
+from shared.jobs.routing import Priority
 from shared.queue import JobStore
 
 NAME = "test.breakable"
@@ -37,6 +38,7 @@ class BreakableParams(BaseModel):
     fail: Literal["retryable", "permanent"] = "retryable"
     code: str = "server_error"
     defer_first: bool = False  # a flood-wait-like deferral before the first real try
+    defer_seconds: float = 0.1
 
 
 class BreakableResult(BaseModel):
@@ -58,7 +60,8 @@ async def breakable(ctx: JobContext, params: BreakableParams) -> BreakableResult
     first = all(job_id != ctx.job_id for job_id, _ in SWITCH.runs)
     SWITCH.runs.append((ctx.job_id, ctx.attempt))
     if params.defer_first and first:
-        raise Deferral("flood_wait", "Wait a moment.", utcnow() + timedelta(seconds=0.1))
+        until = utcnow() + timedelta(seconds=params.defer_seconds)
+        raise Deferral("flood_wait", "Wait a moment.", until)
     if SWITCH.mended:
         return BreakableResult(attempt=ctx.attempt)
     message = f"attempt {ctx.attempt} broke"
@@ -110,6 +113,7 @@ async def submit(
     tenant: str = "acme",
     params: dict[str, Any] | None = None,
     job_type: str = NAME,
+    priority: Priority = Priority.NORMAL,
 ) -> str:
     """Enqueue through the job store: the gateway's submit schema is fixed at import.
 
@@ -118,7 +122,7 @@ async def submit(
     """
     if job_type not in REGISTRY:
         with _declared(job_type):
-            return await submit(store, tenant, params, job_type)
+            return await submit(store, tenant, params, job_type, priority)
     now = utcnow()
     env = Envelope(
         id=str(uuid7()),
@@ -128,6 +132,7 @@ async def submit(
         timeout=5,
         created_at=now,
         run_at=now,
+        priority=priority,
     )
     await store.submit(env)
     return env.id

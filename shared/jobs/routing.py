@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -62,7 +63,7 @@ class Route:
         return self.kind.value if self.shard is None else str(self.shard)
 
 
-def route_of(kind: QueueKind, params: dict[str, Any], shards: int) -> Route:
+def route_of(kind: QueueKind, params: Mapping[str, Any], shards: int) -> Route:
     """Telegram jobs go to their account's shard; everything else to its kind's queue."""
     if kind is QueueKind.TELEGRAM:
         return Route(kind, shard_of(str(params["account_id"]), shards))

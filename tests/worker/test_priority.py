@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
+from redis.asyncio import Redis
 
-from tests.helpers import auth, gateway_client, running_worker, wait_for_status
+from shared.jobs import QueueKind, queue_key
+from shared.jobs.routing import Priority, due_ms_of, is_high
+from shared.queue import JobStore
+from tests import breakable
+from tests.helpers import auth, eventually, gateway_client, running_worker, wait_for_status
 
 
 async def _submit(client: httpx.AsyncClient, body: dict[str, Any]) -> str:
@@ -47,3 +53,24 @@ async def test_an_unknown_priority_is_a_422(tgflow_env: dict[str, str]) -> None:
         )
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_request"
+
+
+async def test_a_deferred_high_job_stays_in_the_high_band(
+    tgflow_env: dict[str, str], switch: breakable.Switch, store: JobStore, redis: Redis
+) -> None:
+    """ARQ re-scores a job it retries; the consumer keeps a high job's score high."""
+    params = {"defer_first": True, "defer_seconds": 30}
+    job_id = await breakable.submit(store, params=params, priority=Priority.HIGH)
+    async with running_worker(worker_poll_delay=0.05):
+
+        async def deferred() -> float | None:
+            record = await store.get(job_id)
+            if record is None or record.error is None or record.status != "queued":
+                return None
+            score: float | None = await redis.zscore(queue_key(QueueKind.CONTROL), job_id)
+            return score
+
+        score = await eventually(deferred, timeout=10)
+    assert switch.runs == [(job_id, 1)]
+    assert is_high(score)
+    assert due_ms_of(score) - time.time() * 1000 > 25_000  # due in ~30 s, not early
