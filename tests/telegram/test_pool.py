@@ -10,12 +10,14 @@ import httpx
 import pytest
 
 from services.sandbox.admin_client import SandboxAdmin
+from services.sandbox.client import auth_key_id
 from services.sandbox.server import Sandbox
 from services.worker.telegram import accounts
 from services.worker.telegram.runtime import TelegramRuntime
 from services.worker.telegram.vault import vault_from_settings
 from shared.config import WorkerSettings
 from shared.db import create_pool
+from shared.errors import Deferral
 from shared.redis_client import create_redis
 from tests.telegram.conftest import import_account
 
@@ -70,6 +72,29 @@ async def test_a_full_pool_evicts_the_least_recently_used_client(
         for account_id in ids:
             await _connect(rt, account_id)
         assert set(rt.pool.connected()) == {uuid.UUID(ids[1]), uuid.UUID(ids[2])}
+    finally:
+        await rt.close()
+        await rt.db.close()
+        await rt.redis.aclose()
+
+
+async def test_an_account_outside_the_held_shards_is_never_connected(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox
+) -> None:
+    rt = await _runtime(sandbox)
+    try:
+        imported, created = await import_account(api, admin)
+        key = auth_key_id(created["session_string"])
+        before = [r for r in await admin.ledger() if r["auth_key_id"] == key]
+        rt.pool.may_connect = lambda _account_id: False  # its shard is another worker's
+        account = await accounts.load(rt.db, uuid.UUID(imported["id"]))
+        assert account is not None
+        with pytest.raises(Deferral) as deferred:
+            async with rt.pool.lease(account):
+                pass
+        assert deferred.value.code == "shard_moved"
+        assert rt.pool.connected() == []
+        assert [r for r in await admin.ledger() if r["auth_key_id"] == key] == before
     finally:
         await rt.close()
         await rt.db.close()
