@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -33,6 +34,7 @@ from shared.jobs.contract import REGISTRY, JobStatus, QueueKind
 from shared.jobs.envelope import Envelope, to_micros, utcnow
 from shared.jobs.record import JobErrorInfo, JobRecord
 from shared.jobs.routing import Route, route_of, score_of
+from shared.pipelining import AutoPipeline
 from shared.telemetry import trace_id_of
 
 ARCHIVE_STREAM = "tgflow:archive"
@@ -204,13 +206,13 @@ return 'requeued'
 )
 
 
-# KEYS: ARQ in-progress, queue, job hash, archive, ARQ try count.
+# KEYS: ARQ in-progress, queue, job hash, archive, ARQ try count, ARQ job, ARQ abort set.
 # ARGV: id, now (ms), lease (ms), worker id, now (us).
-# Claims a due job for this worker (what ARQ's WATCH/EXISTS/ZSCORE/MULTI does) and, when
-# the job hash is queued or running, records the run as started in the same step. The try
-# number is ARQ's count plus one; ARQ counts it when the run begins, a moment later (a
-# worker dying in between has not run the handler, and the next claim repeats the number).
-# Answers {score, 1 if started here} or 0 when the job is not ours to run.
+# Claims a due job for this worker and begins its run, all that ARQ's WATCH/EXISTS/ZSCORE/
+# MULTI claim and its start (read the job, count the try, take the abort mark) do, in one
+# step; when the job hash is queued or running and the run can go ahead, it is recorded as
+# started too. Answers 0 when the job is not ours to run, else
+# {score, 1 if started here, ARQ job or nil, try number, 1 if aborted before start}.
 _CLAIM = (
     _SNAPSHOT
     + ON_CHANGE
@@ -219,18 +221,34 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
 redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+local payload = redis.call('GET', KEYS[6])
+local tries = redis.call('INCR', KEYS[5])
+redis.call('EXPIRE', KEYS[5], 88400)
+local aborted = redis.call('ZREM', KEYS[7], ARGV[1])
 local status = redis.call('HGET', KEYS[3], 'status')
-if status ~= 'queued' and status ~= 'running' then return {score, 0} end
-local tries = (tonumber(redis.call('GET', KEYS[5]) or '0') or 0) + 1
+if not payload or aborted == 1 or (status ~= 'queued' and status ~= 'running') then
+  return {score, 0, payload or false, tries, aborted}
+end
 redis.call('HSET', KEYS[3], 'status', 'running', 'attempts', tries, 'started_at', ARGV[5],
            'worker', ARGV[4])
 redis.call('HINCRBY', KEYS[3], 'seq', 1)
 redis.call('PERSIST', KEYS[3])
 redis.call('XADD', KEYS[4], '*', 'job', snapshot(KEYS[3]))
 job_changed(KEYS[3], status, true)
-return {score, 1}
+return {score, 1, payload, tries, 0}
 """
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A job claimed for a run (see ``JobStore.claim``)."""
+
+    score: int
+    started: bool  # the claim recorded the run as started
+    payload: bytes | None  # ARQ's job definition; None when it has expired
+    tries: int  # this run's try number, as ARQ counts them
+    aborted: bool  # cancelled before it started
 
 
 def job_key(job_id: str) -> str:
@@ -286,6 +304,7 @@ class JobStore:
         self._cancel = redis.register_script(_CANCEL)
         self._requeue = redis.register_script(_REQUEUE)
         self._claim = redis.register_script(_CLAIM)
+        self.batch = AutoPipeline(redis)
 
     def _queue_for(self, record: JobRecord) -> tuple[str, str, str]:
         """The ARQ queue key, nudge channel and nudge message of a job's queue."""
@@ -358,7 +377,7 @@ class JobStore:
     async def submit(self, env: Envelope) -> tuple[str, bool]:
         """Enqueue a job; with an idempotency key seen before, return the earlier job id."""
         keys, args = self._submit_call(env)
-        created, job_id = await self._submit(keys=keys, args=args)
+        created, job_id = await self.batch.run(self._submit, keys, args)
         return str(job_id), bool(created)
 
     async def submit_in(self, pipe: Pipeline, env: Envelope) -> None:
@@ -398,7 +417,7 @@ class JobStore:
                 abort_jobs_ss,
                 arq_queue,
             ]
-        changed, previous = await self._transition(keys=keys, args=args)
+        changed, previous = await self.batch.run(self._transition, keys, args)
         return bool(changed), str(previous)
 
     def _failure_extras(
@@ -432,23 +451,27 @@ class JobStore:
 
     async def claim(
         self, job_id: str, queue: str, *, lease_ms: int, worker: str, now_us: int
-    ) -> tuple[float, bool] | None:
-        """Claim a due job of ``queue`` for a run: its score and whether the claim also
-        recorded it as started (None when it is running elsewhere, gone or not due)."""
-        answer = await self._claim(
-            keys=[
-                in_progress_key_prefix + job_id,
-                queue,
-                job_key(job_id),
-                ARCHIVE_STREAM,
-                retry_key_prefix + job_id,
-            ],
-            args=[job_id, now_us // 1000, lease_ms, worker, now_us],
+    ) -> Claim | None:
+        """Claim a due job of ``queue`` and begin its run (None when it is running
+        elsewhere, gone or not due). Claims made in one loop turn share a round trip."""
+        keys = [
+            in_progress_key_prefix + job_id,
+            queue,
+            job_key(job_id),
+            ARCHIVE_STREAM,
+            retry_key_prefix + job_id,
+            job_key_prefix + job_id,
+            abort_jobs_ss,
+        ]
+        answer = await self.batch.run(
+            self._claim, keys, [job_id, now_us // 1000, lease_ms, worker, now_us]
         )
         if not answer:
             return None
-        score, started = answer
-        return float(score), bool(started)
+        score, started, payload, tries, aborted = answer
+        if isinstance(payload, str):
+            payload = payload.encode()
+        return Claim(int(float(score)), bool(started), payload, int(tries), bool(aborted))
 
     async def cancel(self, record: JobRecord, now_us: int) -> str:
         """Cancel a queued job at once, or ask its worker to stop a running one."""

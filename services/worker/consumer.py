@@ -17,9 +17,10 @@ import asyncio
 import contextlib
 from typing import Any
 
-from arq import Worker
-from arq.constants import in_progress_key_prefix
-from arq.utils import timestamp_ms
+from arq import Retry, Worker
+from arq.constants import abort_jobs_ss, in_progress_key_prefix
+from arq.jobs import SerializationError, deserialize_job_raw
+from arq.utils import ms_to_datetime, timestamp_ms
 from arq.worker import Function
 from redis.exceptions import RedisError
 
@@ -32,6 +33,7 @@ from shared.jobs.envelope import to_micros, utcnow
 from shared.jobs.record import JobErrorInfo
 from shared.jobs.routing import BAND_EDGE_MS, HIGH_SHIFT_MS, due_ms_of, is_high
 from shared.logs import get_logger
+from shared.queue import Claim
 
 log = get_logger(__name__)
 
@@ -100,13 +102,16 @@ class Consumer(Worker):
                     queue, f"({high_now}", f"({BAND_EDGE_MS}", start=0, num=1, withscores=True
                 )
                 pipe.zrangebyscore(queue, f"({now}", "+inf", start=0, num=1, withscores=True)
-                high, normal, next_high, next_normal = await pipe.execute()
+                pipe.exists(abort_jobs_ss)
+                high, normal, next_high, next_normal, aborts = await pipe.execute()
             upcoming = [due_ms_of(score) for _, score in [*next_high, *next_normal]]
             if upcoming:
                 wait = max(0.0, (min(upcoming) - now) / 1000)
                 self._next_poll_s = min(self.poll_delay_s, wait)
             await self.start_jobs(high + normal)
-        if self.allow_abort_jobs:
+        else:
+            aborts = await self.pool.exists(abort_jobs_ss)
+        if aborts and self.job_tasks:
             await self._cancel_aborted_jobs()
         for job_id, task in list(self.tasks.items()):
             if task.done():
@@ -114,13 +119,70 @@ class Consumer(Worker):
                 task.result()  # surface errors of ARQ's own job handling
         await self.heart_beat()
 
-    async def run_job(self, job_id: str, score: int) -> None:
-        if is_high(score):
+    async def run_claimed(self, job_id: str, claim: Claim) -> None:
+        """ARQ's run of a job, from what the claim already read.
+
+        The claim counted the try, read the job definition and took its abort mark, so
+        the run needs no round trip of its own before the handler starts. As with ARQ, a
+        ``Retry`` puts the job back at a later score, a cancellation by the API finishes
+        it, and a cancellation by shutdown leaves it for another run.
+        """
+        if is_high(claim.score):
             self._high.add(job_id)
         try:
-            await super().run_job(job_id, score)
+            await self._run_claimed(job_id, claim)
         finally:
             self._high.discard(job_id)
+
+    async def _run_claimed(self, job_id: str, claim: Claim) -> None:
+        function = None
+        if claim.payload is not None and not claim.aborted:
+            try:
+                name, args, kwargs, _, enqueued_ms = deserialize_job_raw(
+                    claim.payload, deserializer=self.job_deserializer
+                )
+            except SerializationError:
+                log.exception("job definition unreadable", job_id=job_id)
+            else:
+                function = self.functions.get(name)
+        if function is None:  # expired, unreadable, unknown or aborted before the start
+            self.jobs_failed += 1
+            await asyncio.shield(self.finish_failed_job(job_id, None))
+            return
+        ctx = {
+            **self.ctx,
+            "job_id": job_id,
+            "job_try": claim.tries,
+            "enqueue_time": ms_to_datetime(enqueued_ms),
+            "score": claim.score,
+        }
+        finish, incr_score = False, None
+        task = asyncio.ensure_future(function.coroutine(ctx, *args, **kwargs))
+        self.job_tasks[job_id] = task
+        try:
+            async with asyncio.timeout(function.timeout_s):
+                await task
+        except Retry as exc:
+            self.jobs_retried += 1
+            if exc.defer_score:
+                incr_score = exc.defer_score + (timestamp_ms() - claim.score)
+        except asyncio.CancelledError:
+            if job_id in self.aborting_tasks:  # cancelled through the API
+                self.aborting_tasks.discard(job_id)
+                self.jobs_failed += 1
+                finish = True
+            else:  # shutdown or hand-off: another run will take it
+                self.jobs_retried += 1
+        except Exception:
+            log.exception("job run failed outside its handler", job_id=job_id)
+            self.jobs_failed += 1
+            finish = True
+        else:
+            self.jobs_complete += 1
+            finish = True
+        finally:
+            del self.job_tasks[job_id]
+        await asyncio.shield(self.finish_job(job_id, finish, None, None, False, incr_score, None))
 
     async def finish_job(
         self,
@@ -159,41 +221,64 @@ class Consumer(Worker):
         self._wake.set()  # a free slot: look at the queue again now
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """ARQ's start (claim the in-progress key, then run), for ids not already ours.
+        """Claim and start as many of ``job_ids`` as there are free slots, in one round
+        trip, waiting for a slot only when none is free.
 
-        ARQ claims a job with WATCH, EXISTS, ZSCORE and MULTI/EXEC (four round trips);
-        here one script does the same check-and-set atomically, and records the run as
-        started in the same step. A running job stays in
-        the queue's sorted set until it finishes, so every poll reads it again: our own
-        running jobs are skipped without asking Redis. Once draining has begun nothing
-        more starts, even after a wait for a free slot.
+        ARQ claims a job with WATCH, EXISTS, ZSCORE and MULTI/EXEC (four round trips)
+        and then reads it in a fifth; here one script per job does all of it, and the
+        claims of one poll go out together. A running job stays in the queue's sorted
+        set until it finishes, so every poll reads it again: our own running jobs are
+        skipped without asking Redis. Once draining has begun nothing more starts, even
+        after a wait for a free slot.
         """
-        for job_id_b in job_ids:
-            job_id = job_id_b.decode()
-            if job_id in self.tasks:
-                continue
+        fresh = [i for i in (b.decode() for b in job_ids) if i not in self.tasks]
+        while fresh:
             await self.sem.acquire()
-            if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
-                self.sem.release()
+            taken = 1
+            room = self.max_jobs - self.job_counter
+            while taken < min(len(fresh), room) and not self.sem.locked():
+                await self.sem.acquire()
+                taken += 1
+            if not self.allow_pick_jobs or room < 1:
+                for _ in range(taken):
+                    self.sem.release()
                 return
-            self.job_counter += 1
-            claimed = await self.state.jobs.claim(
-                job_id,
-                self.queue_name,
-                lease_ms=int(self.in_progress_timeout_s * 1000),
-                worker=self.state.instance_id,
-                now_us=to_micros(utcnow()),
-            )
-            if claimed is None:
-                self.job_counter -= 1  # taken elsewhere, finished, or moved later
+            batch, fresh = fresh[:taken], fresh[taken:]
+            await self._claim_and_start(batch)
+
+    async def _claim_and_start(self, batch: list[str]) -> None:
+        """Claim ``batch`` (a slot already held for each) and start what was claimed."""
+        self.job_counter += len(batch)
+        lease_ms, now_us = int(self.in_progress_timeout_s * 1000), to_micros(utcnow())
+        claims = await asyncio.gather(
+            *(
+                self.state.jobs.claim(
+                    job_id,
+                    self.queue_name,
+                    lease_ms=lease_ms,
+                    worker=self.state.instance_id,
+                    now_us=now_us,
+                )
+                for job_id in batch
+            ),
+            return_exceptions=True,
+        )
+        failure: BaseException | None = None
+        for job_id, claim in zip(batch, claims, strict=True):
+            if not isinstance(claim, Claim):
+                # Taken elsewhere, finished or moved later; or Redis failed (a claim
+                # that did land lapses with its lease, and the job runs again).
+                failure = failure or claim
+                self.job_counter -= 1
                 self.sem.release()
                 continue
-            score, started = claimed
-            if started:
+            if claim.started:
                 self.started_by_claim.add(job_id)
-            task = asyncio.create_task(self.run_job(job_id, int(score)))
+            task = asyncio.create_task(self.run_claimed(job_id, claim))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+        if failure is not None:
+            raise failure
 
     async def main(self) -> None:
         """ARQ's loop, but sleeping on the nudge event instead of a fixed delay."""
