@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
 
 import jwt
@@ -58,6 +59,11 @@ def mint_token(
 
 def decode_token(secret: str, token: str) -> Principal:
     """Verify signature, issuer and expiry, and return who is calling."""
+    return _verify(secret, token)[0]
+
+
+def _verify(secret: str, token: str) -> tuple[Principal, float]:
+    """The caller and the token's expiry (epoch seconds)."""
     try:
         claims = jwt.decode(
             token,
@@ -73,9 +79,39 @@ def decode_token(secret: str, token: str) -> Principal:
         raise InvalidToken("token carries no valid tenant")
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
         raise InvalidToken("token carries no valid scopes")
-    return Principal(
+    principal = Principal(
         tenant=tenant,
         scopes=frozenset(scopes),
         subject=str(claims.get("sub", "")),
         token_id=str(claims["jti"]),
     )
+    return principal, float(claims["exp"])
+
+
+class TokenVerifier:
+    """``decode_token`` with a bounded cache of tokens already verified.
+
+    A client sends the same token with every request, and checking its signature and
+    claims costs more than the rest of a job submit's authentication. A cached token is
+    still refused once it expires; only verified tokens are kept (least recently used
+    leave first), so a forged token costs its full check every time.
+    """
+
+    def __init__(self, secret: str, *, size: int = 10_000) -> None:
+        self.secret = secret
+        self.size = size
+        self._known: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+
+    def verify(self, token: str) -> Principal:
+        known = self._known.get(token)
+        if known is not None:
+            principal, expires = known
+            if time.time() < expires:
+                self._known.move_to_end(token)
+                return principal
+            del self._known[token]
+        principal, expires = _verify(self.secret, token)
+        self._known[token] = (principal, expires)
+        if len(self._known) > self.size:
+            self._known.popitem(last=False)
+        return principal

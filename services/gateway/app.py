@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from redis.exceptions import RedisError
 
 from services.gateway import errors
-from services.gateway.middleware import BodyLimit, Metrics
+from services.gateway.middleware import BodyLimit, Metrics, ServerSpans
 from services.gateway.routes import (
     accounts,
     ai,
@@ -98,9 +98,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         version="0.1.0",
         summary="Telegram user-account and AI jobs as durable background work.",
         lifespan=lifespan,
-        # One instrumentation only: OpenTelemetry's FastAPI instrumentor (see main.py) makes
-        # the request spans; FastAPI's own would add a second span, metrics and log hooks
-        # to every request.
+        # Request spans come from ServerSpans (middleware.py); FastAPI's own telemetry
+        # would add a second span, metrics and log hooks to every request.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
@@ -118,4 +117,5 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     errors.install(app, tags=set(REGISTRY))
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(Metrics)
+    app.add_middleware(ServerSpans)
     return app

@@ -13,7 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.gateway.errors import ApiError
 from services.gateway.state import GatewayState
-from shared.auth import InvalidToken, Principal, decode_token
+from shared.auth import InvalidToken, Principal
 
 _bearer = HTTPBearer(auto_error=False, description="A token from `tgflow token create`.")
 
@@ -38,7 +38,7 @@ async def get_principal(
             headers={"WWW-Authenticate": "Bearer"},
         )
     try:
-        return decode_token(state.settings.secret_key.get_secret_value(), credentials.credentials)
+        return state.tokens.verify(credentials.credentials)
     except InvalidToken as exc:
         raise ApiError(
             401,

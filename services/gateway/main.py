@@ -6,10 +6,10 @@ import socket
 
 import uvicorn
 from fastapi import FastAPI
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from services.gateway.app import create_app, end_streams
 from shared.config import GatewaySettings
+from shared.heap import freeze_startup_heap
 from shared.logs import setup_logging
 from shared.registry import new_instance_id
 from shared.telemetry import setup_sentry, setup_tracing
@@ -33,9 +33,6 @@ def run(settings: GatewaySettings) -> None:
     setup_sentry(settings, "gateway")
     provider = setup_tracing(settings, "gateway", settings.instance_name or new_instance_id("gw"))
     app = create_app(settings)
-    FastAPIInstrumentor.instrument_app(
-        app, tracer_provider=provider, exclude_spans=["send", "receive"]
-    )
     config = uvicorn.Config(
         app,
         host=settings.gateway_host,
@@ -46,6 +43,7 @@ def run(settings: GatewaySettings) -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    freeze_startup_heap()
     try:
         GatewayServer(config, app).run()
     finally:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from redis.asyncio import Redis
 
+from shared.auth import TokenVerifier
 from shared.config import GatewaySettings
 from shared.db import Pool
 from shared.queue import JobStore
@@ -23,3 +24,7 @@ class GatewayState:
     events: Redis | None = None  # pub/sub for job event streams (no read timeout)
     streams: int = 0  # job event streams open now
     closing: bool = False  # shutting down: open event streams end
+    tokens: TokenVerifier = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = TokenVerifier(self.settings.secret_key.get_secret_value())

@@ -24,6 +24,7 @@ from services.monitor.sampler import Sampler
 from services.monitor.store import SeriesStore
 from shared import db, metrics, registry
 from shared.config import MonitorSettings
+from shared.heap import freeze_startup_heap
 from shared.httpserver import bound_port, make_server, wait_started
 from shared.logs import get_logger, setup_logging
 from shared.queue import JobStore
@@ -145,6 +146,7 @@ def run(settings: MonitorSettings) -> None:
 
     import uvloop
 
+    freeze_startup_heap()
     try:
         uvloop.run(main())
     except RuleLoadError as exc:  # a broken rule or notification file: say so, exit non-zero

@@ -34,6 +34,7 @@ from services.worker.telegram.vault import vault_from_settings
 from services.worker.webhooks import Deliverer
 from shared import db, metrics, registry
 from shared.config import WorkerSettings
+from shared.heap import freeze_startup_heap
 from shared.httpserver import bound_port, health_and_metrics_app, make_server, wait_started
 from shared.jobs import REGISTRY, QueueKind, job_types_for
 from shared.logs import get_logger, setup_logging
@@ -259,6 +260,7 @@ def run(settings: WorkerSettings) -> None:
 
     import uvloop
 
+    freeze_startup_heap()
     try:
         uvloop.run(main())
     finally:

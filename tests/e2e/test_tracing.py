@@ -88,6 +88,15 @@ async def test_gateway_and_worker_spans_share_one_trace(
         await workers_live(client, 1)
         response = await client.post("/v1/jobs", json={"type": "system.echo"}, headers=auth())
         job = await wait_for_status(client, response.json()["id"], {"succeeded"})
+        # A caller's own trace context is continued: its trace, its span as the parent.
+        caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        traced = await client.post(
+            "/v1/jobs",
+            json={"type": "system.echo"},
+            headers={**auth(), "traceparent": f"00-{caller_trace}-{caller_span}-01"},
+        )
+        continued = await wait_for_status(client, traced.json()["id"], {"succeeded"})
+        assert continued["trace_id"] == caller_trace
 
     def find() -> tuple[dict[str, Any], dict[str, Any]] | None:
         with spans.lock:
@@ -109,3 +118,15 @@ async def test_gateway_and_worker_spans_share_one_trace(
     request, worker = await eventually(probe, timeout=10, interval=0.1)
     assert worker["trace_id"] == request["trace_id"] == job["trace_id"]
     assert worker["parent"] == request["span_id"]
+
+    async def continued_spans() -> Any:
+        with spans.lock:
+            mine = [s for s in spans.spans if s["trace_id"] == caller_trace]
+        names = {s["name"] for s in mine}
+        return mine if {"POST /v1/jobs", "job system.echo"} <= names else None
+
+    mine = await eventually(continued_spans, timeout=10, interval=0.1)
+    gateway_span = next(s for s in mine if s["name"] == "POST /v1/jobs")
+    assert gateway_span["parent"] == caller_span
+    job_span = next(s for s in mine if s["name"] == "job system.echo")
+    assert job_span["parent"] == gateway_span["span_id"]

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
 
-from shared.auth import InvalidToken, decode_token, mint_token
+from shared.auth import InvalidToken, TokenVerifier, decode_token, mint_token
 from shared.ids import uuid7
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
@@ -31,6 +32,29 @@ def test_token_round_trip_and_rejections() -> None:
         mint_token(SECRET, "Bad Tenant!")
     with pytest.raises(ValueError, match="unknown scopes"):
         mint_token(SECRET, "acme", scopes=["root"])
+
+
+def test_token_verifier_caches_only_good_tokens_and_still_expires_them() -> None:
+    verifier = TokenVerifier(SECRET, size=2)
+    token = mint_token(SECRET, "acme", ttl_seconds=60)
+    assert verifier.verify(token).tenant == "acme"
+    assert verifier.verify(token) is verifier.verify(token)  # served from the cache
+    forged = mint_token(SECRET + "x", "acme")
+    for _ in range(2):  # refused every time, never remembered
+        with pytest.raises(InvalidToken):
+            verifier.verify(forged)
+    assert forged not in verifier._known
+    others = [mint_token(SECRET, tenant) for tenant in ("b1", "b2")]
+    for other in others:
+        verifier.verify(other)
+    assert list(verifier._known) == others  # the least recently used left first
+    brief = mint_token(SECRET, "acme", ttl_seconds=1)
+    verifier.verify(brief)
+    expires = verifier._known[brief][1]
+    time.sleep(max(0.0, expires - time.time()) + 0.05)
+    with pytest.raises(InvalidToken):
+        verifier.verify(brief)  # cached, but expired since
+    assert brief not in verifier._known
 
 
 def test_secrets_are_scrubbed_from_sentry_events_and_logs() -> None:
