@@ -1,7 +1,8 @@
 """Copy job changes from the Redis ``tgflow:archive`` stream into the Postgres ``jobs`` table.
 
 Every worker runs one archiver in a shared consumer group. Rows are upserted in batches
-and only move forward (a row keeps the change with the highest ``seq``), so batches may
+(after a short read, the archiver lingers ``linger`` seconds so that the next batch is
+bigger) and only move forward (a row keeps the change with the highest ``seq``), so batches may
 arrive in any order. Entries are acknowledged only after Postgres has them; entries left
 pending by a dead worker are claimed by another after ``claim_idle`` seconds.
 """
@@ -20,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from services.worker import metrics
-from shared.aio import raise_if_cancelling
+from shared.aio import raise_if_cancelling, sleep_unless
 from shared.db import Pool
 from shared.jobs.envelope import from_micros
 from shared.logs import get_logger
@@ -92,6 +93,7 @@ class Archiver:
         batch: int = 500,
         block_ms: int = 1000,
         claim_idle: float = 30.0,
+        linger: float = 0.05,
     ) -> None:
         self.redis = redis
         self.db = db
@@ -99,6 +101,7 @@ class Archiver:
         self.batch = batch
         self.block_ms = block_ms
         self.claim_idle_ms = int(claim_idle * 1000)
+        self.linger = linger
         self._known_tenants: set[str] = set()
         self._stopping = asyncio.Event()
 
@@ -116,7 +119,10 @@ class Archiver:
                 await self._claim_abandoned()
                 claimed_at = time.monotonic()
                 while not self._stopping.is_set():
-                    await self.step(block=True)
+                    if 0 < await self.step(block=True) < self.batch:
+                        # Under a steady trickle each read would hold a handful of
+                        # entries; waiting a moment lets one transaction take many.
+                        await sleep_unless(self._stopping, self.linger)
                     if time.monotonic() - claimed_at > self.claim_idle_ms / 1000:
                         await self._claim_abandoned()
                         claimed_at = time.monotonic()

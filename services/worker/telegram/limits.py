@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
+from shared.pipelining import AutoPipeline
+
 # Take one token from both buckets, or from neither; answer how long to wait (ms). With a
 # flood key given (KEYS[3]) and a flood wait recorded there, take nothing and answer the
 # flood's end instead as a negative number (its epoch seconds, negated): one round trip
@@ -68,6 +70,7 @@ class Limits:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._take = redis.register_script(_TAKE)
+        self._batch = AutoPipeline(redis)  # the gates of sends made together share a trip
 
     async def flood_until(self, account_id: uuid.UUID, method: str) -> datetime | None:
         """When a recorded flood wait for this account and method ends, if it has not."""
@@ -92,9 +95,10 @@ class Limits:
         keys = [f"tgflow:budget:{account_id}", f"tgflow:budget:{account_id}:{peer}"]
         if method is not None:
             keys.append(flood_key(account_id, method))
-        answer = await self._take(
-            keys=keys,
-            args=[
+        answer = await self._batch.run(
+            self._take,
+            keys,
+            [
                 int(time.time() * 1000),
                 budget.rate,
                 budget.burst,
