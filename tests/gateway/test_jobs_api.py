@@ -120,6 +120,25 @@ async def test_list_filters_and_paginates_newest_first() -> None:
         assert [item["id"] for item in queued["items"]] == [deferred]
 
 
+async def test_a_status_filter_holds_even_where_the_archive_lags(
+    pg: asyncpg.Connection[Any],
+) -> None:
+    """The list reads the archive and shows unfinished jobs as Redis has them now; a job
+    the archive still calls queued but that has finished is not listed as queued."""
+    async with gateway_client() as client, running_worker():
+        job_id = (await submit(client, {"type": "system.echo"})).json()["id"]
+        await wait_for_status(client, job_id, {"succeeded"})
+        await eventually(
+            lambda: pg.fetchval("SELECT status = 'succeeded' FROM jobs WHERE id = $1", job_id)
+        )
+        # As if the archiver had not yet copied the job's later changes.
+        await pg.execute("UPDATE jobs SET status = 'queued', seq = 1 WHERE id = $1", job_id)
+        queued = (await client.get("/v1/jobs?status=queued", headers=auth())).json()
+        everything = (await client.get("/v1/jobs", headers=auth())).json()
+    assert queued["items"] == []
+    assert [(j["id"], j["status"]) for j in everything["items"]] == [(job_id, "succeeded")]
+
+
 async def test_cancel_queued_job_never_runs(redis: Any) -> None:
     async with gateway_client() as client:
         job_id = (await submit(client, {"type": "system.echo", "defer_seconds": 30})).json()["id"]

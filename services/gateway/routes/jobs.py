@@ -184,6 +184,8 @@ async def list_jobs(
         state.db, principal.tenant, status=status, job_type=type, limit=limit, cursor=position
     )
     live = await _overlay_live(state, records)
+    if status is not None:  # a job may have moved on since the archive last saw it
+        live = [r for r in live if r.status == status]
     next_cursor = None
     if len(records) == limit:
         last = records[-1]
