@@ -40,6 +40,7 @@ from redis.asyncio import Redis
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.telegram import add_service_args  # noqa: E402
 from shared.auth import mint_token  # noqa: E402
 from shared.config import DEFAULT_SECRET  # noqa: E402
 from shared.db import migrate  # noqa: E402
@@ -335,13 +336,5 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=300, help="calls for the overhead run")
     parser.add_argument("--jobs", type=int, default=600, help="jobs per throughput run")
     parser.add_argument("--latency-ms", type=int, default=100, help="sandbox model latency")
-    parser.add_argument(
-        "--database",
-        default=os.environ.get(
-            "TGFLOW_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
-    parser.add_argument(
-        "--redis", default=os.environ.get("TGFLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
-    )
+    add_service_args(parser, 6)
     asyncio.run(main(parser.parse_args()))

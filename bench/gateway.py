@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.pipeline import prepare  # noqa: E402
-from bench.telegram import free_port, spawn, wait_http  # noqa: E402
+from bench.telegram import add_service_args, free_port, spawn, wait_http  # noqa: E402
 from shared.auth import mint_token  # noqa: E402
 from shared.config import DEFAULT_SECRET  # noqa: E402
 
@@ -107,13 +107,5 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument(
-        "--database",
-        default=os.environ.get(
-            "TGFLOW_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
-    parser.add_argument(
-        "--redis", default=os.environ.get("TGFLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
-    )
+    add_service_args(parser, 7)
     asyncio.run(main(parser.parse_args()))

@@ -37,6 +37,7 @@ from redis.asyncio import Redis
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.telegram import add_service_args  # noqa: E402
 from shared import serialization  # noqa: E402
 from shared.auth import mint_token  # noqa: E402
 from shared.config import DEFAULT_SECRET  # noqa: E402
@@ -331,15 +332,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--batch", type=int, default=100, help="also submit this many per POST /v1/jobs:batch"
     )
-    parser.add_argument(
-        "--database",
-        default=os.environ.get(
-            "TGFLOW_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
-    parser.add_argument(
-        "--redis", default=os.environ.get("TGFLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/8")
-    )
+    add_service_args(parser, 8)
     parser.add_argument("--arq-worker", choices=sorted(PROFILES), help=argparse.SUPPRESS)
     cli = parser.parse_args()
     if cli.arq_worker:

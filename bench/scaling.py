@@ -32,6 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.telegram import (  # noqa: E402
+    add_service_args,
     free_port,
     fresh_database,
     sandbox_env,
@@ -266,13 +267,5 @@ if __name__ == "__main__":
     parser.add_argument("--accounts", type=int, default=100)
     parser.add_argument("--sends", type=int, default=3000)
     parser.add_argument("--workers", default="1,2,4")
-    parser.add_argument(
-        "--database",
-        default=os.environ.get(
-            "TGFLOW_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
-    parser.add_argument(
-        "--redis", default=os.environ.get("TGFLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
-    )
+    add_service_args(parser, 7)
     asyncio.run(main(parser.parse_args()))

@@ -71,6 +71,21 @@ async def wait_http(url: str) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
+def add_service_args(parser: argparse.ArgumentParser, redis_db: int) -> None:
+    """``--database`` (an admin URL the bench makes its own database beside) and
+    ``--redis`` (a database the bench flushes), from the TGFLOW_BENCH_* variables."""
+    parser.add_argument(
+        "--database",
+        default=os.environ.get(
+            "TGFLOW_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get("TGFLOW_BENCH_REDIS_URL", f"redis://127.0.0.1:6379/{redis_db}"),
+    )
+
+
 async def fresh_database(admin_dsn: str, name: str) -> str:
     """A new, migrated database beside ``admin_dsn``'s; its URL."""
     conn = await asyncpg.connect(admin_dsn)
@@ -315,13 +330,5 @@ if __name__ == "__main__":
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--send-accounts", type=int, default=100)
     parser.add_argument("--sends", type=int, default=2000)
-    parser.add_argument(
-        "--database",
-        default=os.environ.get(
-            "TGFLOW_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
-    parser.add_argument(
-        "--redis", default=os.environ.get("TGFLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
-    )
+    add_service_args(parser, 7)
     asyncio.run(main(parser.parse_args()))
