@@ -15,17 +15,17 @@ reads a missing key as "no source"); real members always have a positive score.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import orjson
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from shared import serialization
 from shared.config import BaseAppSettings
@@ -36,6 +36,8 @@ from shared.jobs.record import JobErrorInfo, JobRecord
 from shared.jobs.routing import Route, route_of, score_of
 from shared.pipelining import AutoPipeline
 from shared.telemetry import trace_id_of
+
+T = TypeVar("T")
 
 ARCHIVE_STREAM = "tgflow:archive"
 DEAD_LETTERS = "tgflow:deadletters"
@@ -251,6 +253,16 @@ class Claim:
     aborted: bool  # cancelled before it started
 
 
+async def _all(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Await calls started together; if any failed, raise the first failure (after every
+    call has ended, so that no failure goes unread)."""
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            raise answer
+    return cast(list[T], answers)
+
+
 def job_key(job_id: str) -> str:
     return f"tgflow:job:{job_id}"
 
@@ -380,10 +392,9 @@ class JobStore:
         created, job_id = await self.batch.run(self._submit, keys, args)
         return str(job_id), bool(created)
 
-    async def submit_in(self, pipe: Pipeline, env: Envelope) -> None:
-        """Queue a submit on a pipeline, for batches in one round trip."""
-        keys, args = self._submit_call(env)
-        await self._submit(keys=keys, args=args, client=pipe)
+    async def submit_many(self, envs: list[Envelope]) -> list[tuple[str, bool]]:
+        """``submit`` for each of ``envs``, made in one loop turn: one round trip."""
+        return await _all(self.submit(env) for env in envs)
 
     async def transition(
         self,
@@ -537,12 +548,11 @@ class JobStore:
         still being cleaned up; try again shortly) or the job's status.
         """
         keys, args = self._requeue_call(record, env)
-        return str(await self._requeue(keys=keys, args=args))
+        return str(await self.batch.run(self._requeue, keys, args))
 
-    async def requeue_in(self, pipe: Pipeline, record: JobRecord, env: Envelope) -> None:
-        """Queue a requeue on a pipeline, for many jobs in one round trip."""
-        keys, args = self._requeue_call(record, env)
-        await self._requeue(keys=keys, args=args, client=pipe)
+    async def requeue_many(self, jobs: list[tuple[JobRecord, Envelope]]) -> list[str]:
+        """``requeue`` for each job, made in one loop turn: one round trip."""
+        return await _all(self.requeue(record, env) for record, env in jobs)
 
     async def recent_dead_letters(self, since: datetime, limit: int) -> list[str]:
         """Ids dead-lettered since ``since``, newest first (any tenant)."""

@@ -59,13 +59,9 @@ async def submit_batch(body: BatchRequest, state: State, principal: Writer) -> B
         envelope_of(job, principal.tenant, state.settings.max_defer_seconds) for job in body.jobs
     ]
     await check_accounts(state, principal.tenant, envs)
-    async with state.redis.pipeline(transaction=False) as pipe:
-        for env in envs:
-            await state.jobs.submit_in(pipe, env)
-        results = await pipe.execute()
+    results = await state.jobs.submit_many(envs)
     items = []
-    for index, (env, (created, job_id)) in enumerate(zip(envs, results, strict=True)):
-        job_id = str(job_id)
+    for index, (env, (job_id, created)) in enumerate(zip(envs, results, strict=True)):
         if created:
             JOBS_ENQUEUED.labels(env.type).inc()
             items.append(_item(index, job_id, "queued"))

@@ -276,10 +276,7 @@ async def requeue_dead_letters(
     blocked = await _blocked_accounts(state, principal.tenant, [env for _, env in ready])
     skipped += [RequeueSkip(id=job_id, reason=reason) for job_id, reason in blocked.items()]
     ready = [(record, env) for record, env in ready if record.id not in blocked]
-    async with state.redis.pipeline(transaction=False) as pipe:
-        for record, env in ready:
-            await state.jobs.requeue_in(pipe, record, env)
-        outcomes = await pipe.execute()
+    outcomes = await state.jobs.requeue_many(ready)
     ids: list[str] = []
     for (record, _), outcome in zip(ready, outcomes, strict=True):
         if outcome == "requeued":
