@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ from redis.asyncio import Redis
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.telegram import add_service_args  # noqa: E402
+from bench.telegram import add_service_args, free_port, until_final  # noqa: E402
 from shared.auth import mint_token  # noqa: E402
 from shared.config import DEFAULT_SECRET  # noqa: E402
 from shared.db import migrate  # noqa: E402
@@ -55,13 +54,6 @@ PROMPT = (
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -157,22 +149,6 @@ async def submit(session: aiohttp.ClientSession, prompt: str | None) -> str:
         return job_id
 
 
-async def until_done(redis: Redis, ids: list[str], limit: float = 600) -> list[dict[str, str]]:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        async with redis.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.hgetall(f"tgflow:job:{job_id}")
-            rows: list[dict[str, str]] = await pipe.execute()
-        if all(r.get("status") in ("succeeded", "failed") for r in rows):
-            failed = [r for r in rows if r["status"] != "succeeded"]
-            if failed:
-                raise RuntimeError(f"{len(failed)} jobs failed: {failed[0].get('error')}")
-            return rows
-        await asyncio.sleep(0.002 if len(ids) == 1 else 0.05)
-    raise RuntimeError(f"jobs not finished within {limit} s")
-
-
 def session(port: int) -> aiohttp.ClientSession:
     headers = {"Authorization": f"Bearer {mint_token(DEFAULT_SECRET, 'bench')}"}
     return aiohttp.ClientSession(
@@ -201,8 +177,8 @@ async def overhead(env: dict[str, str], openai_url: str, calls: int) -> dict[str
             response.raise_for_status()
             elapsed = (time.perf_counter() - start) * 1000
             job_id = await submit(http, PROMPT)
-            (row,) = await until_done(redis, [job_id])
-            (echoed,) = await until_done(redis, [await submit(http, None)])
+            (row,) = await until_final(redis, [job_id], interval=0.002)
+            (echoed,) = await until_final(redis, [await submit(http, None)], interval=0.002)
             if i < 20:
                 continue
             echo.append((int(echoed["finished_at"]) - int(echoed["created_at"])) / 1000)
@@ -270,7 +246,7 @@ async def throughput(
                 ids.append(await submit(http, f"Job {i}. {PROMPT}"))
 
         await asyncio.gather(*(client() for _ in range(20)))
-        rows = await until_done(redis, ids)
+        rows = await until_final(redis, ids)
         used = [
             cpu_seconds(worker_pids) - cpu[0],
             cpu_seconds([gateway_pid]) - cpu[1],

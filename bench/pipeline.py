@@ -37,7 +37,7 @@ from redis.asyncio import Redis
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.telegram import add_service_args  # noqa: E402
+from bench.telegram import add_service_args, free_port, until_final  # noqa: E402
 from shared import serialization  # noqa: E402
 from shared.auth import mint_token  # noqa: E402
 from shared.config import DEFAULT_SECRET  # noqa: E402
@@ -151,35 +151,10 @@ async def _arq_burst(pool: ArqRedis, jobs: int, clients: int) -> None:
         await asyncio.sleep(0.02)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def _statuses(redis: Redis, ids: list[str]) -> list[dict[str, str]]:
-    async with redis.pipeline(transaction=False) as pipe:
-        for job_id in ids:
-            pipe.hgetall(f"tgflow:job:{job_id}")
-        rows: list[dict[str, str]] = await pipe.execute()
-        return rows
-
-
-async def _until_done(redis: Redis, ids: list[str]) -> list[dict[str, str]]:
-    while True:
-        rows = await _statuses(redis, ids)
-        if all(r.get("status") in ("succeeded", "failed") for r in rows):
-            return rows
-        await asyncio.sleep(0.05)
-
-
 async def bench_tgflow(
     env: dict[str, str], jobs: int, clients: int, idle: int, batch: int = 1
 ) -> Result:
-    port = _free_port()
+    port = free_port()
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "services.cli.main", *args],
@@ -267,7 +242,7 @@ async def _tgflow_burst(
                 ids.extend(item["id"] for item in (await response.json())["items"])
 
     await asyncio.gather(*(submit() for _ in range(clients)))
-    return await _until_done(redis, ids)
+    return await until_final(redis, ids)
 
 
 async def prepare(database_admin: str, redis_url: str) -> dict[str, str]:

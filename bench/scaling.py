@@ -35,9 +35,11 @@ from bench.telegram import (  # noqa: E402
     add_service_args,
     free_port,
     fresh_database,
+    job_rows,
     sandbox_env,
     spawn,
     store_accounts,
+    until_final,
     wait_http,
 )
 from services.sandbox.admin_client import SandboxAdmin  # noqa: E402
@@ -119,25 +121,6 @@ class Cluster:
             proc.wait()
 
 
-async def rows_of(redis: Redis, job_ids: list[str]) -> list[dict[str, str]]:
-    async with redis.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            pipe.hgetall(f"tgflow:job:{job_id}")
-        rows: list[dict[str, str]] = await pipe.execute()
-    return rows
-
-
-async def all_finished(redis: Redis, job_ids: list[str]) -> list[dict[str, str]]:
-    while True:
-        rows = await rows_of(redis, job_ids)
-        if all(r.get("status") in ("succeeded", "failed") for r in rows):
-            failed = [r for r in rows if r["status"] != "succeeded"]
-            if failed:
-                raise RuntimeError(f"{len(failed)} sends failed: {failed[0].get('error')}")
-            return rows
-        await asyncio.sleep(0.1)
-
-
 async def throughput(env: dict[str, str], ids: list[str], workers: int, sends: int) -> float:
     cluster = Cluster(env)
     redis = Redis.from_url(env["TGFLOW_REDIS_URL"], decode_responses=True)
@@ -149,7 +132,7 @@ async def throughput(env: dict[str, str], ids: list[str], workers: int, sends: i
             await cluster.balanced(http, workers)
             await cluster.submit(http, ids, 0, 200)  # warm up: every account connected
             job_ids = await cluster.submit(http, ids, 200, sends)
-        rows = await all_finished(redis, job_ids)
+        rows = await until_final(redis, job_ids)
         span = max(int(r["finished_at"]) for r in rows) - min(int(r["created_at"]) for r in rows)
         return len(rows) / (span / 1e6)
     finally:
@@ -183,7 +166,7 @@ async def recovery(env: dict[str, str], ids: list[str]) -> dict[str, Any]:
 
             feeding = asyncio.create_task(steady())
             await asyncio.sleep(2.0)
-            running = {r["id"]: r for r in await rows_of(redis, list(stream))}
+            running = {r["id"]: r for r in await job_rows(redis, list(stream))}
             doomed.send_signal(signal.SIGKILL)
             killed = time.time()
             interrupted = [
@@ -207,7 +190,7 @@ async def recovery(env: dict[str, str], ids: list[str]) -> dict[str, Any]:
                 await asyncio.sleep(0.05)
             stop.set()
             await feeding
-        rows = {r["id"]: r for r in await all_finished(redis, list(stream))}
+        rows = {r["id"]: r for r in await until_final(redis, list(stream))}
         again = [rows[j] for j in interrupted if rows[j].get("worker") == "survivor"]
         rerun = [int(r["started_at"]) / 1e6 - killed for r in again]
         done = [int(r["finished_at"]) / 1e6 - killed for r in again]

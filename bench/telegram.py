@@ -71,6 +71,45 @@ async def wait_http(url: str) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+async def job_rows(redis: Redis, ids: list[str]) -> list[dict[str, str]]:
+    """The jobs' hashes as Redis holds them now (``redis`` decodes responses)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hgetall(f"tgflow:job:{job_id}")
+        rows: list[dict[str, str]] = await pipe.execute()
+    return rows
+
+
+async def until_final(
+    redis: Redis, ids: list[str], *, interval: float = 0.05, limit: float = 600
+) -> list[dict[str, str]]:
+    """Wait until every job is final, then their rows; raise if any did not succeed.
+
+    Each poll reads only the status of the jobs still open, so that the waiting costs
+    the machine under test little (a full read of every job per poll did).
+    """
+    deadline = time.monotonic() + limit
+    pending = list(ids)
+    while pending:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(pending)} jobs not final within {limit} s")
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id in pending:
+                pipe.hget(f"tgflow:job:{job_id}", "status")
+            statuses = await pipe.execute()
+        pending = [j for j, status in zip(pending, statuses, strict=True) if status not in FINAL]
+        if pending:
+            await asyncio.sleep(interval)
+    rows = await job_rows(redis, ids)
+    failed = [r for r in rows if r["status"] != "succeeded"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} jobs did not succeed: {failed[0].get('error')}")
+    return rows
+
+
 def add_service_args(parser: argparse.ArgumentParser, redis_db: int) -> None:
     """``--database`` (an admin URL the bench makes its own database beside) and
     ``--redis`` (a database the bench flushes), from the TGFLOW_BENCH_* variables."""
@@ -226,17 +265,7 @@ async def bench_pipeline(env: dict[str, str], ids: list[str], sends: int, batch:
                         job_ids.extend(item["id"] for item in (await response.json())["items"])
 
             await asyncio.gather(*(submit() for _ in range(50 if batch == 1 else 5)))
-        while True:
-            async with redis.pipeline(transaction=False) as pipe:
-                for job_id in job_ids:
-                    pipe.hgetall(f"tgflow:job:{job_id}")
-                rows: list[dict[str, str]] = await pipe.execute()
-            if all(r.get("status") in ("succeeded", "failed") for r in rows):
-                break
-            await asyncio.sleep(0.1)
-        failed = [r for r in rows if r["status"] != "succeeded"]
-        if failed:
-            raise RuntimeError(f"{len(failed)} sends failed: {failed[0].get('error')}")
+        rows = await until_final(redis, job_ids, interval=0.1)
         span = max(int(r["finished_at"]) for r in rows) - min(int(r["created_at"]) for r in rows)
         if os.environ.get("BENCH_DEBUG"):
             waits = sorted(int(r["started_at"]) - int(r["created_at"]) for r in rows)
