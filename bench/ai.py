@@ -33,13 +33,17 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 import httpx
-import psutil
 from redis.asyncio import Redis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.telegram import add_service_args, free_port, until_final  # noqa: E402
+from bench.telegram import (  # noqa: E402
+    add_service_args,
+    cpu_seconds,
+    free_port,
+    until_final,
+)
 from shared.auth import mint_token  # noqa: E402
 from shared.config import DEFAULT_SECRET  # noqa: E402
 from shared.db import migrate  # noqa: E402
@@ -211,14 +215,6 @@ def peak_overlap(rows: list[dict[str, str]]) -> int:
         running += step
         peak = max(peak, running)
     return peak
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        times = psutil.Process(pid).cpu_times()
-        total += times.user + times.system
-    return total
 
 
 async def throughput(

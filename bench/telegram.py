@@ -12,6 +12,9 @@
    then the same M sends made by a bare Telethon loop (K clients in one process, each
    sending its share in sequence) in the same run. Send budgets are raised for the run:
    they are a pacing policy, not overhead.
+3. Where the cores went: CPU milliseconds per send of every process that took part
+   (gateway, worker, sandbox, Redis, Postgres, this script's HTTP client; for the bare
+   loop, its clients and the sandbox). The host's cores are shared by all of them.
 """
 
 from __future__ import annotations
@@ -69,6 +72,46 @@ async def wait_http(url: str) -> None:
                 pass
             await asyncio.sleep(0.1)
     raise RuntimeError(f"{url} did not answer")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU seconds of these processes (those gone count as 0)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def pids_named(name: str) -> list[int]:
+    return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == name]
+
+
+class CpuMeter:
+    """CPU spent by each role over a stretch of the run: where the cores went."""
+
+    def __init__(self, roles: dict[str, list[int]]) -> None:
+        self.roles = {
+            **roles,
+            "redis": pids_named("redis-server"),
+            "postgres": pids_named("postgres"),
+        }
+        self.start = {role: cpu_seconds(pids) for role, pids in self.roles.items()}
+
+    def per_item_ms(self, items: int) -> dict[str, float]:
+        self.roles["postgres"] = pids_named("postgres")  # backends opened meanwhile
+        return {
+            role: (cpu_seconds(pids) - self.start.get(role, 0.0)) * 1000 / items
+            for role, pids in self.roles.items()
+        }
+
+
+def cpu_line(per_send: dict[str, float]) -> str:
+    parts = ", ".join(f"{role} {ms:.2f}" for role, ms in per_send.items())
+    return f"{sum(per_send.values()):.2f} ms ({parts})"
 
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -228,7 +271,10 @@ async def bench_memory(env: dict[str, str], ids: list[str]) -> tuple[int, float,
     return int(connected), (int(after) - int(before)) / int(connected) / 2**20, float(took)
 
 
-async def bench_pipeline(env: dict[str, str], ids: list[str], sends: int, batch: int = 1) -> float:
+async def bench_pipeline(
+    env: dict[str, str], ids: list[str], sends: int, sandbox_pid: int, batch: int = 1
+) -> tuple[float, dict[str, float]]:
+    """Send jobs per second, and CPU milliseconds per send by role."""
     port = free_port()
     procs = [
         spawn("gateway", "--port", str(port), env=env),
@@ -238,6 +284,14 @@ async def bench_pipeline(env: dict[str, str], ids: list[str], sends: int, batch:
     headers = {"Authorization": f"Bearer {mint_token(DEFAULT_SECRET, 'bench')}"}
     try:
         await wait_http(f"http://127.0.0.1:{port}/readyz")
+        meter = CpuMeter(
+            {
+                "gateway": [procs[0].pid],
+                "worker": [procs[1].pid],
+                "sandbox": [sandbox_pid],
+                "bench client": [os.getpid()],
+            }
+        )
         job_ids: list[str] = []
         remaining = iter(range(0, sends, batch))
         async with aiohttp.ClientSession(
@@ -266,6 +320,7 @@ async def bench_pipeline(env: dict[str, str], ids: list[str], sends: int, batch:
 
             await asyncio.gather(*(submit() for _ in range(50 if batch == 1 else 5)))
         rows = await until_final(redis, job_ids, interval=0.1)
+        cpu = meter.per_item_ms(sends)
         span = max(int(r["finished_at"]) for r in rows) - min(int(r["created_at"]) for r in rows)
         if os.environ.get("BENCH_DEBUG"):
             waits = sorted(int(r["started_at"]) - int(r["created_at"]) for r in rows)
@@ -282,7 +337,7 @@ async def bench_pipeline(env: dict[str, str], ids: list[str], sends: int, batch:
                 "errors",
                 {r.get("error", "")[:60] for r in rows},
             )
-        return len(rows) / (span / 1e6)
+        return len(rows) / (span / 1e6), cpu
     finally:
         for proc in procs:
             proc.terminate()
@@ -291,7 +346,10 @@ async def bench_pipeline(env: dict[str, str], ids: list[str], sends: int, batch:
         await redis.aclose()
 
 
-async def bench_bare(sessions: list[str], sends: int) -> float:
+async def bench_bare(
+    sessions: list[str], sends: int, sandbox_pid: int
+) -> tuple[float, dict[str, float]]:
+    """Sends per second, and CPU milliseconds per send by role."""
     from services.sandbox.client import make_client, register_sandbox_key
 
     register_sandbox_key()
@@ -305,11 +363,13 @@ async def bench_bare(sessions: list[str], sends: int) -> float:
         for i in range(count):
             await client.send_message("me", f"bare {i}")
 
+    meter = CpuMeter({"sandbox": [sandbox_pid], "bare client": [os.getpid()]})
     start = time.perf_counter()
     await asyncio.gather(*(loop(c, n) for c, n in zip(clients, share, strict=True)))
     took = time.perf_counter() - start
+    cpu = meter.per_item_ms(sends)
     await asyncio.gather(*(c.disconnect() for c in clients))
-    return sends / took
+    return sends / took, cpu
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -333,9 +393,13 @@ async def main(args: argparse.Namespace) -> None:
             f"RSS {per_account_mib:.2f} MiB per connected account (target < 3)"
         )
         send_ids = ids[: args.send_accounts]
-        pipeline = await bench_pipeline(env, send_ids, args.sends)
-        batched = await bench_pipeline(env, send_ids, args.sends, batch=100)
-        bare = await bench_bare([s for _, s in sessions[: args.send_accounts]], args.sends)
+        pipeline, pipeline_cpu = await bench_pipeline(env, send_ids, args.sends, sandbox.pid)
+        batched, batched_cpu = await bench_pipeline(
+            env, send_ids, args.sends, sandbox.pid, batch=100
+        )
+        bare, bare_cpu = await bench_bare(
+            [s for _, s in sessions[: args.send_accounts]], args.sends, sandbox.pid
+        )
         print(f"sends over {args.send_accounts} accounts, {args.sends} messages:")
         print(
             f"  tgflow jobs, one per POST (HTTP -> queue -> worker -> sandbox): {pipeline:6.0f} /s"
@@ -348,6 +412,10 @@ async def main(args: argparse.Namespace) -> None:
             f"  ratio tgflow / bare: {pipeline / bare:.2f}, batched {batched / bare:.2f} "
             "(target >= 0.7)"
         )
+        print("CPU per send, every process on the host that took part:")
+        print(f"  one per POST: {cpu_line(pipeline_cpu)}")
+        print(f"  batched:      {cpu_line(batched_cpu)}")
+        print(f"  bare loop:    {cpu_line(bare_cpu)}")
         print(f"host: {psutil.cpu_count()} CPUs; sandbox, gateway, worker and clients share them")
     finally:
         sandbox.terminate()

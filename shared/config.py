@@ -39,7 +39,7 @@ class BaseAppSettings(BaseSettings):
     db_pool_min: int = Field(default=1, ge=0, le=100)
     db_pool_max: int = Field(default=4, ge=1, le=200)
     db_command_timeout: float = Field(default=10.0, gt=0)
-    log_level: str = "INFO"
+    log_level: str = Field(default="INFO", pattern="(?i)^(debug|info|warning|error|critical)$")
     log_json: bool = True
     otlp_endpoint: str | None = None
     sentry_dsn: SecretStr | None = None

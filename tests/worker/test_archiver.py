@@ -73,3 +73,69 @@ async def test_entries_of_a_dead_archiver_are_claimed(
     assert await pg.fetchval("SELECT status FROM jobs WHERE id = $1", uuid.UUID(job_id)) == "queued"
     pending = await redis.xpending(ARCHIVE_STREAM, GROUP)
     assert pending["pending"] == 0
+
+
+async def test_every_field_arrives_as_the_hash_held_it(
+    redis: Redis, pg: asyncpg.Connection[Any]
+) -> None:
+    """Times to the microsecond, JSON as values, absent fields as NULL or their default;
+    one batch holds several jobs."""
+    full, bare = str(uuid.uuid4()), str(uuid.uuid4())
+    history = [{"attempt": 1, "code": "timeout", "at": "2023-11-14T22:13:20Z"}]
+    fields = {
+        "id": full,
+        "tenant": "acme",
+        "type": "telegram.send_message",
+        "queue": "telegram",
+        "status": "failed",
+        "params": '{"peer": "me", "text": "héllo"}',
+        "attempts": "3",
+        "result": "",
+        "error": '{"code": "peer_invalid", "message": "No such peer."}',
+        "idempotency_key": "k-1",
+        "trace_id": "0af7651916cd43dd8448eb211c80319c",
+        "seq": "7",
+        "created_at": "1700000000000001",
+        "run_at": "1700000000500000",
+        "started_at": "1700000001123457",
+        "finished_at": "1700000002999999",
+        "random_id": "-9007199254740993",
+        "history": orjson.dumps(history).decode(),
+        "dead_at": "1700000003000000",
+        "requeued": "2",
+        "timeout": "12.5",
+        "priority": "high",
+    }
+    pool = await create_pool(BaseAppSettings(), role="test")
+    archiver = Archiver(redis, pool, "c1")
+    await archiver.ensure_group()
+    try:
+        await redis.xadd(ARCHIVE_STREAM, {"job": orjson.dumps(fields).decode()})
+        await redis.xadd(ARCHIVE_STREAM, snapshot(bare, 1, "queued"))
+        assert await archiver.step(block=False) == 2
+    finally:
+        await pool.close()
+    row = await pg.fetchrow(
+        "SELECT *, (extract(epoch FROM started_at) * 1000000)::bigint AS started_us, "
+        "(extract(epoch FROM finished_at) * 1000000)::bigint AS finished_us "
+        "FROM jobs WHERE id = $1",
+        uuid.UUID(full),
+    )
+    assert orjson.loads(row["params"]) == {"peer": "me", "text": "héllo"}
+    assert (row["result"], row["error_code"], row["error_message"]) == (
+        None,
+        "peer_invalid",
+        "No such peer.",
+    )
+    assert (row["started_us"], row["finished_us"]) == (1700000001123457, 1700000002999999)
+    assert row["created_at"].isoformat() == "2023-11-14T22:13:20.000001+00:00"
+    assert row["dead_at"].isoformat() == "2023-11-14T22:13:23+00:00"
+    assert row["random_id"] == -9007199254740993
+    assert orjson.loads(row["history"]) == history
+    assert (row["attempts"], row["requeued"], row["seq"]) == (3, 2, 7)
+    assert (row["timeout"], row["priority"], row["idempotency_key"]) == (12.5, "high", "k-1")
+    assert row["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+    other = await pg.fetchrow("SELECT * FROM jobs WHERE id = $1", uuid.UUID(bare))
+    assert orjson.loads(other["history"]) == []
+    assert (other["started_at"], other["random_id"]) == (None, None)
+    assert (other["priority"], other["timeout"], other["dead_at"]) == ("normal", None, None)
