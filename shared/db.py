@@ -33,8 +33,16 @@ async def create_pool(settings: BaseAppSettings, *, role: str, read_only: bool =
         command_timeout=settings.db_command_timeout,
         server_settings=server_settings,
         init=_init_connection,
+        reset=_keep_session,
     )
     return pool
+
+
+async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
+    """Release without asyncpg's reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET
+    ALL): one more round trip on every release, for session state that pooled connections
+    never change here. asyncpg still rolls back a transaction left open before this runs.
+    """
 
 
 async def _init_connection(conn: asyncpg.Connection[Any]) -> None:

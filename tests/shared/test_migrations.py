@@ -70,3 +70,28 @@ async def test_pools_run_with_jit_off_in_utc(database_url: str) -> None:
             await ro.execute("INSERT INTO tenants (id, name) VALUES ('x', 'x')")
     finally:
         await ro.close()
+
+
+async def test_a_release_costs_no_reset_round_trip_and_rolls_back_a_left_transaction(
+    database_url: str,
+) -> None:
+    """The pool hands connections back without asyncpg's reset query; a transaction left
+    open is still rolled back."""
+    from shared.config import BaseAppSettings
+    from shared.db import create_pool
+
+    pool = await create_pool(BaseAppSettings(db_pool_min=1, db_pool_max=1), role="test")
+    watcher = await asyncpg.connect(database_url)
+    try:
+        pid = await pool.fetchval("SELECT pg_backend_pid() /* probe */")
+        last = await watcher.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
+        assert last == "SELECT pg_backend_pid() /* probe */"
+        async with pool.acquire() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("CREATE TEMP TABLE left_behind (x int)")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") == pid
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.left_behind')") is None
+    finally:
+        await watcher.close()
+        await pool.close()
