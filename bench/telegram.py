@@ -131,20 +131,24 @@ async def until_final(
 ) -> list[dict[str, str]]:
     """Wait until every job is final, then their rows; raise if any did not succeed.
 
-    Each poll reads only the status of the jobs still open, so that the waiting costs
-    the machine under test little (a full read of every job per poll did).
+    Jobs finish roughly in the order they were submitted, so each poll reads the status
+    of only the oldest open ones (a window of 256) and moves on at once while that
+    window is all final: waiting costs the machine under test little (reading every
+    open job on every poll cost it as much CPU as the gateway).
     """
     deadline = time.monotonic() + limit
     pending = list(ids)
     while pending:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{len(pending)} jobs not final within {limit} s")
+        window = pending[:256]
         async with redis.pipeline(transaction=False) as pipe:
-            for job_id in pending:
+            for job_id in window:
                 pipe.hget(f"tgflow:job:{job_id}", "status")
             statuses = await pipe.execute()
-        pending = [j for j, status in zip(pending, statuses, strict=True) if status not in FINAL]
-        if pending:
+        still = [j for j, status in zip(window, statuses, strict=True) if status not in FINAL]
+        pending = still + pending[len(window) :]
+        if still:
             await asyncio.sleep(interval)
     rows = await job_rows(redis, ids)
     failed = [r for r in rows if r["status"] != "succeeded"]
