@@ -65,8 +65,6 @@ ON CONFLICT (id) DO UPDATE SET
 WHERE jobs.seq < EXCLUDED.seq
 """
 
-_COLUMNS = 23
-
 
 def _opt_int(value: str | None) -> int | None:
     return int(value) if value else None
@@ -103,9 +101,7 @@ def row_of(snapshot: Mapping[str, str]) -> tuple[Any, ...]:
 
 
 def columns_of(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
-    """Rows turned into the statement's column arrays."""
-    if not rows:
-        return [[] for _ in range(_COLUMNS)]
+    """Rows (at least one) turned into the statement's column arrays."""
     return [list(column) for column in zip(*rows, strict=True)]
 
 
@@ -191,6 +187,8 @@ class Archiver:
             pass
 
     async def write(self, entries: list[tuple[str, dict[str, str]]]) -> None:
+        if not entries:
+            return
         latest: dict[str, dict[str, str]] = {}
         for _, fields in entries:
             snap = orjson.loads(fields["job"])
