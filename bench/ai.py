@@ -28,10 +28,8 @@ import sys
 import time
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-import asyncpg
 import httpx
 from redis.asyncio import Redis
 
@@ -42,11 +40,12 @@ from bench.telegram import (  # noqa: E402
     add_service_args,
     cpu_seconds,
     free_port,
+    fresh_database,
+    service_env,
     until_final,
 )
 from shared.auth import mint_token  # noqa: E402
 from shared.config import DEFAULT_SECRET  # noqa: E402
-from shared.db import migrate  # noqa: E402
 
 MODEL = "sandbox-extractive-1"
 PROMPT = (
@@ -90,21 +89,8 @@ async def wait_http(url: str) -> None:
 
 
 async def prepare(database_admin: str, redis_url: str) -> dict[str, str]:
-    parts = urlsplit(database_admin)
-    conn = await asyncpg.connect(database_admin)
-    await conn.execute('DROP DATABASE IF EXISTS "tgflow_bench_ai" WITH (FORCE)')
-    await conn.execute('CREATE DATABASE "tgflow_bench_ai"')
-    await conn.close()
-    dsn = urlunsplit(parts._replace(path="/tgflow_bench_ai"))
-    await migrate(dsn)
-    return {
-        **os.environ,
-        "TGFLOW_ENV": "development",
-        "TGFLOW_DATABASE_URL": dsn,
-        "TGFLOW_REDIS_URL": redis_url,
-        "TGFLOW_LOG_LEVEL": "WARNING",
-        "TGFLOW_MIGRATE_ON_START": "false",
-    }
+    dsn = await fresh_database(database_admin, "tgflow_bench_ai")
+    return service_env(dsn, redis_url)
 
 
 class Stack:

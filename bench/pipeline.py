@@ -26,10 +26,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-import asyncpg
 from arq import Worker
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio import Redis
@@ -37,11 +35,16 @@ from redis.asyncio import Redis
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.telegram import add_service_args, free_port, until_final  # noqa: E402
+from bench.telegram import (  # noqa: E402
+    add_service_args,
+    free_port,
+    fresh_database,
+    service_env,
+    until_final,
+)
 from shared import serialization  # noqa: E402
 from shared.auth import mint_token  # noqa: E402
 from shared.config import DEFAULT_SECRET  # noqa: E402
-from shared.db import migrate  # noqa: E402
 
 ARQ_QUEUE = "bench:arq"
 # A random pause before each idle job, so that a polling worker is met at a random phase
@@ -246,24 +249,11 @@ async def _tgflow_burst(
 
 
 async def prepare(database_admin: str, redis_url: str) -> dict[str, str]:
-    parts = urlsplit(database_admin)
-    conn = await asyncpg.connect(database_admin)
-    await conn.execute('DROP DATABASE IF EXISTS "tgflow_bench" WITH (FORCE)')
-    await conn.execute('CREATE DATABASE "tgflow_bench"')
-    await conn.close()
-    dsn = urlunsplit(parts._replace(path="/tgflow_bench"))
-    await migrate(dsn)
+    dsn = await fresh_database(database_admin, "tgflow_bench")
     redis = Redis.from_url(redis_url)
     await redis.flushdb()
     await redis.aclose()
-    return {
-        **os.environ,
-        "TGFLOW_ENV": "development",
-        "TGFLOW_DATABASE_URL": dsn,
-        "TGFLOW_REDIS_URL": redis_url,
-        "TGFLOW_LOG_LEVEL": "WARNING",
-        "TGFLOW_MIGRATE_ON_START": "false",
-    }
+    return service_env(dsn, redis_url)
 
 
 def report(results: list[Result]) -> None:

@@ -183,9 +183,8 @@ async def fresh_database(admin_dsn: str, name: str) -> str:
     return dsn
 
 
-def sandbox_env(dsn: str, redis_url: str, mtproto_port: int, accounts: int) -> dict[str, str]:
-    """Processes against the sandbox DC, with send budgets out of the way: they are a
-    pacing policy, not overhead."""
+def service_env(dsn: str, redis_url: str) -> dict[str, str]:
+    """The environment of tgflow processes on the bench's database and Redis."""
     return {
         **os.environ,
         "TGFLOW_ENV": "development",
@@ -193,6 +192,14 @@ def sandbox_env(dsn: str, redis_url: str, mtproto_port: int, accounts: int) -> d
         "TGFLOW_REDIS_URL": redis_url,
         "TGFLOW_LOG_LEVEL": "WARNING",
         "TGFLOW_MIGRATE_ON_START": "false",
+    }
+
+
+def sandbox_env(dsn: str, redis_url: str, mtproto_port: int, accounts: int) -> dict[str, str]:
+    """Processes against the sandbox DC, with send budgets out of the way: they are a
+    pacing policy, not overhead."""
+    return {
+        **service_env(dsn, redis_url),
         "TGFLOW_SANDBOX_DC": f"127.0.0.1:{mtproto_port}",
         "TGFLOW_TELEGRAM_SEND_RATE": "100000",
         "TGFLOW_TELEGRAM_SEND_BURST": "100000",
