@@ -187,7 +187,7 @@ async def test_retry_rebuilds_an_expired_job_from_the_archive(
 
 
 async def test_bulk_requeue_takes_what_the_filter_selects(
-    switch: breakable.Switch, store: JobStore, redis: Redis
+    switch: breakable.Switch, store: JobStore, redis: Redis, pg: asyncpg.Connection[Any]
 ) -> None:
     before = requeued_metric("bulk")
     peers = [
@@ -219,6 +219,14 @@ async def test_bulk_requeue_takes_what_the_filter_selects(
         assert {i["id"] for i in left} == set(others)
 
         newest = left[0]["id"]
+        # As if the archive still held a requeued job as the newest dead letter: it must
+        # neither take the page's one place nor hide the dead letters below it.
+        await breakable.archive_all(redis)
+        await pg.execute(
+            "UPDATE jobs SET status = 'failed', dead_at = now() + interval '1 hour', seq = 0 "
+            "WHERE id = $1",
+            uuid.UUID(peers[0]),
+        )
         one = await client.post("/v1/dead-letters:requeue", json={"limit": 1}, headers=auth())
         assert one.json()["ids"] == [newest]
         await wait_for_status(client, newest, {"succeeded"})

@@ -99,28 +99,35 @@ async def dead_letter_page(
     cursor: tuple[datetime, uuid.UUID] | None,
 ) -> tuple[list[JobRecord], str | None]:
     """One page of a tenant's dead letters, newest first, and the cursor of the next."""
-    rows = await repository.list_dead_letters(
-        state.db,
-        tenant,
-        job_type=flt.type,
-        error_code=flt.error_code,
-        since=flt.since,
-        until=flt.until,
-        limit=limit,
-        cursor=cursor,
-    )
-    floor = _position(rows[-1]) if len(rows) == limit else None
-    known = {r.id for r in rows}
+    # Archive rows that Redis shows as moved on (requeued since) are left out; more are
+    # read until the page is full, so that stale rows never shorten it or move its floor.
+    kept: list[JobRecord] = []
+    known: set[str] = set()
+    below = cursor
+    while True:
+        rows = await repository.list_dead_letters(
+            state.db,
+            tenant,
+            job_type=flt.type,
+            error_code=flt.error_code,
+            since=flt.since,
+            until=flt.until,
+            limit=limit,
+            cursor=below,
+        )
+        known.update(r.id for r in rows)
+        for row, live in zip(rows, await state.jobs.get_many([r.id for r in rows]), strict=True):
+            if live is None or live.seq <= row.seq:
+                kept.append(row)
+            elif flt.matches(live):
+                kept.append(live)  # fresher
+        floor = _position(rows[-1]) if len(rows) == limit else None
+        if floor is None or len(kept) >= limit:
+            break
+        below = floor
     recent = await state.jobs.recent_dead_letters(utcnow() - LIVE_WINDOW, LIVE_MAX)
     extra = [i for i in recent if i not in known]
-    lives = await state.jobs.get_many([r.id for r in rows] + extra)
-    kept: list[JobRecord] = []
-    for row, live in zip(rows, lives[: len(rows)], strict=True):
-        if live is None or live.seq <= row.seq:
-            kept.append(row)
-        elif flt.matches(live):
-            kept.append(live)  # fresher; a job requeued since the archive saw it is left out
-    for live in lives[len(rows) :]:
+    for live in await state.jobs.get_many(extra):
         if live is None or live.tenant != tenant or not flt.matches(live):
             continue
         position = _position(live)
