@@ -1,4 +1,5 @@
-"""The client pool's upkeep: idle clients go, unhealthy ones are recycled, LRU eviction."""
+"""The client pool's upkeep (idle clients go, unhealthy ones are recycled, LRU eviction)
+and the worker's reads of account rows."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.client import auth_key_id
 from services.sandbox.server import Sandbox
 from services.worker.telegram import accounts
+from services.worker.telegram.accounts import DisabledReason, State
 from services.worker.telegram.runtime import TelegramRuntime
 from services.worker.telegram.vault import vault_from_settings
 from shared.config import WorkerSettings
 from shared.db import create_pool
-from shared.errors import Deferral
+from shared.errors import Deferral, PermanentFailure
 from shared.redis_client import create_redis
 from tests.telegram.conftest import import_account
 
@@ -95,6 +97,47 @@ async def test_an_account_outside_the_held_shards_is_never_connected(
         assert deferred.value.code == "shard_moved"
         assert rt.pool.connected() == []
         assert [r for r in await admin.ledger() if r["auth_key_id"] == key] == before
+    finally:
+        await rt.close()
+        await rt.db.close()
+        await rt.redis.aclose()
+
+
+async def test_jobs_of_one_account_share_a_read_and_a_local_change_is_not_cached_over(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[uuid.UUID] = []
+    real_load = accounts.load
+
+    async def counted(db: object, account_id: uuid.UUID) -> accounts.Account | None:
+        reads.append(account_id)
+        account = await real_load(db, account_id)  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)  # every job below arrives while this read is in flight
+        return account
+
+    monkeypatch.setattr(accounts, "load", counted)
+    rt = await _runtime(sandbox)
+    try:
+        imported, _ = await import_account(api, admin)
+        account_id = uuid.UUID(imported["id"])
+        found = await asyncio.gather(*(rt.load_usable("acme", account_id) for _ in range(20)))
+        assert len(reads) == 1
+        assert {a.id for a in found} == {account_id}
+        with pytest.raises(PermanentFailure) as refused:
+            await rt.load_usable("other-tenant", account_id)  # the cached row is still scoped
+        assert refused.value.code == "account_not_found"
+        assert len(reads) == 1
+
+        rt.forget(account_id)
+        started = asyncio.ensure_future(rt.load_usable("acme", account_id))
+        await asyncio.sleep(0.01)  # its read is in flight ...
+        await accounts.set_state(rt.db, found[0], State.DISABLED, reason=DisabledReason.REVOKED)
+        rt.forget(account_id)  # ... when this worker changes the account
+        assert (await started).state is State.ACTIVE  # that read began before the change
+        with pytest.raises(PermanentFailure) as refused:
+            await rt.load_usable("acme", account_id)
+        assert refused.value.code == "account_disabled"
+        assert len(reads) == 3
     finally:
         await rt.close()
         await rt.db.close()

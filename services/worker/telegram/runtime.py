@@ -55,6 +55,7 @@ class TelegramRuntime:
         self.pool = ClientPool(settings, vault, redis, worker_id)
         # Account rows read per job: cached briefly, dropped on every local state change.
         self._accounts: dict[uuid.UUID, tuple[float, Account]] = {}
+        self._loading: dict[uuid.UUID, asyncio.Future[Account | None]] = {}
         # Whether every stored session has its auth key fingerprint (see tasks.accounts).
         self.key_hashes_complete = False
         # Per-tenant call counters, flushed to Redis in batches (not one write per call).
@@ -64,14 +65,26 @@ class TelegramRuntime:
         cached = self._accounts.get(account_id)
         if cached is not None and time.monotonic() - cached[0] < ACCOUNT_CACHE_SECONDS:
             return cached[1] if cached[1].tenant == tenant else None
-        account = await accounts.load(self.db, account_id)
-        if account is None:
-            return None
-        self._accounts[account_id] = (time.monotonic(), account)
-        return account if account.tenant == tenant else None
+        # Jobs of one account that find the entry stale together share one read.
+        loading = self._loading.get(account_id)
+        if loading is None:
+            loading = asyncio.ensure_future(accounts.load(self.db, account_id))
+            self._loading[account_id] = loading
+            loading.add_done_callback(lambda done: self._loaded(account_id, done))
+        account = await asyncio.shield(loading)
+        return account if account is not None and account.tenant == tenant else None
+
+    def _loaded(self, account_id: uuid.UUID, done: asyncio.Future[Account | None]) -> None:
+        failed = done.cancelled() or done.exception() is not None
+        if self._loading.get(account_id) is not done:
+            return  # forgotten while it was read: the row may predate a local change
+        del self._loading[account_id]
+        if not failed and (account := done.result()) is not None:
+            self._accounts[account_id] = (time.monotonic(), account)
 
     def forget(self, account_id: uuid.UUID) -> None:
         self._accounts.pop(account_id, None)
+        self._loading.pop(account_id, None)
 
     def count(self, tenant: str, method: str, outcome: str) -> None:
         self._calls[(tenant, f"{method}:{outcome}")] += 1
