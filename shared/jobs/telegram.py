@@ -11,25 +11,77 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from shared.jobs.contract import JobType, QueueKind, RetryPolicy, register
 
-_USERNAME = re.compile(r"^@?[A-Za-z][A-Za-z0-9_]{3,31}$")
+_USERNAME = re.compile(r"@?([A-Za-z][A-Za-z0-9_]{3,31})")
+_PHONE = re.compile(r"\+[0-9]{7,15}")
 _LINK = re.compile(
-    r"^(?:https?://)?(?:t\.me|telegram\.me)/(?:\+|joinchat/)?[A-Za-z0-9_\-]{4,64}/?$"
+    r"(?:https?://)?(?:www\.)?(?:t\.me|telegram\.me|telegram\.dog)/([^?#]+?)/?(?:[?#].*)?",
+    re.IGNORECASE,
 )
-_PHONE = re.compile(r"^\+[0-9]{7,15}$")
+_INVITE = re.compile(r"(?:\+|joinchat/)([A-Za-z0-9_\-]{4,64})")
+_PRIVATE_POST = re.compile(r"c/([0-9]{1,15})(?:/[0-9]{1,10})?")
+_PUBLIC = re.compile(r"(?:s/)?([A-Za-z][A-Za-z0-9_]{3,31})(?:/[0-9]{1,10})?")
+INT32_MAX = 2**31 - 1  # message ids and offsets are MTProto ints
+INT64_MAX = 2**63 - 1
+INVITE_PREFIX = "https://t.me/+"
 
 
 def normalize_peer(value: str) -> str:
-    """Accept ``me``, @username, a numeric id, a t.me link or +phone; reject the rest."""
+    """One spelling per peer: ``me``, ``@username`` (lower case), a non-zero 64-bit
+    numeric id, ``+phone`` or an invite link ``https://t.me/+hash``.
+
+    t.me links (also telegram.me, telegram.dog, www.) become what they name: a public
+    chat or its post -> @username, a private post ``t.me/c/123/45`` -> ``-100123``,
+    ``t.me/+15551234567`` -> the phone, ``t.me/+hash`` and ``t.me/joinchat/hash`` -> the
+    invite link. Anything else is refused.
+    """
     text = value.strip()
     if text.lower() in ("me", "self"):
         return "me"
-    if re.fullmatch(r"-?[0-9]{1,20}", text) or _PHONE.match(text):
+    if re.fullmatch(r"-?[0-9]{1,20}", text):
+        number = int(text)
+        if number == 0 or abs(number) > INT64_MAX:
+            raise ValueError("a numeric peer id must be a non-zero 64-bit integer")
+        return str(number)
+    if _PHONE.fullmatch(text):
         return text
-    if _USERNAME.match(text):
-        return "@" + text.lstrip("@")
-    if _LINK.match(text):
-        return text
+    if username := _USERNAME.fullmatch(text):
+        return "@" + username.group(1).lower()
+    if link := _LINK.fullmatch(text):
+        path = link.group(1)
+        if _PHONE.fullmatch(path):
+            return path
+        if invite := _INVITE.fullmatch(path):
+            return INVITE_PREFIX + invite.group(1)
+        if post := _PRIVATE_POST.fullmatch(path):
+            return f"-100{post.group(1)}"
+        if public := _PUBLIC.fullmatch(path):
+            return "@" + public.group(1).lower()
     raise ValueError("peer must be 'me', @username, a numeric id, a t.me link or +phone")
+
+
+def invite_hash(peer: str) -> str | None:
+    """The hash of a normalised invite link, None for any other peer."""
+    return peer.removeprefix(INVITE_PREFIX) if peer.startswith(INVITE_PREFIX) else None
+
+
+def _chat_target(value: str) -> str:
+    peer = normalize_peer(value)
+    if not peer.startswith("@") and invite_hash(peer) is None:
+        raise ValueError("target must be the @username of a public chat or an invite link")
+    return peer
+
+
+def _group_peer(value: str) -> str:
+    peer = normalize_peer(value)
+    if peer == "me" or peer.startswith("+") or peer.isdigit():
+        raise ValueError("peer must be a group or channel: @username, a -100... id or a link")
+    return peer
+
+
+def _some_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("text must contain more than whitespace")
+    return value
 
 
 Peer = Annotated[
@@ -37,6 +89,13 @@ Peer = Annotated[
     AfterValidator(normalize_peer),
     Field(description="me, @username, numeric id, t.me link or +phone"),
 ]
+GroupPeer = Annotated[
+    str,
+    AfterValidator(_group_peer),
+    Field(description="a group or channel: @username, -100... id or t.me link"),
+]
+MessageId = Annotated[int, Field(ge=1, le=INT32_MAX)]
+Offset = Annotated[int, Field(ge=0, le=INT32_MAX)]
 
 
 class AccountParams(BaseModel):
@@ -50,9 +109,9 @@ class PeerParams(AccountParams):
 
 
 class SendMessageParams(PeerParams):
-    text: str = Field(min_length=1, max_length=4096)
+    text: Annotated[str, AfterValidator(_some_text)] = Field(min_length=1, max_length=4096)
     parse_mode: Literal["markdown", "html"] | None = None
-    reply_to: int | None = Field(default=None, ge=1)
+    reply_to: MessageId | None = None
     silent: bool = False
     link_preview: bool = True
 
@@ -65,8 +124,8 @@ class SendMessageResult(BaseModel):
 
 class GetHistoryParams(PeerParams):
     limit: int = Field(default=50, ge=1, le=100)
-    offset_id: int = Field(default=0, ge=0)
-    min_id: int = Field(default=0, ge=0)
+    offset_id: Offset = 0
+    min_id: Offset = 0
 
 
 class MessageOut(BaseModel):
@@ -106,7 +165,7 @@ _TELEGRAM_RETRY = RetryPolicy(max_tries=5, base_seconds=1.0, cap_seconds=60.0)
 
 
 class GetMessagesParams(PeerParams):
-    ids: list[int] = Field(min_length=1, max_length=100)
+    ids: list[MessageId] = Field(min_length=1, max_length=100)
 
 
 class DialogsParams(AccountParams):
@@ -125,13 +184,17 @@ class DialogsResult(BaseModel):
 
 
 class JoinChatParams(AccountParams):
-    target: Annotated[Peer, Field(description="@username of a public chat, or an invite link")]
+    target: Annotated[
+        str,
+        AfterValidator(_chat_target),
+        Field(description="@username of a public chat, or an invite link"),
+    ]
 
 
 class ForwardParams(AccountParams):
     from_peer: Peer
     to_peer: Peer
-    ids: list[int] = Field(min_length=1, max_length=100)
+    ids: list[MessageId] = Field(min_length=1, max_length=100)
     silent: bool = False
 
 
@@ -140,15 +203,16 @@ class ForwardResult(BaseModel):
 
 
 class MarkReadParams(PeerParams):
-    max_id: int = Field(default=0, ge=0, description="0: everything")
+    max_id: Offset = Field(default=0, description="0: everything")
 
 
 class OkResult(BaseModel):
     ok: bool
 
 
-class ParticipantsParams(PeerParams):
-    offset: int = Field(default=0, ge=0)
+class ParticipantsParams(AccountParams):
+    peer: GroupPeer
+    offset: Offset = 0
     limit: int = Field(default=200, ge=1, le=10_000, description="Members to fetch, page by page.")
     page_size: int = Field(
         default=200, ge=1, le=200, description="Members per Telegram request (at most 200)."

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from telethon import types
+from telethon import types, utils
+from telethon.tl.functions.contacts import ResolvePhoneRequest
 from telethon.tl.functions.messages import SendMessageRequest
 from telethon.tl.functions.users import GetUsersRequest
 
@@ -21,6 +22,7 @@ from shared.jobs.telegram import (
     SendMessageParams,
     SendMessageResult,
     UserOut,
+    invite_hash,
 )
 
 
@@ -44,12 +46,42 @@ def user_out(user: Any) -> UserOut:
     )
 
 
+def _lookup(peer: str) -> tuple[str, Any]:
+    """The MTProto method that finding ``peer`` may call, and what Telethon is given."""
+    if peer.startswith("@"):
+        return "contacts.resolveUsername", peer
+    if invite_hash(peer) is not None:
+        return "messages.checkChatInvite", peer
+    number = int(peer)  # what remains of a normalised peer is a numeric id
+    return ("users.getUsers" if number > 0 else "channels.getChannels"), number
+
+
+async def _user_by_phone(tg: AccountSession, phone: str) -> Any:
+    found = await tg.call(
+        "contacts.resolvePhone", lambda: tg.client(ResolvePhoneRequest(phone.lstrip("+")))
+    )
+    user_id = getattr(found.peer, "user_id", None)
+    user = next((u for u in found.users if u.id == user_id), None)
+    if user is None:
+        raise PermanentFailure("phone_not_occupied", "No user has this phone number.")
+    return user
+
+
 async def input_peer(tg: AccountSession, peer: str) -> Any:
+    """The InputPeer of a normalised peer (``shared.jobs.telegram.normalize_peer``)."""
     if peer == "me":  # Saved Messages: nothing to resolve
         return types.InputPeerSelf()
-    method = "contacts.resolveUsername" if peer.startswith("@") else "peer.resolve"
-    value: Any = int(peer) if peer.lstrip("-").isdigit() else peer
+    if peer.startswith("+"):
+        return utils.get_input_peer(await _user_by_phone(tg, peer))
+    method, value = _lookup(peer)
     return await tg.call(method, lambda: tg.client.get_input_entity(value))
+
+
+def peer_key(peer: Any) -> str:
+    """One name per chat for the per-peer send budget, however the job spelled it."""
+    if isinstance(peer, types.InputPeerSelf):
+        return "me"
+    return str(utils.get_peer_id(peer))
 
 
 async def send_message(ctx: JobContext, params: SendMessageParams) -> SendMessageResult:
@@ -58,9 +90,14 @@ async def send_message(ctx: JobContext, params: SendMessageParams) -> SendMessag
     random_id = random_id_for(ctx.job_id)
     ctx.annotate(random_id=random_id)
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
-        await tg.take_send_budget(params.peer, "messages.sendMessage")
         peer = await input_peer(tg, params.peer)
-        text, entities = await tg.client._parse_message_text(params.text, params.parse_mode or ())
+        await tg.take_send_budget(peer_key(peer), "messages.sendMessage")
+        try:  # no parse mode: the text goes as written (Telethon's default is markdown)
+            text, entities = await tg.client._parse_message_text(params.text, params.parse_mode)
+        except ValueError:
+            raise PermanentFailure(
+                "message_empty", "The text is empty once its markup is parsed."
+            ) from None
         request = SendMessageRequest(
             peer=peer,
             message=text,
@@ -102,15 +139,21 @@ async def get_history(ctx: JobContext, params: GetHistoryParams) -> MessagesResu
                 peer, limit=params.limit, offset_id=params.offset_id, min_id=params.min_id
             ),
         )
+        own = tg.account.tg_user_id
     return MessagesResult.model_validate(
-        {"messages": [message_out(m) for m in messages if isinstance(m, types.Message)]}
+        {"messages": [message_out(m, own) for m in messages if isinstance(m, types.Message)]}
     )
 
 
 async def resolve(ctx: JobContext, params: PeerParams) -> ResolveResult:
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
-        value: Any = int(params.peer) if params.peer.lstrip("-").isdigit() else params.peer
-        entity = await tg.call("contacts.resolveUsername", lambda: tg.client.get_entity(value))
+        if params.peer == "me":
+            entity = await tg.call("users.getUsers", lambda: tg.client.get_me())
+        elif params.peer.startswith("+"):
+            entity = await _user_by_phone(tg, params.peer)
+        else:
+            method, value = _lookup(params.peer)
+            entity = await tg.call(method, lambda: tg.client.get_entity(value))
     return ResolveResult(peer=peer_out(entity))
 
 

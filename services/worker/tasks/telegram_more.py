@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import re
 from typing import Any
 
 import orjson
@@ -12,7 +11,7 @@ from telethon.tl.functions.channels import GetParticipantsRequest, JoinChannelRe
 from telethon.tl.functions.messages import ForwardMessagesRequest, ImportChatInviteRequest
 
 from services.worker.context import JobContext
-from services.worker.tasks.telegram import input_peer, peer_out, user_out
+from services.worker.tasks.telegram import input_peer, peer_key, peer_out, user_out
 from services.worker.telegram.runtime import message_out, random_id_for
 from shared.errors import PermanentFailure
 from shared.jobs.telegram import (
@@ -29,9 +28,8 @@ from shared.jobs.telegram import (
     ParticipantsResult,
     ResolveResult,
     UserOut,
+    invite_hash,
 )
-
-_INVITE = re.compile(r"(?:\+|joinchat/)([A-Za-z0-9_\-]+)/?$")
 
 
 async def get_messages(ctx: JobContext, params: GetMessagesParams) -> MessagesResult:
@@ -40,8 +38,9 @@ async def get_messages(ctx: JobContext, params: GetMessagesParams) -> MessagesRe
         found = await tg.call(
             "messages.getMessages", lambda: tg.client.get_messages(peer, ids=params.ids)
         )
+        own = tg.account.tg_user_id
     return MessagesResult.model_validate(
-        {"messages": [message_out(m) for m in found if isinstance(m, types.Message)]}
+        {"messages": [message_out(m, own) for m in found if isinstance(m, types.Message)]}
     )
 
 
@@ -66,10 +65,10 @@ async def get_dialogs(ctx: JobContext, params: DialogsParams) -> DialogsResult:
 
 
 async def join_chat(ctx: JobContext, params: JoinChatParams) -> ResolveResult:
-    invite = _INVITE.search(params.target)
+    invite = invite_hash(params.target)
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
-        if invite:
-            request: Any = ImportChatInviteRequest(invite.group(1))
+        if invite is not None:
+            request: Any = ImportChatInviteRequest(invite)
             updates = await tg.call("messages.importChatInvite", lambda: tg.client(request))
         else:
             channel = await input_peer(tg, params.target)
@@ -86,9 +85,9 @@ async def forward_messages(ctx: JobContext, params: ForwardParams) -> ForwardRes
     """One random_id per forwarded message, derived from the job id: re-runs repeat them."""
     random_ids = [random_id_for(f"{ctx.job_id}:{i}") for i in range(len(params.ids))]
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
-        await tg.take_send_budget(params.to_peer, "messages.forwardMessages")
         source = await input_peer(tg, params.from_peer)
         target = await input_peer(tg, params.to_peer)
+        await tg.take_send_budget(peer_key(target), "messages.forwardMessages")
         request = ForwardMessagesRequest(
             from_peer=source,
             id=params.ids,

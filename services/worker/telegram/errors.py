@@ -1,6 +1,7 @@
 """Every Telethon error a job can meet, mapped once to an outcome.
 
-defer: wait, then run again without spending a try (flood and slow-mode waits);
+defer: wait, then run again without spending a try (flood waits, every other 420 that
+       names a wait, and slow-mode waits, which hold only the chat they came from);
 reconnect: the connection is gone: mark the account reconnecting and defer its jobs
            with backoff, never failing them for it;
 retry: transient, with backoff (server errors, timeouts, lost connections);
@@ -35,6 +36,7 @@ class Mapped:
     message: str
     seconds: int = 0
     reason: DisabledReason | None = None
+    per_peer: bool = False  # the wait holds one chat, not the method everywhere
 
 
 DISABLING: dict[type[BaseException], DisabledReason] = {
@@ -49,11 +51,10 @@ DISABLING: dict[type[BaseException], DisabledReason] = {
     tg.AuthKeyNotFound: DisabledReason.INVALID,
 }
 
-WAITS: tuple[type[BaseException], ...] = (
-    tg.FloodWaitError,
-    tg.FloodPremiumWaitError,
-    tg.SlowModeWaitError,
-)
+# Every 420 (FLOOD_WAIT_X, FLOOD_PREMIUM_WAIT_X, FLOOD_TEST_PHONE_WAIT_X, TAKEOUT_INIT_DELAY_X,
+# 2FA_CONFIRM_WAIT_X, a bare FLOOD) and slow mode (a 400) ask for a wait.
+WAITS: tuple[type[BaseException], ...] = (tg.FloodError, tg.SlowModeWaitError)
+UNNAMED_WAIT_SECONDS = 60  # a 420 that names no wait
 
 TRANSIENT: tuple[type[BaseException], ...] = (
     tg.ServerError,
@@ -87,8 +88,14 @@ def map_error(exc: BaseException) -> Mapped:
         if isinstance(exc, kind):
             return Mapped(Kind.DISABLE, code_of(exc), str(exc), reason=reason)
     if isinstance(exc, WAITS):
-        seconds = int(getattr(exc, "seconds", 0) or 0)
-        return Mapped(Kind.DEFER, code_of(exc), f"Telegram asks to wait {seconds} s.", seconds)
+        named = getattr(exc, "seconds", None)
+        seconds = UNNAMED_WAIT_SECONDS if named is None else int(named)
+        per_peer = isinstance(exc, tg.SlowModeWaitError)
+        text = f"Telegram asks to wait {seconds} s" + (" in this chat." if per_peer else ".")
+        return Mapped(Kind.DEFER, code_of(exc), text, seconds, per_peer=per_peer)
+    if isinstance(exc, tg.RandomIdDuplicateError):  # a 500, but resending repeats it
+        text = "Telegram already has a message with this job's random_id; it is not sent again."
+        return Mapped(Kind.FAIL, code_of(exc), text)
     if isinstance(exc, TRANSIENT):  # before DISCONNECTED: TimeoutError is an OSError
         return Mapped(Kind.RETRY, code_of(exc), f"{type(exc).__name__}: {exc}")
     if isinstance(exc, DISCONNECTED):

@@ -55,13 +55,16 @@ def client_options(settings: WorkerSettings) -> dict[str, Any]:
     receive_updates off: jobs ask for what they need, so no update loop runs per client.
     A small flood_sleep_threshold: long flood waits go back to the queue, not to a
     sleeping coroutine holding a job slot. One quick connection and request retry: the
-    job's own retry policy and the reconnect backoff own the waiting. A bounded entity
-    cache keeps memory per account flat.
+    job's own retry policy and the reconnect backoff own the waiting; when that retry
+    fails too, the server's own error is raised (not Telethon's generic ValueError), so
+    the error map sees the flood or server error it was. A bounded entity cache keeps
+    memory per account flat.
     """
     return {
         "receive_updates": False,
         "flood_sleep_threshold": settings.telegram_flood_sleep_threshold,
         "request_retries": 1,
+        "raise_last_call_error": True,
         "connection_retries": 1,
         "retry_delay": 0,
         "auto_reconnect": True,

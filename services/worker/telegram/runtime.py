@@ -241,14 +241,16 @@ def _flooded(method: str, until: datetime) -> Deferral:
     return Deferral("flood_wait", f"{method} is in a flood wait for this account.", until)
 
 
-def message_out(message: Any) -> dict[str, Any]:
+def message_out(message: Any, own_user_id: int | None = None) -> dict[str, Any]:
+    """A message as job results show it; ``own_user_id`` is the sender of outgoing
+    private messages, which Telegram sends without a sender."""
     media = None
     if message.media is not None:
         media = type(message.media).__name__.removeprefix("MessageMedia").lower()
     return {
         "id": message.id,
         "date": message.date,
-        "sender_id": message.sender_id,
+        "sender_id": message.sender_id if message.sender_id or not message.out else own_user_id,
         "text": message.message or "",
         "reply_to": message.reply_to_msg_id,
         "media": media,
