@@ -32,7 +32,7 @@ from pydantic import (
 
 from shared.config import BaseAppSettings
 from shared.jobs.contract import JobType, ParamsRejected, QueueKind, RetryPolicy, register
-from shared.jobs.telegram import normalize_peer
+from shared.jobs.telegram import INT32_MAX, normalize_peer
 
 SANDBOX_PROVIDER = "sandbox"
 SANDBOX_MODEL = "sandbox-extractive-1"
@@ -345,7 +345,7 @@ class SummarizeChatResult(BaseModel):
 
 
 class ReplyParams(ChatParams):
-    message_id: int = Field(ge=1, description="The message to answer.")
+    message_id: int = Field(ge=1, le=INT32_MAX, description="The message to answer.")
     context: int = Field(default=20, ge=1, le=100, description="Messages read up to it.")
     instructions: str | None = Field(default=None, max_length=4000)
     send: bool = Field(default=False, description="Send the reply with telegram.send_message.")

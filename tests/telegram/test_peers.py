@@ -1,0 +1,102 @@
+"""Peers and params the gateway can judge alone: one spelling per peer, 422 for the rest."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from shared.jobs.telegram import normalize_peer
+from tests.helpers import auth
+
+
+@pytest.mark.parametrize(
+    ("given", "normal"),
+    [
+        ("me", "me"),
+        ("Self", "me"),
+        ("@Carol_sb", "@carol_sb"),
+        ("carol_sb", "@carol_sb"),
+        ("https://t.me/Carol_sb", "@carol_sb"),
+        ("t.me/carol_sb/", "@carol_sb"),
+        ("https://t.me/news_sb/12", "@news_sb"),
+        ("https://www.t.me/news_sb", "@news_sb"),
+        ("https://telegram.dog/news_sb?single", "@news_sb"),
+        ("telegram.me/s/news_sb", "@news_sb"),
+        ("https://t.me/c/1234567/45", "-1001234567"),
+        ("t.me/+15550001133", "+15550001133"),
+        ("+15550001133", "+15550001133"),
+        ("https://t.me/+AbCdEf_123", "https://t.me/+AbCdEf_123"),
+        ("t.me/joinchat/AbCdEf_123", "https://t.me/+AbCdEf_123"),
+        ("-1001234567", "-1001234567"),
+        ("0042", "42"),
+    ],
+)
+def test_every_spelling_of_a_peer_becomes_one(given: str, normal: str) -> None:
+    assert normalize_peer(given) == normal
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["0", "-0", "9223372036854775808", "not a peer!", "t.me/", "t.me/c/x", "https://example.com/a"],
+)
+def test_what_names_no_peer_is_refused(given: str) -> None:
+    with pytest.raises(ValueError, match="peer"):
+        normalize_peer(given)
+
+
+ACCOUNT = str(uuid.uuid4())
+
+
+@pytest.mark.parametrize(
+    ("job_type", "params", "field"),
+    [
+        ("telegram.send_message", {"peer": "me", "text": "  \n "}, "params.text"),
+        (
+            "telegram.send_message",
+            {"peer": "me", "text": "x", "reply_to": 2**31},
+            "params.reply_to",
+        ),
+        (
+            "telegram.send_message",
+            {"peer": "me", "text": "x", "reply_to": 2**64},
+            "params.reply_to",
+        ),
+        ("telegram.send_message", {"peer": "99999999999999999999", "text": "x"}, "params.peer"),
+        ("telegram.get_messages", {"peer": "me", "ids": [0]}, "params.ids.0"),
+        ("telegram.get_messages", {"peer": "me", "ids": [1, 2**64]}, "params.ids.1"),
+        ("telegram.get_history", {"peer": "me", "offset_id": 2**31}, "params.offset_id"),
+        ("telegram.mark_read", {"peer": "me", "max_id": 2**40}, "params.max_id"),
+        ("telegram.join_chat", {"target": "me"}, "params.target"),
+        ("telegram.join_chat", {"target": "+15550001133"}, "params.target"),
+        ("telegram.join_chat", {"target": "12345"}, "params.target"),
+        ("telegram.get_participants", {"peer": "me"}, "params.peer"),
+        ("telegram.get_participants", {"peer": "12345"}, "params.peer"),
+        ("telegram.get_participants", {"peer": "@news_sb", "offset": 2**31}, "params.offset"),
+    ],
+)
+async def test_params_that_cannot_work_are_422_before_any_worker(
+    api: httpx.AsyncClient, job_type: str, params: dict[str, Any], field: str
+) -> None:
+    body = {"type": job_type, "params": {"account_id": ACCOUNT, **params}}
+    response = await api.post("/v1/jobs", json=body, headers=auth())
+    assert response.status_code == 422, response.text
+    assert [d["field"] for d in response.json()["error"]["details"]] == [field]
+
+
+async def test_a_batch_with_one_impossible_job_enqueues_nothing(
+    api: httpx.AsyncClient, redis: Redis
+) -> None:
+    jobs = [
+        {"type": "telegram.get_me", "params": {"account_id": ACCOUNT}},
+        {
+            "type": "telegram.get_messages",
+            "params": {"account_id": ACCOUNT, "peer": "me", "ids": [2**64]},
+        },
+    ]
+    response = await api.post("/v1/jobs:batch", json={"jobs": jobs}, headers=auth())
+    assert response.status_code == 422, response.text
+    assert await redis.keys("tgflow:job:*") == []
