@@ -229,16 +229,21 @@ async def insert_active(
             auth_key_hash(session),
         )
         if stored is None:  # this user is known: re-seal for the existing row and update it
-            stored = await conn.fetchval(
-                "SELECT id FROM accounts WHERE tenant_id = $1 AND tg_user_id = $2 FOR UPDATE",
+            known = await conn.fetchrow(
+                """SELECT id, state FROM accounts WHERE tenant_id = $1 AND tg_user_id = $2
+                   FOR UPDATE""",
                 tenant,
                 me["id"],
             )
+            assert known is not None
+            stored = known["id"]
             assert stored is not None
             sealed = vault.seal(session, aad=stored.bytes)
+            # A new session starts clean: no flood wait, error or disabling of the old one.
             await conn.execute(
                 """UPDATE accounts SET state = 'active', disabled_reason = NULL,
-                       invalid_since = NULL, session_ciphertext = $2, session_wrapped_key = $3,
+                       invalid_since = NULL, flood_until = NULL, last_error = NULL,
+                       session_ciphertext = $2, session_wrapped_key = $3,
                        session_key_id = $4, auth_key_hash = $5, updated_at = now()
                    WHERE id = $1""",
                 stored,
@@ -247,6 +252,10 @@ async def insert_active(
                 sealed.key_id,
                 auth_key_hash(session),
             )
+            if known["state"] != State.ACTIVE.value:
+                change = {"from": known["state"], "to": State.ACTIVE.value}
+                await record_event(conn, stored, tenant, "state_change", change)
+                log.info("account state changed", account_id=str(stored), **change)
         await record_event(conn, stored, tenant, "imported", {"tg_user_id": me["id"]})
     return stored
 

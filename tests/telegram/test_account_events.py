@@ -1,0 +1,68 @@
+"""Every transition of an account leaves an event row: connects, disconnects, state changes."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+
+from services.sandbox.admin_client import SandboxAdmin
+from services.sandbox.client import make_client, sandbox_session
+from services.sandbox.server import Sandbox
+from tests.helpers import auth
+from tests.telegram.conftest import import_account
+from tests.telegram.test_jobs import run
+
+
+async def _new_session(sandbox: Sandbox, phone: str) -> str:
+    client = make_client(sandbox_session(2, "127.0.0.1", sandbox.mtproto_port))
+    await client.connect()
+    try:
+        await client.send_code_request(phone)
+        await client.sign_in(phone, "22222")
+        session: str = client.session.save()
+        return session
+    finally:
+        await client.disconnect()
+
+
+async def test_a_new_session_reactivates_a_disabled_account_cleanly_with_an_event(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, pg: asyncpg.Connection[Any]
+) -> None:
+    account, created = await import_account(api, admin, phone="+15550009876")
+    account_id = uuid.UUID(account["id"])
+    fault = await admin.add_fault(created["user_id"], "revoke")
+    failed = await run(api, "telegram.get_me", account_id=account["id"])
+    assert failed["status"] == "failed"
+    await admin.delete_fault(fault)
+    await pg.execute(
+        "UPDATE accounts SET flood_until = now() + interval '1 hour' WHERE id = $1", account_id
+    )
+    before = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
+    assert (before["state"], before["disabled_reason"]) == ("disabled", "revoked")
+    assert before["last_error"] is not None
+
+    again = await api.post(
+        "/v1/accounts/import",
+        json={"session_string": await _new_session(sandbox, "+15550009876")},
+        headers=auth(),
+    )
+    assert again.status_code == 201
+    assert again.json()["state"] == "active"
+    row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
+    assert row["state"] == "active"
+    for column in ("disabled_reason", "flood_until", "last_error", "invalid_since"):
+        assert row[column] is None, column
+    changes = [
+        json.loads(r["details"])
+        for r in await pg.fetch(
+            """SELECT details::text FROM account_events
+               WHERE account_id = $1 AND kind = 'state_change'
+               ORDER BY id""",
+            account_id,
+        )
+    ]
+    assert changes[-1] == {"from": "disabled", "to": "active"}
