@@ -70,19 +70,66 @@ def scrub(value: Any) -> Any:
     return value
 
 
-def setup_sentry(settings: BaseAppSettings, service: str) -> None:
-    """Initialise Sentry when a DSN is configured, scrubbing secrets from every event."""
+def _frames(event: Mapping[str, Any]) -> list[dict[str, Any]]:
+    holders = [
+        *event.get("exception", {}).get("values", []),
+        *event.get("threads", {}).get("values", []),
+    ]
+    return [f for h in holders for f in (h.get("stacktrace") or {}).get("frames", [])]
+
+
+def scrub_event(event: dict[str, Any]) -> dict[str, Any]:
+    """An event fit to leave the process: no frame locals, no request body, no cookies,
+    and every value under a secret-looking key (extra, contexts, headers, breadcrumbs)
+    redacted.
+
+    Local variables and bodies are dropped whatever their names: a secret passed down
+    the stack sits under names like ``value`` or ``body_bytes`` that no key rule catches.
+    """
+    for frame in _frames(event):
+        frame.pop("vars", None)
+    request = event.get("request")
+    if isinstance(request, dict):
+        for part in ("data", "cookies"):
+            request.pop(part, None)
+    cleaned: dict[str, Any] = scrub(event)
+    return cleaned
+
+
+def setup_sentry(settings: BaseAppSettings, service: str, *, transport: Any = None) -> None:
+    """Initialise Sentry when a DSN is configured, with no secret in any event.
+
+    The SDK collects no frame locals, no request bodies, no user identity, no cookies
+    and no query data; ``scrub_event`` enforces the same on whatever still reaches
+    ``before_send``. ``transport`` replaces the HTTP transport (tests capture with it).
+    """
     if settings.sentry_dsn is None:
         return
     import sentry_sdk
 
     def before_send(event: Any, hint: dict[str, Any]) -> Any:
-        return scrub(event)
+        return scrub_event(event)
+
+    def before_breadcrumb(crumb: Any, hint: dict[str, Any]) -> Any:
+        return scrub(crumb)
 
     sentry_sdk.init(
         dsn=settings.sentry_dsn.get_secret_value(),
         environment=settings.env.value,
         server_name=service,
-        send_default_pii=False,
+        transport=transport,
+        include_local_variables=False,
+        max_request_body_size="never",
+        # send_default_pii is deprecated in favour of data_collection (and off by default).
+        data_collection={
+            "user_info": False,
+            "cookies": {"mode": "off"},
+            "http_bodies": [],
+            "stack_frame_variables": False,
+            "database_query_data": False,
+            "queues": False,
+            "gen_ai": {"inputs": False, "outputs": False},
+        },
         before_send=before_send,
+        before_breadcrumb=before_breadcrumb,
     )

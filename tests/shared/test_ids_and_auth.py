@@ -70,3 +70,20 @@ def test_secrets_are_scrubbed_from_sentry_events_and_logs() -> None:
     assert "hunter2" not in str(cleaned)
     assert "Bearer abc" not in str(cleaned)
     assert cleaned["extra"]["ok"] == 1
+
+
+def test_sentry_events_lose_frame_locals_bodies_and_secret_breadcrumbs() -> None:
+    from shared.telemetry import scrub_event
+
+    session = "1BVtsOKABu0secret-session-string"
+    frame = {"function": "put", "vars": {"value": session}}
+    event = {
+        "exception": {"values": [{"stacktrace": {"frames": [frame]}}]},
+        "request": {"data": {"session_string": session}, "cookies": {"a": session}},
+        "breadcrumbs": {"values": [{"data": {"password": "hunter2", "n": 1}}]},
+    }
+    cleaned = scrub_event(event)
+    assert session not in str(cleaned)
+    assert "hunter2" not in str(cleaned)
+    assert cleaned["exception"]["values"][0]["stacktrace"]["frames"][0]["function"] == "put"
+    assert cleaned["breadcrumbs"]["values"][0]["data"]["n"] == 1
