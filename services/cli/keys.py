@@ -7,37 +7,59 @@ after it, roll the workers, run ``tgflow keys rotate``, then drop the old keys.
 from __future__ import annotations
 
 import asyncio
+import sys
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
 from services.worker.telegram.accounts import sealed_of
-from services.worker.telegram.vault import Vault, vault_from_settings
+from services.worker.telegram.vault import Vault, VaultError, vault_from_settings
 from shared.config import WorkerSettings
+from shared.logs import get_logger
+
+log = get_logger(__name__)
 
 
-async def rotate(settings: WorkerSettings, *, batch: int = 200) -> int:
-    """Re-wrap data keys not under the primary key; return how many accounts changed."""
+@dataclass
+class Rotation:
+    """What a rotation did: sessions re-wrapped, and accounts whose session would not open."""
+
+    changed: int = 0
+    failed: list[uuid.UUID] = field(default_factory=list)
+
+
+async def rotate(settings: WorkerSettings, *, batch: int = 200) -> Rotation:
+    """Re-wrap data keys not under the primary key, skipping (and listing) any that fail."""
     vault = vault_from_settings(
         settings.vault_keys.get_secret_value() if settings.vault_keys else None,
         settings.secret_key.get_secret_value(),
     )
     conn: asyncpg.Connection[Any] = await asyncpg.connect(settings.database_url)
-    changed = 0
+    done = Rotation()
+    after = uuid.UUID(int=0)
     try:
         while True:
+            # Keyset paging: a row that cannot be re-wrapped stays behind, not in front.
             rows = await conn.fetch(
                 """SELECT id, session_key_id, session_wrapped_key, session_ciphertext
                    FROM accounts WHERE session_key_id IS NOT NULL AND session_key_id <> $1
+                     AND id > $3
                    ORDER BY id LIMIT $2""",
                 vault.primary_id,
                 batch,
+                after,
             )
             if not rows:
-                return changed
+                return done
             for row in rows:
-                changed += await _rewrap_one(conn, vault, row)
-
+                try:
+                    done.changed += await _rewrap_one(conn, vault, row)
+                except VaultError as exc:
+                    done.failed.append(row["id"])
+                    log.warning("session not re-wrapped", account_id=str(row["id"]), error=str(exc))
+            after = rows[-1]["id"]
     finally:
         await conn.close()
 
@@ -62,8 +84,17 @@ async def _rewrap_one(conn: asyncpg.Connection[Any], vault: Vault, row: Any) -> 
 def run_rotate() -> int:
     settings = WorkerSettings()
     settings.ensure_safe()
-    changed = asyncio.run(rotate(settings))
-    print(f"re-wrapped {changed} session(s)")
+    done = asyncio.run(rotate(settings))
+    print(f"re-wrapped {done.changed} session(s)")
+    if done.failed:
+        print(
+            f"error: {len(done.failed)} session(s) could not be re-wrapped (is their vault key"
+            " still in TGFLOW_VAULT_KEYS?); keep the old keys until these are fixed:",
+            file=sys.stderr,
+        )
+        for account_id in done.failed:
+            print(f"  account {account_id}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import asyncpg
 import pytest
 
-from services.cli.keys import rotate
+from services.cli.keys import Rotation, rotate, run_rotate
 from services.worker.telegram.vault import Sealed, Vault, VaultError
 from shared.config import WorkerSettings
 
@@ -79,11 +80,49 @@ async def test_keys_rotate_rewraps_every_stored_session(
             sealed.key_id,
         )
     monkeypatch.setenv("TGFLOW_VAULT_KEYS", f"{new_entry},{old_entry}")
-    assert await rotate(WorkerSettings(), batch=2) == 5
-    assert await rotate(WorkerSettings()) == 0  # idempotent
+    assert await rotate(WorkerSettings(), batch=2) == Rotation(changed=5)
+    assert await rotate(WorkerSettings()) == Rotation(changed=0)  # idempotent
     new_only = Vault.parse(new_entry)
     for i, account_id in enumerate(ids):
         row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
         assert row["session_key_id"] == "new"
         sealed = Sealed("new", bytes(row["session_wrapped_key"]), bytes(row["session_ciphertext"]))
         assert new_only.open(sealed, aad=account_id.bytes) == f"{SESSION}{i}"
+
+
+async def test_keys_rotate_skips_a_session_it_cannot_open_and_rotates_the_rest(
+    pg: asyncpg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    old_entry, new_entry = Vault.generate_entry("old"), Vault.generate_entry("new")
+    gone = Vault.parse(Vault.generate_entry("gone"))  # a key already dropped from the config
+    old = Vault.parse(old_entry)
+    await pg.execute("INSERT INTO tenants (id, name) VALUES ('acme', 'acme')")
+    lost = uuid.UUID(int=1)  # sorts first, so it is met before every other row
+    rows = [(lost, gone)] + [(uuid.uuid4(), old) for _ in range(4)]
+    for i, (account_id, vault) in enumerate(rows):
+        sealed = vault.seal(f"{SESSION}{i}", aad=account_id.bytes)
+        await pg.execute(
+            """INSERT INTO accounts (id, tenant_id, tg_user_id, state, session_ciphertext,
+                   session_wrapped_key, session_key_id)
+               VALUES ($1, 'acme', $2, 'active', $3, $4, $5)""",
+            account_id,
+            1000 + i,
+            sealed.ciphertext,
+            sealed.wrapped_key,
+            sealed.key_id,
+        )
+    monkeypatch.setenv("TGFLOW_VAULT_KEYS", f"{new_entry},{old_entry}")
+    assert await rotate(WorkerSettings(), batch=2) == Rotation(changed=4, failed=[lost])
+    keys = await pg.fetch("SELECT id, session_key_id FROM accounts")
+    assert {r["id"]: r["session_key_id"] for r in keys if r["id"] != lost} == {
+        account_id: "new" for account_id, _ in rows[1:]
+    }
+    capsys.readouterr()
+    assert await asyncio.to_thread(run_rotate) == 1
+    out, err = capsys.readouterr()
+    assert "re-wrapped 0 session(s)" in out
+    assert "1 session(s) could not be re-wrapped" in err
+    assert str(lost) in err
+    assert SESSION not in out + err
