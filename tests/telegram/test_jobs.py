@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -227,3 +228,80 @@ async def test_dropped_connections_are_survived_without_spending_tries(
     job = await run(api, "telegram.get_me", account_id=account["id"])
     assert job["status"] == "succeeded", job
     assert job["attempts"] == 1
+
+
+async def test_text_goes_as_written_unless_a_parse_mode_is_asked_for(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    account, created = await import_account(api, admin)
+    raw = "call __init__ with **kwargs** and `x`"
+    plain = await run(api, "telegram.send_message", account_id=account["id"], peer="me", text=raw)
+    marked = await run(
+        api,
+        "telegram.send_message",
+        account_id=account["id"],
+        peer="me",
+        text="**bold** and `code`",
+        parse_mode="markdown",
+    )
+    assert plain["status"] == marked["status"] == "succeeded"
+    stored = {m["id"]: m["text"] for m in await admin.messages(created["user_id"])}
+    assert stored[plain["result"]["message_id"]] == raw
+    assert stored[marked["result"]["message_id"]] == "bold and code"
+    empty = await run(
+        api,
+        "telegram.send_message",
+        account_id=account["id"],
+        peer="me",
+        text="** **",
+        parse_mode="markdown",
+    )
+    assert empty["status"] == "failed"
+    assert empty["error"]["code"] == "message_empty"
+
+
+async def test_phones_and_phone_links_resolve_and_own_messages_have_a_sender(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    account, created = await import_account(api, admin)
+    target = await admin.create_account(phone="+15550001133", first_name="Dana")
+    for spelling in ("+15550001133", "https://t.me/+15550001133"):
+        resolved = await run(api, "telegram.resolve", account_id=account["id"], peer=spelling)
+        assert resolved["status"] == "succeeded", resolved
+        assert resolved["result"]["peer"]["id"] == target["user_id"]
+    sent = await run(
+        api, "telegram.send_message", account_id=account["id"], peer="+15550001133", text="hi"
+    )
+    assert sent["status"] == "succeeded", sent
+    history = await run(
+        api, "telegram.get_history", account_id=account["id"], peer="+15550001133", limit=5
+    )
+    assert [(m["text"], m["sender_id"]) for m in history["result"]["messages"]] == [
+        ("hi", created["user_id"])
+    ]
+    nobody = await run(api, "telegram.resolve", account_id=account["id"], peer="+15550009999")
+    assert nobody["status"] == "failed"
+    assert nobody["error"]["code"] == "phone_not_occupied"
+
+
+async def test_the_per_chat_send_budget_holds_however_the_chat_is_spelled(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    account, _ = await import_account(api, admin)
+    carol = await admin.create_account(username="carol_sb", first_name="Carol")
+    spellings = [
+        "@carol_sb",
+        "https://t.me/Carol_sb",
+        str(carol["user_id"]),
+        "telegram.me/carol_sb",
+    ]
+    finished = []
+    for peer in spellings:  # one at a time: the numeric id is known once resolved
+        sent = await run(
+            api, "telegram.send_message", account_id=account["id"], peer=peer, text="x"
+        )
+        assert sent["status"] == "succeeded", sent
+        finished.append(sent["finished_at"])
+    # A burst of 3 per chat, then 0.34 sends a second: the fourth waits about 3 s.
+    started, last = (datetime.fromisoformat(finished[i]) for i in (0, 3))
+    assert (last - started).total_seconds() > 2
