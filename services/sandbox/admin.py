@@ -168,7 +168,7 @@ class AdminApi:
                 self.world.join(member, channel)
             for seed in body.messages:
                 sender = _account(self.world, seed.from_id or creator.id)
-                messaging.send(self.world, sender, channel.peer, seed.text, None)
+                messaging.send(self.world, sender, channel.peer, messaging.Draft(seed.text), None)
         except RpcFail as fail:
             raise _rpc_to_admin(fail) from None
         result = {
@@ -188,7 +188,9 @@ class AdminApi:
         sender = _account(self.world, body.from_id)
         peer = parse_peer(self.world, body.peer)
         try:
-            sent = messaging.send(self.world, sender, peer, body.text, body.random_id)
+            sent = messaging.send(
+                self.world, sender, peer, messaging.Draft(body.text), body.random_id
+            )
         except RpcFail as fail:
             raise _rpc_to_admin(fail) from None
         data = message_json(sender, sent.message)

@@ -1,15 +1,26 @@
 """Message effects on the world: send, forward, read, with random_id dedupe."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from telethon.tl import types
 
 from .errors import RpcFail, bad_request, forbidden
-from .render import channel_tl, message_entities, message_tl
+from .render import channel_tl, message_entities, message_tl, reply_header
 from .state import Account, Channel, FwdInfo, PeerRef, SentRef, StoredMessage, World, now
 
 MAX_TEXT = 4096
+
+
+@dataclass(frozen=True)
+class Draft:
+    """What a sender asks for: text and its formatting, reply, flags, forward origin."""
+
+    text: str
+    entities: tuple[Any, ...] = ()
+    reply_to: int | None = None
+    silent: bool = False
+    fwd: FwdInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -41,57 +52,81 @@ def channel_for(world: World, account: Account, peer: PeerRef, *, write: bool) -
     return channel
 
 
-def _check_text(text: str, fwd: FwdInfo | None) -> None:
-    if not text and fwd is None:
+def _check_text(draft: Draft) -> None:
+    if not draft.text and draft.fwd is None:
         raise bad_request("MESSAGE_EMPTY")
-    if len(text) > MAX_TEXT:
+    if len(draft.text) > MAX_TEXT:
         raise bad_request("MESSAGE_TOO_LONG")
 
 
-def send(
-    world: World,
-    sender: Account,
-    peer: PeerRef,
-    text: str,
-    random_id: int | None,
-    fwd: FwdInfo | None = None,
-) -> Sent:
+def send(world: World, sender: Account, peer: PeerRef, draft: Draft, random_id: int | None) -> Sent:
     """Store a new message, or return the original one for a repeated random_id."""
     if random_id is not None and random_id in sender.sent:
         ref = sender.sent[random_id]
         original = lookup(world, sender, ref.peer, ref.msg_id)
         if original is not None:
             return Sent(original, ref.pts, duplicate=True)
-    _check_text(text, fwd)
+    _check_text(draft)
     if peer.kind == "channel":
-        sent = _send_channel(world, sender, peer, text, random_id, fwd)
+        sent = _send_channel(world, sender, peer, draft, random_id)
     else:
-        sent = _send_private(world, sender, peer, text, random_id, fwd)
+        sent = _send_private(world, sender, peer, draft, random_id)
     if random_id is not None:
         sender.sent[random_id] = SentRef(peer, sent.message.id, sent.pts)
     return sent
 
 
-def _send_private(
-    world: World,
-    sender: Account,
+def _stored(
+    draft: Draft,
+    msg_id: int,
     peer: PeerRef,
-    text: str,
+    sender: Account,
     random_id: int | None,
-    fwd: FwdInfo | None,
+    reply_to: int | None,
+    *,
+    out: bool = False,
+    post: bool = False,
+) -> StoredMessage:
+    return StoredMessage(
+        msg_id,
+        peer,
+        sender.id,
+        out,
+        draft.text,
+        now(),
+        random_id,
+        draft.fwd,
+        post=post,
+        reply_to=reply_to,
+        entities=draft.entities,
+        silent=draft.silent,
+    )
+
+
+def _send_private(
+    world: World, sender: Account, peer: PeerRef, draft: Draft, random_id: int | None
 ) -> Sent:
     target = world.accounts.get(peer.id)
     if target is None:
         raise bad_request("PEER_ID_INVALID")
     if target.banned:
         raise bad_request("USER_IS_BLOCKED")
-    date = now()
-    mine = StoredMessage(sender.next_id(), peer, sender.id, True, text, date, random_id, fwd)
+    # A reply to a message missing from this chat goes out without its header.
+    replied = lookup(world, sender, peer, draft.reply_to) if draft.reply_to else None
+    reply_to = replied.id if replied is not None else None
+    mine = _stored(draft, sender.next_id(), peer, sender, random_id, reply_to, out=True)
     pts = sender.store(mine)
     if target.id != sender.id:
-        theirs = StoredMessage(
-            target.next_id(), sender.peer, sender.id, False, text, date, None, fwd
+        theirs = replace(
+            mine,
+            id=target.next_id(),
+            peer=sender.peer,
+            out=False,
+            random_id=None,
+            reply_to=replied.twin_id if replied is not None else None,
+            twin_id=mine.id,
         )
+        mine.twin_id = theirs.id
         their_pts = target.store(theirs)
         _push_private(world, target, theirs, their_pts)
     return Sent(mine, pts)
@@ -110,6 +145,9 @@ def _push_private(world: World, target: Account, message: StoredMessage, pts: in
                 pts=pts,
                 pts_count=1,
                 date=message.date,
+                silent=message.silent or None,
+                reply_to=reply_header(message),
+                entities=list(message.entities) or None,
             )
         users, chats = message_entities(world, viewer, [message])
         inner = types.UpdateNewMessage(message=message_tl(viewer, message), pts=pts, pts_count=1)
@@ -119,25 +157,14 @@ def _push_private(world: World, target: Account, message: StoredMessage, pts: in
 
 
 def _send_channel(
-    world: World,
-    sender: Account,
-    peer: PeerRef,
-    text: str,
-    random_id: int | None,
-    fwd: FwdInfo | None,
+    world: World, sender: Account, peer: PeerRef, draft: Draft, random_id: int | None
 ) -> Sent:
     channel = channel_for(world, sender, peer, write=True)
     channel.last_msg_id += 1
-    message = StoredMessage(
-        channel.last_msg_id,
-        peer,
-        sender.id,
-        False,
-        text,
-        now(),
-        random_id,
-        fwd,
-        post=not channel.megagroup,
+    # Ids are shared in a channel, so a reply keeps the id if that message exists.
+    reply_to = draft.reply_to if draft.reply_to in channel.messages else None
+    message = _stored(
+        draft, channel.last_msg_id, peer, sender, random_id, reply_to, post=not channel.megagroup
     )
     pts = channel.append(message)
     if world.push is not None:
@@ -202,7 +229,12 @@ def fail_if_empty(ids: list[int]) -> None:
 def short_sent(sent: Sent) -> Any:
     """The compact answer Telegram gives to a private sendMessage."""
     return types.UpdateShortSentMessage(
-        id=sent.message.id, pts=sent.pts, pts_count=1, date=sent.message.date, out=True
+        id=sent.message.id,
+        pts=sent.pts,
+        pts_count=1,
+        date=sent.message.date,
+        out=True,
+        entities=list(sent.message.entities) or None,
     )
 
 

@@ -57,6 +57,12 @@ def _fwd_tl(message: StoredMessage) -> Any:
     )
 
 
+def reply_header(message: StoredMessage) -> Any:
+    if message.reply_to is None:
+        return None
+    return types.MessageReplyHeader(reply_to_msg_id=message.reply_to)
+
+
 def message_tl(viewer_id: int, message: StoredMessage) -> Any:
     """The message as ``viewer_id`` sees it (out flag, sender)."""
     in_channel = message.peer.kind == "channel"
@@ -83,6 +89,9 @@ def message_tl(viewer_id: int, message: StoredMessage) -> Any:
         from_id=from_id,
         post=message.post or None,
         fwd_from=_fwd_tl(message),
+        silent=message.silent or None,
+        reply_to=reply_header(message),
+        entities=list(message.entities) or None,
     )
 
 

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from hashlib import sha256
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import bad_request
 
@@ -65,6 +65,12 @@ class StoredMessage:
     fwd: FwdInfo | None = None
     post: bool = False
     action: Literal["channel_create"] | None = None
+    reply_to: int | None = None
+    entities: tuple[Any, ...] = ()  # TL MessageEntity objects, rendered as stored
+    silent: bool = False
+    # A private message exists once per party, each with its own id; this is
+    # the other party's copy, so a reply can point at the recipient's own id.
+    twin_id: int | None = None
 
 
 @dataclass(frozen=True)

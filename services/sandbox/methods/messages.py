@@ -6,6 +6,7 @@ from telethon.tl import functions, types
 
 from services.sandbox import messaging, queries
 from services.sandbox.errors import bad_request
+from services.sandbox.formatting import stored_entities
 from services.sandbox.peers import input_peer
 from services.sandbox.render import channel_tl, message_tl
 from services.sandbox.rpc import Call, method
@@ -23,12 +24,25 @@ def _channel_of(world: World, peer: PeerRef) -> Channel | None:
     return world.channels.get(peer.id) if peer.kind == "channel" else None
 
 
+def _reply_id(reply_to: Any) -> int | None:
+    """The replied-to id; other reply kinds (stories) are not kept."""
+    if isinstance(reply_to, types.InputReplyToMessage):
+        return int(reply_to.reply_to_msg_id)
+    return None
+
+
 @method(functions.messages.SendMessageRequest)
 def send_message(call: Call, req: Any) -> Any:
     me = call.account
     world = call.core.world
     peer = input_peer(world, me, req.peer)
-    sent = messaging.send(world, me, peer, req.message, req.random_id)
+    draft = messaging.Draft(
+        req.message,
+        stored_entities(world, me, req.message, req.entities),
+        reply_to=_reply_id(req.reply_to),
+        silent=bool(req.silent),
+    )
+    sent = messaging.send(world, me, peer, draft, req.random_id)
     channel = _channel_of(world, peer)
     if channel is None:
         return messaging.short_sent(sent)
@@ -57,9 +71,15 @@ def forward_messages(call: Call, req: Any) -> Any:
     if source.kind == "channel":
         messaging.channel_for(world, me, source, write=False)
     originals = _sources(world, me, source, req.id)
+    drafts = [
+        messaging.Draft(
+            m.text, m.entities, silent=bool(req.silent), fwd=messaging.forward_source(m)
+        )
+        for m in originals
+    ]
     sent = [
-        (messaging.send(world, me, target, m.text, rid, messaging.forward_source(m)), rid)
-        for m, rid in zip(originals, req.random_id, strict=True)
+        (messaging.send(world, me, target, draft, rid), rid)
+        for draft, rid in zip(drafts, req.random_id, strict=True)
     ]
     channel = _channel_of(world, target)
     if channel is None:
