@@ -14,6 +14,7 @@ from telethon.sessions import StringSession
 from telethon.tl.functions.users import GetUsersRequest
 
 from services.worker.telegram import accounts
+from services.worker.telegram.accounts import DisabledReason
 from services.worker.telegram.errors import Kind, map_error
 from services.worker.telegram.pool import api_credentials, client_options
 from services.worker.telegram.runtime import TelegramRuntime
@@ -65,7 +66,7 @@ async def validate_idle_sessions(runtime: TelegramRuntime, stop: asyncio.Event) 
             checked = await validate_once(runtime)
             if checked:
                 log.info("validated idle sessions", checked=checked)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # Postgres, Redis or a bug: try again next round
             raise_if_cancelling()
             log.warning("session validation skipped", error=type(exc).__name__)
 
@@ -90,7 +91,13 @@ async def validate_once(runtime: TelegramRuntime, *, limit: int = 500) -> int:
         account = await accounts.load(runtime.db, row["id"])
         if account is None or account.sealed is None:
             continue
-        await _check(runtime, account)
+        try:
+            await _check(runtime, account)
+        except Exception as exc:  # one account's trouble must not stop the others' checks
+            raise_if_cancelling()
+            log.warning(
+                "session validation failed", account_id=str(account.id), error=type(exc).__name__
+            )
         checked += 1
     return checked
 
@@ -98,9 +105,22 @@ async def validate_once(runtime: TelegramRuntime, *, limit: int = 500) -> int:
 async def _check(runtime: TelegramRuntime, account: accounts.Account) -> None:
     settings = runtime.settings
     assert account.sealed is not None
-    session = runtime.vault.open(account.sealed, aad=account.aad)
+    try:
+        session = StringSession(runtime.vault.open(account.sealed, aad=account.aad))
+    except Exception as exc:  # its key is gone, or the stored value is damaged
+        log.warning(
+            "stored session cannot be opened", account_id=str(account.id), error=type(exc).__name__
+        )
+        await accounts.disable(
+            runtime.db,
+            account,
+            DisabledReason.INVALID,
+            code="session_unreadable",
+            method="validation",
+        )
+        return
     api_id, api_hash = api_credentials(settings)
-    client = TelegramClient(StringSession(session), api_id, api_hash, **client_options(settings))
+    client = TelegramClient(session, api_id, api_hash, **client_options(settings))
     try:
         await asyncio.wait_for(client.connect(), settings.telegram_request_timeout)
         request: Any = GetUsersRequest([types.InputUserSelf()])
