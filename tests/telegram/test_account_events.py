@@ -12,7 +12,7 @@ import httpx
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.client import make_client, sandbox_session
 from services.sandbox.server import Sandbox
-from tests.helpers import auth
+from tests.helpers import auth, eventually
 from tests.telegram.conftest import import_account
 from tests.telegram.test_jobs import run
 
@@ -66,3 +66,44 @@ async def test_a_new_session_reactivates_a_disabled_account_cleanly_with_an_even
         )
     ]
     assert changes[-1] == {"from": "disabled", "to": "active"}
+
+
+async def test_a_client_connect_and_its_requested_disconnect_are_account_events(
+    api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
+    account, _ = await import_account(api, admin)
+    account_id = uuid.UUID(account["id"])
+    assert (await run(api, "telegram.get_me", account_id=account["id"]))["status"] == "succeeded"
+    dropped = await api.delete(f"/v1/telegram/connections/{account['id']}", headers=auth())
+    assert dropped.status_code == 202
+
+    async def connection_events() -> list[tuple[str, Any]]:
+        rows = await pg.fetch(
+            """SELECT kind, details::text FROM account_events
+               WHERE account_id = $1 AND kind IN ('connect', 'disconnect') ORDER BY id""",
+            account_id,
+        )
+        found = [(r["kind"], json.loads(r["details"])) for r in rows]
+        return found if len(found) == 2 else []
+
+    (connect, connected), (disconnect, disconnected) = await eventually(
+        connection_events, timeout=5
+    )
+    assert (connect, disconnect) == ("connect", "disconnect")
+    assert connected["worker"].startswith("worker-")
+    assert disconnected == {"reason": "requested", "worker": connected["worker"]}
+    # One more job on the connected client writes no further event.
+    assert (await run(api, "telegram.get_me", account_id=account["id"]))["status"] == "succeeded"
+    assert (await run(api, "telegram.get_me", account_id=account["id"]))["status"] == "succeeded"
+
+    async def connects() -> int:
+        return int(
+            await pg.fetchval(
+                """SELECT count(*) FROM account_events
+                   WHERE account_id = $1 AND kind = 'connect'""",
+                account_id,
+            )
+        )
+
+    await eventually(connects)  # the reconnect after the requested disconnect ...
+    assert await connects() == 2  # ... and nothing for the job on the connected client

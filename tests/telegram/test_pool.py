@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -142,3 +144,28 @@ async def test_jobs_of_one_account_share_a_read_and_a_local_change_is_not_cached
         await rt.close()
         await rt.db.close()
         await rt.redis.aclose()
+
+
+async def test_a_failed_event_write_never_fails_a_connect_or_a_disconnect(
+    api: httpx.AsyncClient,
+    admin: SandboxAdmin,
+    sandbox: Sandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    pg: asyncpg.Connection[Any],
+) -> None:
+    async def broken(db: object, events: object) -> None:
+        raise asyncpg.exceptions.AdminShutdownError("terminating connection")
+
+    monkeypatch.setattr(accounts, "record_events", broken)
+    rt = await _runtime(sandbox)
+    try:
+        imported, _ = await import_account(api, admin)
+        await _connect(rt, imported["id"])
+        assert rt.pool.connected() == [uuid.UUID(imported["id"])]
+        assert await rt.pool.drop(uuid.UUID(imported["id"]), reason="requested")
+        assert rt.pool.connected() == []
+    finally:
+        await rt.close()
+        await rt.db.close()
+        await rt.redis.aclose()
+    assert await pg.fetchval("SELECT count(*) FROM account_events WHERE kind = 'connect'") == 0

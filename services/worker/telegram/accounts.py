@@ -136,6 +136,18 @@ async def record_event(
     )
 
 
+EventRow = tuple[uuid.UUID, str, str, dict[str, Any]]  # account id, tenant, kind, details
+
+
+async def record_events(db: Pool, events: list[EventRow]) -> None:
+    """Write a batch of events at once; events of accounts deleted meanwhile are dropped."""
+    await db.executemany(
+        """INSERT INTO account_events (account_id, tenant_id, kind, details)
+           SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM accounts WHERE id = $1)""",
+        events,
+    )
+
+
 async def set_state(
     db: Pool,
     account: Account,

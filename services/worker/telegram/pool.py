@@ -25,11 +25,12 @@ from telethon import TelegramClient, types
 from telethon.sessions import StringSession
 from telethon.tl.functions.users import GetUsersRequest
 
-from services.worker.telegram import metrics
+from services.worker.telegram import accounts, metrics
 from services.worker.telegram.accounts import Account
 from services.worker.telegram.vault import Vault
 from shared.aio import sleep_unless
 from shared.config import WorkerSettings
+from shared.db import Pool
 from shared.errors import Deferral, PermanentFailure
 from shared.jobs.envelope import utcnow
 from shared.logs import get_logger
@@ -41,6 +42,7 @@ log = get_logger(__name__)
 @dataclass
 class Entry:
     client: TelegramClient
+    tenant: str
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     in_use: int = 0
     last_used: float = field(default_factory=time.monotonic)
@@ -89,12 +91,15 @@ def api_credentials(settings: WorkerSettings) -> tuple[int, str]:
 
 class ClientPool:
     def __init__(
-        self, settings: WorkerSettings, vault: Vault, redis: Redis, worker_id: str
+        self, settings: WorkerSettings, vault: Vault, redis: Redis, worker_id: str, db: Pool
     ) -> None:
         self.settings = settings
         self.vault = vault
         self.redis = redis
         self.worker_id = worker_id
+        self.db = db
+        # Connect/disconnect events are written in the background, one batch after another.
+        self._events: asyncio.Future[None] | None = None
         self.api_id, self.api_hash = api_credentials(settings)
         self.options = client_options(settings)
         self._entries: OrderedDict[uuid.UUID, Entry] = OrderedDict()
@@ -134,7 +139,7 @@ class ClientPool:
             entry = self._entries.get(account.id)
             if entry is None:
                 await self._make_room()
-                entry = Entry(self._new_client(account))
+                entry = Entry(self._new_client(account), account.tenant)
                 self._entries[account.id] = entry
         return entry
 
@@ -183,6 +188,7 @@ class ClientPool:
             metrics.CONNECTS.labels("ok").inc()
             metrics.CLIENTS_CONNECTED.set(len(self.connected()))
             log.info("telegram client connected", account_id=str(account.id))
+            self._record([(account.id, entry.tenant, "connect", {"worker": self.worker_id})])
 
     def connection_lost(self, account_id: uuid.UUID) -> float:
         """Count a failure and recycle the client; the backoff before the next attempt.
@@ -219,6 +225,7 @@ class ClientPool:
         metrics.DISCONNECTS.labels(reason).inc()
         metrics.CLIENTS_CONNECTED.set(len(self.connected()))
         log.info("telegram client disconnected", account_id=str(account_id), reason=reason)
+        self._record_disconnects([(account_id, entry)], reason)
         return True
 
     async def drop_matching(self, match: Callable[[uuid.UUID], bool], *, reason: str) -> int:
@@ -227,15 +234,16 @@ class ClientPool:
         For giving up a shard: its jobs have been stopped (or are being cancelled), and
         the connections must be closed before the lease can pass to another worker.
         """
-        doomed = [k for k in self._entries if match(k)]
-        for account_id in doomed:
-            entry = self._entries.pop(account_id)
+        doomed = [(k, e) for k, e in self._entries.items() if match(k)]
+        for account_id, entry in doomed:
+            del self._entries[account_id]
             with contextlib.suppress(Exception):
                 await entry.client.disconnect()
             metrics.DISCONNECTS.labels(reason).inc()
+        self._record_disconnects(doomed, reason)
         if doomed:
             with contextlib.suppress(RedisError, OSError):
-                await self.redis.delete(*(presence_key(a) for a in doomed))
+                await self.redis.delete(*(presence_key(a) for a, _ in doomed))
             metrics.CLIENTS_CONNECTED.set(len(self.connected()))
             log.info("telegram clients disconnected", count=len(doomed), reason=reason)
         return len(doomed)
@@ -280,10 +288,37 @@ class ClientPool:
             await self.maintain()
 
     async def close(self) -> None:
-        for account_id in list(self._entries):
-            entry = self._entries.pop(account_id)
+        closed = list(self._entries.items())
+        for account_id, entry in closed:
+            del self._entries[account_id]
             with contextlib.suppress(Exception):
                 await entry.client.disconnect()
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.delete(presence_key(account_id))
         metrics.CLIENTS_CONNECTED.set(0)
+        self._record_disconnects(closed, "shutdown")
+        if self._events is not None:  # let the last events reach Postgres, within reason
+            await asyncio.wait([self._events], timeout=5.0)
+
+    def _record_disconnects(self, gone: list[tuple[uuid.UUID, Entry]], reason: str) -> None:
+        details = {"reason": reason, "worker": self.worker_id}
+        self._record([(a, e.tenant, "disconnect", details) for a, e in gone if e.connected_at])
+
+    def _record(self, events: list[accounts.EventRow]) -> None:
+        """Write account events without making the caller wait for Postgres.
+
+        Batches are written one after another, so an account's connect always precedes
+        its disconnect; a failed write is logged and never fails the (dis)connect.
+        """
+        if events:
+            self._events = asyncio.ensure_future(self._write(self._events, events))
+
+    async def _write(
+        self, previous: asyncio.Future[None] | None, events: list[accounts.EventRow]
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        try:
+            await accounts.record_events(self.db, events)
+        except Exception as exc:
+            log.warning("account events not written", count=len(events), error=type(exc).__name__)

@@ -52,7 +52,7 @@ class TelegramRuntime:
         self.redis = redis
         self.vault = vault
         self.limits = Limits(redis)
-        self.pool = ClientPool(settings, vault, redis, worker_id)
+        self.pool = ClientPool(settings, vault, redis, worker_id, db)
         # Account rows read per job: cached briefly, dropped on every local state change.
         self._accounts: dict[uuid.UUID, tuple[float, Account]] = {}
         self._loading: dict[uuid.UUID, asyncio.Future[Account | None]] = {}
