@@ -1,12 +1,28 @@
-"""The Telethon error map: one row, one test."""
+"""The Telethon error map: one row, one test; and what is not Telegram's error."""
 
 from __future__ import annotations
 
+import uuid
+
+import httpx
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from telethon import errors as tg
 
+from services.sandbox.admin_client import SandboxAdmin
+from services.sandbox.server import Sandbox
+from services.worker.outcomes import classify
 from services.worker.telegram.accounts import DisabledReason
 from services.worker.telegram.errors import Kind, map_error
+from services.worker.telegram.limits import Limits
+from services.worker.telegram.runtime import TelegramRuntime
+from services.worker.telegram.vault import vault_from_settings
+from shared.config import WorkerSettings
+from shared.db import create_pool
+from shared.redis_client import create_redis
+from tests.helpers import free_port
+from tests.telegram.conftest import import_account
 
 
 def rpc(cls: type[tg.RPCError], **kw: object) -> tg.RPCError:
@@ -19,6 +35,11 @@ def rpc(cls: type[tg.RPCError], **kw: object) -> tg.RPCError:
         (rpc(tg.FloodWaitError, capture=42), Kind.DEFER, "flood_wait", 42),
         (rpc(tg.FloodPremiumWaitError, capture=7), Kind.DEFER, "flood_premium_wait", 7),
         (rpc(tg.SlowModeWaitError, capture=30), Kind.DEFER, "slow_mode_wait", 30),
+        (rpc(tg.FloodTestPhoneWaitError, capture=9), Kind.DEFER, "flood_test_phone_wait", 9),
+        (rpc(tg.TakeoutInitDelayError, capture=600), Kind.DEFER, "takeout_init_delay", 600),
+        (rpc(tg.TwoFaConfirmWaitError, capture=3600), Kind.DEFER, "two_fa_confirm_wait", 3600),
+        (tg.FloodError(None, "FLOOD"), Kind.DEFER, "flood", 60),  # a 420 naming no wait
+        (rpc(tg.RandomIdDuplicateError), Kind.FAIL, "random_id_duplicate", None),
         (tg.ServerError(None, "INTERNAL"), Kind.RETRY, "internal", None),
         (rpc(tg.RpcCallFailError), Kind.RETRY, "rpc_call_fail", None),
         (tg.TimedOutError(None, "Timeout"), Kind.RETRY, "timeout", None),
@@ -76,3 +97,30 @@ def test_each_error_maps_to_one_outcome(
         assert mapped.seconds == extra
     if kind is Kind.DISABLE:
         assert mapped.reason == extra
+
+
+def test_only_slow_mode_holds_a_single_chat() -> None:
+    assert map_error(rpc(tg.SlowModeWaitError, capture=30)).per_peer
+    assert not map_error(rpc(tg.FloodWaitError, capture=30)).per_peer
+
+
+async def test_a_store_blink_inside_a_session_is_not_taken_for_telegrams_answer(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox
+) -> None:
+    settings = WorkerSettings(sandbox_dc=f"127.0.0.1:{sandbox.mtproto_port}")
+    vault = vault_from_settings(None, settings.secret_key.get_secret_value())
+    db, redis = await create_pool(settings, role="test"), create_redis(settings)
+    rt = TelegramRuntime(settings, db, redis, vault, "blink-test")
+    dead = Redis(port=free_port())  # nothing listens there
+    try:
+        imported, _ = await import_account(api, admin)
+        rt.limits = Limits(dead)
+        with pytest.raises(RedisError) as raised:
+            async with rt.session("acme", uuid.UUID(imported["id"])) as tg:
+                await tg.call("users.getUsers", lambda: tg.client.get_me())
+        assert classify(raised.value).code == "store_unavailable"  # deferred, no try spent
+    finally:
+        await dead.aclose()
+        await rt.close()
+        await rt.db.close()
+        await rt.redis.aclose()

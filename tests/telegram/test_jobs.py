@@ -305,3 +305,58 @@ async def test_the_per_chat_send_budget_holds_however_the_chat_is_spelled(
     # A burst of 3 per chat, then 0.34 sends a second: the fourth waits about 3 s.
     started, last = (datetime.fromisoformat(finished[i]) for i in (0, 3))
     assert (last - started).total_seconds() > 2
+
+
+async def test_slow_mode_holds_its_chat_and_lets_the_accounts_other_chats_flow(
+    api: httpx.AsyncClient, admin: SandboxAdmin, redis: Redis
+) -> None:
+    account, created = await import_account(api, admin)
+    frank = await admin.create_account(username="frank_sb", first_name="Frank")
+    await admin.add_fault(
+        created["user_id"], "slowmode_wait", method="messages.sendMessage", seconds=60, times=1
+    )
+
+    async def submit(peer: str, text: str) -> str:
+        body = {"account_id": account["id"], "peer": peer, "text": text}
+        response = await api.post(
+            "/v1/jobs", json={"type": "telegram.send_message", "params": body}, headers=auth()
+        )
+        job_id: str = response.json()["id"]
+        return job_id
+
+    slow = await submit("@frank_sb", "to the slow chat")
+
+    async def deferred() -> Any:
+        body = (await api.get(f"/v1/jobs/{slow}", headers=auth())).json()
+        return body if body["error"] and body["error"]["code"] == "slow_mode_wait" else None
+
+    await eventually(deferred, timeout=10)
+    assert not await redis.exists(f"tgflow:flood:{account['id']}:messages.sendMessage")
+    assert await redis.exists(f"tgflow:flood:{account['id']}:slowmode:{frank['user_id']}")
+    elsewhere = await wait_for_status(
+        api, await submit("me", "elsewhere"), {"succeeded"}, timeout=10
+    )
+    assert elsewhere["attempts"] == 1
+    again = await submit("https://t.me/frank_sb", "again to the slow chat")
+
+    async def held() -> Any:
+        body = (await api.get(f"/v1/jobs/{again}", headers=auth())).json()
+        return body if body["error"] and body["error"]["code"] == "flood_wait" else None
+
+    await eventually(held, timeout=10)  # deferred by the gate, without a network call
+    texts = [m["text"] for m in await admin.messages(created["user_id"], frank["user_id"])]
+    assert texts == []
+
+
+async def test_a_short_flood_met_twice_is_waited_out_not_failed(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    account, created = await import_account(api, admin)
+    # Under the in-client threshold: Telethon sleeps and retries once, then meets it again.
+    await admin.add_fault(
+        created["user_id"], "flood_wait", method="messages.sendMessage", seconds=1, times=2
+    )
+    sent = await run(api, "telegram.send_message", account_id=account["id"], peer="me", text="t")
+    assert sent["status"] == "succeeded", sent
+    assert sent["attempts"] == 1
+    assert [m["text"] for m in await admin.messages(created["user_id"])] == ["t"]

@@ -54,3 +54,14 @@ async def test_the_send_gate_answers_a_flood_without_spending_a_token(redis: Red
     wait, flooded = await limits.gate_send(account, "@a", "messages.forwardMessages", budget)
     assert flooded is None
     assert wait > 0  # and now it is spent
+
+
+async def test_a_shorter_wait_never_shortens_a_longer_one(redis: Redis) -> None:
+    limits = Limits(redis)
+    account = uuid.uuid4()
+    long = await limits.record_flood(account, "messages.sendMessage", 600)
+    assert await limits.record_flood(account, "messages.sendMessage", 5) == long
+    assert await limits.flood_until(account, "messages.sendMessage") == long
+    assert await redis.pttl(f"tgflow:flood:{account}:messages.sendMessage") > 590_000
+    longer = await limits.record_flood(account, "messages.sendMessage", 900)
+    assert longer > long

@@ -91,7 +91,8 @@ async def send_message(ctx: JobContext, params: SendMessageParams) -> SendMessag
     ctx.annotate(random_id=random_id)
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
         peer = await input_peer(tg, params.peer)
-        await tg.take_send_budget(peer_key(peer), "messages.sendMessage")
+        chat = peer_key(peer)
+        await tg.take_send_budget(chat, "messages.sendMessage")
         try:  # no parse mode: the text goes as written (Telethon's default is markdown)
             text, entities = await tg.client._parse_message_text(params.text, params.parse_mode)
         except ValueError:
@@ -108,7 +109,7 @@ async def send_message(ctx: JobContext, params: SendMessageParams) -> SendMessag
             no_webpage=not params.link_preview or None,
         )
         result = await tg.call(
-            "messages.sendMessage", lambda: tg.client(request), flood_checked=True
+            "messages.sendMessage", lambda: tg.client(request), flood_checked=True, peer=chat
         )
     message_id, date = _sent_message(result, random_id)
     return SendMessageResult(message_id=message_id, random_id=random_id, date=date)

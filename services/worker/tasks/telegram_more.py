@@ -87,7 +87,8 @@ async def forward_messages(ctx: JobContext, params: ForwardParams) -> ForwardRes
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
         source = await input_peer(tg, params.from_peer)
         target = await input_peer(tg, params.to_peer)
-        await tg.take_send_budget(peer_key(target), "messages.forwardMessages")
+        chat = peer_key(target)
+        await tg.take_send_budget(chat, "messages.forwardMessages")
         request = ForwardMessagesRequest(
             from_peer=source,
             id=params.ids,
@@ -96,7 +97,7 @@ async def forward_messages(ctx: JobContext, params: ForwardParams) -> ForwardRes
             silent=params.silent or None,
         )
         updates = await tg.call(
-            "messages.forwardMessages", lambda: tg.client(request), flood_checked=True
+            "messages.forwardMessages", lambda: tg.client(request), flood_checked=True, peer=chat
         )
     by_random = {
         u.random_id: u.id

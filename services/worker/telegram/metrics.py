@@ -16,7 +16,16 @@ FLOOD_WAITS = Counter(
     "tgflow_telegram_flood_waits_total", "FLOOD_WAIT answers.", ["account", "method"]
 )
 FLOOD_SECONDS = Counter(
-    "tgflow_telegram_flood_wait_seconds_total", "Seconds of flood wait imposed.", ["account"]
+    "tgflow_telegram_flood_wait_seconds_total",
+    "Seconds of flood wait imposed.",
+    ["account", "method"],
+)
+# Per account and method as a sum (with requests_total: the mean); the quantiles come
+# from the histogram per method, where buckets times accounts would be too many series.
+REQUEST_SECONDS = Counter(
+    "tgflow_telegram_request_seconds_total",
+    "Seconds spent in MTProto requests.",
+    ["account", "method"],
 )
 REQUEST_LATENCY = Histogram(
     "tgflow_telegram_request_duration_seconds",
