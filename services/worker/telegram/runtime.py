@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
+from asyncpg import InterfaceError, PostgresError
 from opentelemetry import trace
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -35,6 +36,8 @@ log = get_logger(__name__)
 tracer = trace.get_tracer("tgflow.telegram")
 T = TypeVar("T")
 ACCOUNT_CACHE_SECONDS = 2.0
+# Failures of tgflow's own stores: the worker's to classify (deferred), not Telegram's.
+PASS_THROUGH = (PermanentFailure, RetryableFailure, RedisError, PostgresError, InterfaceError)
 
 
 def random_id_for(job_id: str) -> int:
@@ -130,20 +133,33 @@ class TelegramRuntime:
                 await accounts.set_state(self.db, account, State.RECONNECTING, error=exc.message)
                 self.forget(account.id)
             raise
-        except (PermanentFailure, RetryableFailure):
+        except PASS_THROUGH:
             raise
         except Exception as exc:  # failures while connecting map like any call's
             await self.fail(account, "connect", exc)
 
-    async def fail(self, account: Account, method: str, exc: BaseException) -> NoReturn:
-        """Record what an error means for the account, then raise the job's outcome."""
+    async def fail(
+        self, account: Account, method: str, exc: BaseException, peer: str | None = None
+    ) -> NoReturn:
+        """Record what an error means for the account, then raise the job's outcome.
+
+        ``peer``: the chat the call went to (see ``peer_key``), where a slow mode is kept.
+        """
         mapped = map_error(exc)
         metrics.ERRORS.labels(str(account.id), method, mapped.code).inc()
         self.forget(account.id)
         if mapped.kind is Kind.DEFER:
-            until = await self.limits.record_flood(account.id, method, mapped.seconds)
             metrics.FLOOD_WAITS.labels(str(account.id), method).inc()
-            metrics.FLOOD_SECONDS.labels(str(account.id)).inc(mapped.seconds)
+            metrics.FLOOD_SECONDS.labels(str(account.id), method).inc(mapped.seconds)
+            if mapped.per_peer:  # slow mode: that chat waits, the account's other chats flow
+                if peer is None:  # no chat to keep it for: this job alone waits
+                    until = utcnow() + timedelta(seconds=max(1, mapped.seconds))
+                else:
+                    until = await self.limits.record_flood(
+                        account.id, method, mapped.seconds, peer=peer
+                    )
+                raise Deferral(mapped.code, mapped.message, until) from exc
+            until = await self.limits.record_flood(account.id, method, mapped.seconds)
             if mapped.seconds >= self.settings.telegram_long_flood_seconds:
                 await accounts.set_state(self.db, account, State.FLOOD_WAIT, flood_until=until)
                 await accounts.record_event(
@@ -180,12 +196,18 @@ class AccountSession:
         self.client = client
 
     async def call(
-        self, method: str, request: Callable[[], Awaitable[T]], *, flood_checked: bool = False
+        self,
+        method: str,
+        request: Callable[[], Awaitable[T]],
+        *,
+        flood_checked: bool = False,
+        peer: str | None = None,
     ) -> T:
         """Run one Telegram call under the shared flood state, timeout and error map.
 
         ``flood_checked``: the caller has just looked at this method's flood state (the
-        send gate does, in the same round trip as the budget).
+        send gate does, in the same round trip as the budget). ``peer``: the chat a send
+        goes to (``peer_key``), so that a slow mode met there holds that chat only.
         """
         if not self.runtime.pool.may_connect(self.account.id):
             later = utcnow() + timedelta(seconds=1)
@@ -206,12 +228,15 @@ class AccountSession:
                 )
             except Exception as exc:
                 metrics.REQUESTS.labels(account_id, method, "error").inc()
+                metrics.REQUEST_SECONDS.labels(account_id, method).inc(time.perf_counter() - start)
                 self.runtime.count(self.account.tenant, method, "error")
-                await self.runtime.fail(self.account, method, exc)
+                await self.runtime.fail(self.account, method, exc, peer)
+        took = time.perf_counter() - start
         metrics.REQUESTS.labels(account_id, method, "ok").inc()
+        metrics.REQUEST_SECONDS.labels(account_id, method).inc(took)
         self.runtime.count(self.account.tenant, method, "ok")
         self.runtime.pool.connection_ok(self.account.id)
-        metrics.REQUEST_LATENCY.labels(method).observe(time.perf_counter() - start)
+        metrics.REQUEST_LATENCY.labels(method).observe(took)
         if self.account.state in (State.FLOOD_WAIT, State.RECONNECTING):
             await accounts.set_state(self.runtime.db, self.account, State.ACTIVE)
             self.runtime.forget(self.account.id)
