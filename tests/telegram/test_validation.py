@@ -11,18 +11,21 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.server import Sandbox
 from services.worker.telegram import upkeep
 from services.worker.telegram.runtime import TelegramRuntime
-from services.worker.telegram.upkeep import validate_idle_sessions
+from services.worker.telegram.upkeep import validate_idle_sessions, validate_once
 from services.worker.telegram.vault import Vault, vault_from_settings
 from shared.config import WorkerSettings
 from shared.db import create_pool
 from shared.redis_client import create_redis
+from shared.telegram_keys import presence_key
 from tests.helpers import eventually
 from tests.telegram.conftest import import_account
+from tests.telegram.test_jobs import run
 
 
 @pytest.fixture
@@ -118,3 +121,59 @@ async def test_the_validation_loop_outlives_any_error_of_a_round(
     loop.cancel()  # cancellation still ends it
     with pytest.raises(asyncio.CancelledError):
         await loop
+
+
+async def test_accounts_validation_may_not_check_never_hide_an_idle_dead_one(
+    api: httpx.AsyncClient,
+    admin: SandboxAdmin,
+    pg: asyncpg.Connection[Any],
+    redis: Redis,
+    validator: TelegramRuntime,
+) -> None:
+    dead, created = await import_account(api, admin)
+    dead_id = uuid.UUID(dead["id"])
+    await admin.add_fault(created["user_id"], "revoke")
+    await pg.execute(
+        "UPDATE accounts SET last_used_at = now() - interval '2 hours' WHERE id = $1", dead_id
+    )
+    # More than a page (and the per-pass limit) of rows sorting before it: connected
+    # now on some worker, or of shards another worker holds.
+    connected = [uuid.UUID(int=i) for i in range(1, 301)]
+    foreign = {uuid.UUID(int=i) for i in range(301, 601)}
+    await pg.executemany(
+        """INSERT INTO accounts (id, tenant_id, tg_user_id, state, session_ciphertext,
+               session_wrapped_key, session_key_id)
+           VALUES ($1, 'acme', $2, 'active', '\\x00', '\\x00', 'dev')""",
+        [(a, 10_000 + a.int) for a in [*connected, *foreign]],
+    )
+    async with redis.pipeline() as pipe:
+        for account_id in connected:
+            pipe.hset(presence_key(account_id), mapping={"worker": "worker-other"})
+        await pipe.execute()
+    validator.pool.may_connect = lambda account_id: account_id not in foreign
+
+    assert await validate_once(validator, limit=500, page=200) == 1
+    row = await pg.fetchrow("SELECT state, disabled_reason FROM accounts WHERE id = $1", dead_id)
+    assert (row["state"], row["disabled_reason"]) == ("disabled", "revoked")
+    validated = {
+        r["id"] for r in await pg.fetch("SELECT id FROM accounts WHERE validated_at IS NOT NULL")
+    }
+    assert validated == {*connected, dead_id}  # other shards' rows are their owners' to mark
+    assert await validate_once(validator) == 0  # nothing left of ours until the next interval
+
+
+async def test_a_job_marks_its_account_used_at_most_once_a_minute(
+    api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
+    account, _ = await import_account(api, admin)
+    account_id = uuid.UUID(account["id"])
+    assert await pg.fetchval("SELECT last_used_at FROM accounts WHERE id = $1", account_id) is None
+    assert (await run(api, "telegram.get_me", account_id=account["id"]))["status"] == "succeeded"
+
+    async def used() -> Any:
+        return await pg.fetchval("SELECT last_used_at FROM accounts WHERE id = $1", account_id)
+
+    first = await eventually(used, timeout=5)
+    assert (await run(api, "telegram.get_me", account_id=account["id"]))["status"] == "succeeded"
+    await asyncio.sleep(0.2)
+    assert await used() == first  # within the minute: no second write

@@ -14,7 +14,7 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -37,6 +37,7 @@ from shared.logs import get_logger
 from shared.telegram_keys import PRESENCE_TTL, presence_key
 
 log = get_logger(__name__)
+TOUCH_SECONDS = 60.0  # an account's last_used_at is written at most this often by a worker
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Entry:
     last_health: float = field(default_factory=time.monotonic)
     retired: bool = False
     connected_at: float = 0.0
+    touched: float = float("-inf")  # when last_used_at was last written for this account
 
 
 def client_options(settings: WorkerSettings) -> dict[str, Any]:
@@ -98,7 +100,7 @@ class ClientPool:
         self.redis = redis
         self.worker_id = worker_id
         self.db = db
-        # Connect/disconnect events are written in the background, one batch after another.
+        # Events and last-use times are written in the background, one after another.
         self._events: asyncio.Future[None] | None = None
         self.api_id, self.api_hash = api_credentials(settings)
         self.options = client_options(settings)
@@ -125,6 +127,9 @@ class ClientPool:
         finally:
             entry.in_use -= 1
             entry.last_used = time.monotonic()
+            if entry.last_used - entry.touched >= TOUCH_SECONDS:
+                entry.touched = entry.last_used
+                self._write_later(accounts.touch(self.db, account.id), "last use")
             if account.id in self._entries:
                 self._entries.move_to_end(account.id)
             if entry.retired and entry.in_use == 0:
@@ -311,14 +316,18 @@ class ClientPool:
         its disconnect; a failed write is logged and never fails the (dis)connect.
         """
         if events:
-            self._events = asyncio.ensure_future(self._write(self._events, events))
+            self._write_later(accounts.record_events(self.db, events), "account events")
+
+    def _write_later(self, write: Awaitable[None], what: str) -> None:
+        """Run a Postgres write after those queued before it, without waiting for it here."""
+        self._events = asyncio.ensure_future(self._write(self._events, write, what))
 
     async def _write(
-        self, previous: asyncio.Future[None] | None, events: list[accounts.EventRow]
+        self, previous: asyncio.Future[None] | None, write: Awaitable[None], what: str
     ) -> None:
         if previous is not None:
             await asyncio.wait([previous])
         try:
-            await accounts.record_events(self.db, events)
+            await write
         except Exception as exc:
-            log.warning("account events not written", count=len(events), error=type(exc).__name__)
+            log.warning("background write failed", what=what, error=type(exc).__name__)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -57,8 +58,8 @@ async def validate_idle_sessions(runtime: TelegramRuntime, stop: asyncio.Event) 
     """Check, about every ``telegram_validate_seconds``, this worker's idle sessions.
 
     Each worker validates only accounts of the shards it holds, so the check never opens
-    a second connection to a key; an account counts as used once validated, so it is
-    checked again one interval later.
+    a second connection to a key; an account validated (or found connected) is checked
+    again one interval later, and one used by a job within the interval not at all.
     """
     interval = runtime.settings.telegram_validate_seconds
     while not await sleep_unless(stop, min(interval, 60.0)):
@@ -71,35 +72,81 @@ async def validate_idle_sessions(runtime: TelegramRuntime, stop: asyncio.Event) 
             log.warning("session validation skipped", error=type(exc).__name__)
 
 
-async def validate_once(runtime: TelegramRuntime, *, limit: int = 500) -> int:
-    """Check idle accounts of this worker's shards with one cheap call; disable dead ones."""
-    rows = await runtime.db.fetch(
-        """SELECT id FROM accounts WHERE state IN ('active', 'flood_wait', 'reconnecting')
-             AND session_ciphertext IS NOT NULL
-             AND (last_used_at IS NULL OR last_used_at < now() - make_interval(secs => $1))
-           ORDER BY last_used_at NULLS FIRST LIMIT $2""",
-        runtime.settings.telegram_validate_seconds,
-        limit,
+async def validate_once(runtime: TelegramRuntime, *, limit: int = 500, page: int = 200) -> int:
+    """Check up to ``limit`` idle accounts of this worker's shards with one cheap call.
+
+    Accounts are walked by when they were last validated, a page at a time, so accounts
+    this worker may not check (another shard's, or connected now) never hide the rest.
+    Each one looked at is marked validated, a connected one too: a client in use is alive.
+    """
+    cutoff = await runtime.db.fetchval(
+        "SELECT now() - make_interval(secs => $1)", runtime.settings.telegram_validate_seconds
     )
     checked = 0
-    for row in rows:
+    after: tuple[datetime | None, uuid.UUID] | None = None
+    while checked < limit:
+        rows = await runtime.db.fetch(
+            """SELECT id, validated_at FROM accounts
+               WHERE state IN ('active', 'flood_wait', 'reconnecting')
+                 AND session_ciphertext IS NOT NULL
+                 AND (validated_at IS NULL OR validated_at < $1)
+                 AND (last_used_at IS NULL OR last_used_at < $1)
+                 AND ($3::uuid IS NULL
+                      OR ($2::timestamptz IS NULL AND (validated_at IS NOT NULL OR id > $3))
+                      OR (validated_at, id) > ($2, $3))
+               ORDER BY validated_at NULLS FIRST, id LIMIT $4""",
+            cutoff,
+            after[0] if after else None,
+            after[1] if after else None,
+            page,
+        )
+        if not rows:
+            break
+        after = (rows[-1]["validated_at"], rows[-1]["id"])
         # One owner per key: only accounts of our shards, and none connected right now.
-        if not runtime.pool.may_connect(row["id"]):
-            continue
-        if await runtime.redis.exists(presence_key(row["id"])):
-            continue
-        account = await accounts.load(runtime.db, row["id"])
-        if account is None or account.sealed is None:
-            continue
-        try:
-            await _check(runtime, account)
-        except Exception as exc:  # one account's trouble must not stop the others' checks
-            raise_if_cancelling()
-            log.warning(
-                "session validation failed", account_id=str(account.id), error=type(exc).__name__
-            )
-        checked += 1
+        ours = [r["id"] for r in rows if runtime.pool.may_connect(r["id"])]
+        connected = await _connected(runtime.redis, ours)
+        await _mark_validated(runtime, list(connected))
+        for account_id in ours:
+            if checked >= limit:
+                break
+            if account_id not in connected:
+                await _check_one(runtime, account_id)
+                checked += 1
     return checked
+
+
+async def _connected(redis: Redis, account_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    if not account_ids:
+        return set()
+    async with redis.pipeline(transaction=False) as pipe:
+        for account_id in account_ids:
+            pipe.exists(presence_key(account_id))
+        found = await pipe.execute()
+    return {a for a, n in zip(account_ids, found, strict=True) if n}
+
+
+async def _mark_validated(runtime: TelegramRuntime, account_ids: list[uuid.UUID]) -> None:
+    if account_ids:
+        await runtime.db.execute(
+            "UPDATE accounts SET validated_at = now() WHERE id = ANY($1::uuid[])", account_ids
+        )
+
+
+async def _check_one(runtime: TelegramRuntime, account_id: uuid.UUID) -> None:
+    """Validate one account; its failures are logged and never stop the others' checks."""
+    try:
+        try:
+            account = await accounts.load(runtime.db, account_id)
+            if account is not None and account.sealed is not None:
+                await _check(runtime, account)
+        finally:  # whatever the outcome, its turn comes again one interval later
+            await _mark_validated(runtime, [account_id])
+    except Exception as exc:
+        raise_if_cancelling()
+        log.warning(
+            "session validation failed", account_id=str(account_id), error=type(exc).__name__
+        )
 
 
 async def _check(runtime: TelegramRuntime, account: accounts.Account) -> None:
@@ -125,7 +172,6 @@ async def _check(runtime: TelegramRuntime, account: accounts.Account) -> None:
         await asyncio.wait_for(client.connect(), settings.telegram_request_timeout)
         request: Any = GetUsersRequest([types.InputUserSelf()])
         await asyncio.wait_for(client(request), settings.telegram_request_timeout)
-        await accounts.touch(runtime.db, account.id)
     except Exception as exc:
         mapped = map_error(exc)
         if mapped.kind is Kind.DISABLE and mapped.reason is not None:
