@@ -50,7 +50,7 @@ async def _events(pg: asyncpg.Connection[Any], account_id: uuid.UUID) -> list[tu
     return [(r["kind"], json.loads(r["details"])) for r in rows]
 
 
-async def test_a_session_that_cannot_be_opened_is_disabled_and_validation_goes_on(
+async def test_a_damaged_session_is_disabled_a_missing_key_is_not_and_validation_goes_on(
     api: httpx.AsyncClient,
     admin: SandboxAdmin,
     pg: asyncpg.Connection[Any],
@@ -58,18 +58,25 @@ async def test_a_session_that_cannot_be_opened_is_disabled_and_validation_goes_o
 ) -> None:
     dead, created = await import_account(api, admin)
     await admin.add_fault(created["user_id"], "revoke")
-    # A row sealed under a key this worker no longer has, checked first (never used).
-    lost = uuid.UUID(int=1)
-    sealed = Vault.parse(Vault.generate_entry("gone")).seal("1" + "A" * 352, aad=lost.bytes)
-    await pg.execute(
-        """INSERT INTO accounts (id, tenant_id, tg_user_id, state, session_ciphertext,
-               session_wrapped_key, session_key_id)
-           VALUES ($1, 'acme', 1, 'active', $2, $3, $4)""",
-        lost,
-        sealed.ciphertext,
-        sealed.wrapped_key,
-        sealed.key_id,
-    )
+    # Checked first (never used): a row sealed under a key this worker does not have (an
+    # operator dropped it too early: putting it back must be enough) and a damaged row.
+    keyless, damaged = uuid.UUID(int=1), uuid.UUID(int=2)
+    elsewhere = Vault.parse(Vault.generate_entry("gone")).seal("1" + "A" * 352, aad=keyless.bytes)
+    ours = validator.vault.seal("1" + "A" * 352, aad=damaged.bytes)
+    for account_id, sealed, ciphertext in (
+        (keyless, elsewhere, elsewhere.ciphertext),
+        (damaged, ours, bytes([ours.ciphertext[0] ^ 1]) + ours.ciphertext[1:]),
+    ):
+        await pg.execute(
+            """INSERT INTO accounts (id, tenant_id, tg_user_id, state, session_ciphertext,
+                   session_wrapped_key, session_key_id)
+               VALUES ($1, 'acme', $2, 'active', $3, $4, $5)""",
+            account_id,
+            account_id.int,
+            ciphertext,
+            sealed.wrapped_key,
+            sealed.key_id,
+        )
     stop = asyncio.Event()
     loop = asyncio.create_task(validate_idle_sessions(validator, stop))
     try:
@@ -85,9 +92,17 @@ async def test_a_session_that_cannot_be_opened_is_disabled_and_validation_goes_o
     finally:
         stop.set()
         await loop
-    reasons = dict(await pg.fetch("SELECT id, disabled_reason FROM accounts"))
-    assert reasons == {lost: "invalid", uuid.UUID(dead["id"]): "revoked"}
-    events = await _events(pg, lost)
+    states = {
+        r["id"]: tuple(r[1:])
+        for r in await pg.fetch("SELECT id, state, disabled_reason FROM accounts")
+    }
+    assert states == {
+        keyless: ("active", None),
+        damaged: ("disabled", "invalid"),
+        uuid.UUID(dead["id"]): ("disabled", "revoked"),
+    }
+    assert await _events(pg, keyless) == []
+    events = await _events(pg, damaged)
     assert events[0] == (
         "state_change",
         {"from": "active", "to": "disabled", "reason": "invalid", "error": "session_unreadable"},

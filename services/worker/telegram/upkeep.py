@@ -152,9 +152,16 @@ async def _check_one(runtime: TelegramRuntime, account_id: uuid.UUID) -> None:
 async def _check(runtime: TelegramRuntime, account: accounts.Account) -> None:
     settings = runtime.settings
     assert account.sealed is not None
+    if not runtime.vault.has_key(account.sealed.key_id):  # configuration, not the session
+        log.error(
+            "stored session sealed under a vault key that is not configured",
+            account_id=str(account.id),
+            key_id=account.sealed.key_id,
+        )
+        return
     try:
         session = StringSession(runtime.vault.open(account.sealed, aad=account.aad))
-    except Exception as exc:  # its key is gone, or the stored value is damaged
+    except Exception as exc:  # the stored value is damaged
         log.warning(
             "stored session cannot be opened", account_id=str(account.id), error=type(exc).__name__
         )

@@ -82,6 +82,9 @@ class Vault:
         key = base64.urlsafe_b64encode(AESGCM.generate_key(bit_length=256)).decode().rstrip("=")
         return f"{key_id or 'k' + secrets.token_hex(4)}:{key}"
 
+    def has_key(self, key_id: str) -> bool:
+        return key_id in self._keys
+
     def _kek(self, key_id: str) -> bytes:
         try:
             return self._keys[key_id]
