@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import uuid
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from telethon.sessions import StringSession
 
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.client import auth_key_id, make_client, sandbox_session
@@ -71,6 +74,53 @@ async def test_a_session_the_dc_does_not_know_is_refused(
     )
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "session_invalid"
+
+
+async def test_the_address_inside_a_session_is_never_connected(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox
+) -> None:
+    knocks: list[int] = []
+
+    async def knocked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        knocks.append(1)
+        writer.close()
+
+    listener = await asyncio.start_server(knocked, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+
+    async def imported(session: str) -> httpx.Response:
+        body = {"session_string": session}
+        return await api.post("/v1/accounts/import", json=body, headers=auth())
+
+    try:
+        key = os.urandom(256)
+        elsewhere = await imported(sandbox_session(2, "127.0.0.1", port, key).save())
+        at_the_dc = await imported(
+            sandbox_session(2, "127.0.0.1", sandbox.mtproto_port, key).save()
+        )
+        # A real session naming the wrong address is still connected at its DC.
+        created = await admin.create_account()
+        real_key = StringSession(created["session_string"]).auth_key
+        moved = sandbox_session(2, "127.0.0.1", port, real_key.key if real_key else None)
+        real = await imported(moved.save())
+        unknown_dc = await imported(sandbox_session(9, "127.0.0.1", port, key).save())
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert knocks == []
+    answers = [(r.status_code, r.json()["error"]["code"]) for r in (elsewhere, at_the_dc)]
+    assert answers == [(422, "session_invalid")] * 2
+    assert real.status_code == 201, real.text
+    assert unknown_dc.status_code == 422
+    assert unknown_dc.json()["error"]["code"] == "invalid_session"
+    job = await api.post(
+        "/v1/jobs",
+        json={"type": "telegram.get_me", "params": {"account_id": real.json()["id"]}},
+        headers=auth(),
+    )
+    done = await wait_for_status(api, job.json()["id"], {"succeeded"})
+    assert done["result"]["id"] == created["user_id"]
+    assert knocks == []
 
 
 async def test_accounts_are_tenant_scoped(api: httpx.AsyncClient, admin: SandboxAdmin) -> None:

@@ -20,6 +20,7 @@ from shared.ids import uuid7
 from shared.jobs import REGISTRY
 from shared.jobs.envelope import Envelope, utcnow
 from shared.jobs.record import JobRecord
+from shared.telegram_dcs import KNOWN_DC_IDS
 from shared.telemetry import inject_context
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
@@ -63,6 +64,13 @@ def _check_session(value: str) -> None:
             "invalid_session",
             "session_string is not a Telethon string session.",
             [{"field": "session_string", "message": "not a string session"}],
+        )
+    if session.dc_id not in KNOWN_DC_IDS:  # the address inside is never used, the DC id is
+        raise ApiError(
+            422,
+            "invalid_session",
+            f"session_string names data centre {session.dc_id}, which Telegram does not have.",
+            [{"field": "session_string", "message": "unknown data centre"}],
         )
 
 

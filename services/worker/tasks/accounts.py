@@ -14,6 +14,7 @@ from services.worker.telegram.pool import api_credentials, client_options
 from shared import transit
 from shared.errors import PermanentFailure, RetryableFailure
 from shared.jobs.accounts import AccountOut, ImportParams
+from shared.telegram_dcs import pin_dc
 
 IMPORT_LOCK_MS = 90_000  # longer than an import job's timeout
 
@@ -81,8 +82,14 @@ async def _backfill_once(ctx: JobContext) -> None:
         runtime.key_hashes_complete = done == 0
 
 
-async def _validate_and_store(ctx: JobContext, session: str) -> AccountOut:
+async def _validate_and_store(ctx: JobContext, given: str) -> AccountOut:
+    """Connect to the session's DC at its known address (never the one the session
+    names) and store the session pointing there."""
     settings = ctx.state.settings
+    pinned = StringSession(given)
+    if not pin_dc(pinned, settings):
+        raise PermanentFailure("session_invalid", "The session names an unknown data centre.")
+    session = pinned.save()
     api_id, api_hash = api_credentials(settings)
     client = TelegramClient(StringSession(session), api_id, api_hash, **client_options(settings))
     try:

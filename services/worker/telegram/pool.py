@@ -34,6 +34,7 @@ from shared.db import Pool
 from shared.errors import Deferral, PermanentFailure
 from shared.jobs.envelope import utcnow
 from shared.logs import get_logger
+from shared.telegram_dcs import pin_dc
 from shared.telegram_keys import PRESENCE_TTL, presence_key
 
 log = get_logger(__name__)
@@ -151,8 +152,10 @@ class ClientPool:
     def _new_client(self, account: Account) -> TelegramClient:
         if account.sealed is None:
             raise PermanentFailure("account_no_session", "The account has no stored session.")
-        session = self.vault.open(account.sealed, aad=account.aad)
-        return TelegramClient(StringSession(session), self.api_id, self.api_hash, **self.options)
+        session = StringSession(self.vault.open(account.sealed, aad=account.aad))
+        if not pin_dc(session, self.settings):  # the stored address is never trusted
+            raise PermanentFailure("session_invalid", "The stored session names an unknown DC.")
+        return TelegramClient(session, self.api_id, self.api_hash, **self.options)
 
     async def _make_room(self) -> None:
         while len(self._entries) >= self.settings.telegram_max_clients:
