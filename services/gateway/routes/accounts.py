@@ -6,13 +6,14 @@ import struct
 import time
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from telethon.sessions import StringSession
 
+from services.gateway import repository
 from services.gateway.deps import Reader, State, Writer
 from services.gateway.errors import ApiError
 from shared import transit
@@ -51,6 +52,7 @@ class AccountView(BaseModel):
 
 class AccountList(BaseModel):
     items: list[AccountView]
+    next_cursor: str | None = None
 
 
 def _check_session(value: str) -> None:
@@ -201,14 +203,34 @@ async def _load(state: State, tenant: str, account_id: uuid.UUID) -> AccountView
     return AccountView.model_validate(dict(row.items())) if row else None
 
 
-@router.get("", response_model=AccountList, summary="The tenant's accounts")
-async def list_accounts(state: State, principal: Reader) -> AccountList:
+@router.get("", response_model=AccountList, summary="The tenant's accounts, newest first")
+async def list_accounts(
+    state: State,
+    principal: Reader,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> AccountList:
+    """One page of accounts; ``next_cursor`` (None on the last page) asks for the next."""
+    try:
+        below = repository.decode_cursor(cursor) if cursor else None
+    except repository.InvalidCursor:
+        raise ApiError(
+            422, "invalid_cursor", "The cursor is not one this API returned.", {"cursor": cursor}
+        ) from None
     rows = await state.db.fetch(
         f"SELECT {_COLUMNS} FROM accounts WHERE tenant_id = $1 "  # noqa: S608
-        "ORDER BY created_at DESC, id DESC LIMIT 1000",
+        "AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid)) "
+        "ORDER BY created_at DESC, id DESC LIMIT $4",
         principal.tenant,
+        below[0] if below else None,
+        below[1] if below else None,
+        limit + 1,  # one more than asked: whether a next page exists
     )
-    return AccountList(items=[AccountView.model_validate(dict(r.items())) for r in rows])
+    items = [AccountView.model_validate(dict(r.items())) for r in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        next_cursor = repository.encode_cursor(items[-1].created_at, str(items[-1].id))
+    return AccountList(items=items, next_cursor=next_cursor)
 
 
 @router.get("/{account_id}", response_model=AccountView, summary="One account")

@@ -1,0 +1,76 @@
+"""Account routes answered by the gateway alone: listing, health, unknown ids."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.helpers import auth, gateway_client
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[httpx.AsyncClient]:
+    async with gateway_client() as client:
+        yield client
+
+
+async def add_accounts(
+    pg: asyncpg.Connection[Any], rows: list[tuple[str, str | None]], *, at: datetime | None = None
+) -> list[uuid.UUID]:
+    """Accounts of tenant acme in the given (state, disabled_reason), created at ``at``."""
+    await pg.execute(
+        "INSERT INTO tenants (id, name) VALUES ('acme', 'acme') ON CONFLICT DO NOTHING"
+    )
+    ids = [uuid.uuid4() for _ in rows]
+    await pg.executemany(
+        "INSERT INTO accounts (id, tenant_id, state, disabled_reason, created_at) "
+        "VALUES ($1, 'acme', $2, $3, coalesce($4, clock_timestamp()))",
+        [(i, s, r, at) for i, (s, r) in zip(ids, rows, strict=True)],
+    )
+    return ids
+
+
+async def test_accounts_list_in_pages_newest_first(
+    api: httpx.AsyncClient, pg: asyncpg.Connection[Any]
+) -> None:
+    tied = datetime(2030, 1, 1, tzinfo=UTC)  # same created_at: the id breaks the tie
+    ids = await add_accounts(pg, [("active", None)] * 5, at=tied)
+    ids += await add_accounts(pg, [("active", None)] * 6)
+    expected = [
+        str(r["id"])
+        for r in await pg.fetch("SELECT id FROM accounts ORDER BY created_at DESC, id DESC")
+    ]
+    assert sorted(expected) == sorted(str(i) for i in ids)
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 4} | ({"cursor": cursor} if cursor else {})
+        page = await api.get("/v1/accounts", params=params, headers=auth())
+        assert page.status_code == 200, page.text
+        body = page.json()
+        seen += [a["id"] for a in body["items"]]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert seen == expected
+    whole = (await api.get("/v1/accounts", headers=auth())).json()
+    assert [a["id"] for a in whole["items"]] == expected
+    assert whole["next_cursor"] is None
+
+
+async def test_accounts_list_refuses_a_bad_cursor_or_limit(api: httpx.AsyncClient) -> None:
+    bad = await api.get("/v1/accounts", params={"cursor": "not-a-cursor"}, headers=auth())
+    assert bad.status_code == 422
+    assert bad.json()["error"]["code"] == "invalid_cursor"
+    for limit in (0, 1001):
+        over = await api.get("/v1/accounts", params={"limit": limit}, headers=auth())
+        assert over.status_code == 422
