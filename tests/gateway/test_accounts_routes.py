@@ -74,3 +74,16 @@ async def test_accounts_list_refuses_a_bad_cursor_or_limit(api: httpx.AsyncClien
     for limit in (0, 1001):
         over = await api.get("/v1/accounts", params={"limit": limit}, headers=auth())
         assert over.status_code == 422
+
+
+async def test_logged_out_accounts_leave_health_ok(
+    api: httpx.AsyncClient, pg: asyncpg.Connection[Any]
+) -> None:
+    await add_accounts(pg, [("active", None), ("disabled", "logged_out")])
+    health = (await api.get("/v1/telegram/health", headers=auth())).json()
+    assert health["status"] == "ok"
+    assert health["accounts"] == {"total": 1, "by_state": {"active": 1}}
+    await add_accounts(pg, [("disabled", "revoked")])
+    health = (await api.get("/v1/telegram/health", headers=auth())).json()
+    assert health["status"] == "degraded"
+    assert health["accounts"] == {"total": 2, "by_state": {"active": 1, "disabled": 1}}

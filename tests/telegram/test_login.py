@@ -91,6 +91,8 @@ async def test_logout_erases_the_session(
     row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", uuid.UUID(account_id))
     assert (row["state"], row["disabled_reason"]) == ("disabled", "logged_out")
     assert row["session_ciphertext"] is None
+    health = (await api.get("/v1/telegram/health", headers=auth())).json()
+    assert (health["status"], health["accounts"]["total"]) == ("ok", 0)
     again = await api.post(
         "/v1/jobs",
         json={"type": "telegram.get_me", "params": {"account_id": account_id}},

@@ -28,8 +28,17 @@ async def _connected(state: State, ids: list[uuid.UUID]) -> dict[uuid.UUID, dict
 
 @router.get("/health", summary="Pool and accounts summary")
 async def health(state: State, principal: Reader) -> dict[str, Any]:
+    """Accounts by state, connected clients and live workers; ``degraded`` while any
+    account is disabled or reconnecting.
+
+    Accounts logged out on request (``DELETE /v1/accounts/{id}``, disabled with reason
+    ``logged_out``) are left out altogether, from the counts as from the status: their
+    session is erased on purpose, nothing is wrong. ``GET /v1/accounts`` still lists them.
+    """
     rows = await state.db.fetch(
-        "SELECT id, state FROM accounts WHERE tenant_id = $1", principal.tenant
+        """SELECT id, state FROM accounts
+           WHERE tenant_id = $1 AND disabled_reason IS DISTINCT FROM 'logged_out'""",
+        principal.tenant,
     )
     by_state: dict[str, int] = {}
     for row in rows:
