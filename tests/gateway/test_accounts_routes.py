@@ -87,3 +87,23 @@ async def test_logged_out_accounts_leave_health_ok(
     health = (await api.get("/v1/telegram/health", headers=auth())).json()
     assert health["status"] == "degraded"
     assert health["accounts"] == {"total": 2, "by_state": {"active": 1, "disabled": 1}}
+
+
+async def test_a_malformed_account_id_is_an_unknown_account(api: httpx.AsyncClient) -> None:
+    missing = await api.get(f"/v1/accounts/{uuid.uuid4()}", headers=auth())
+    assert missing.status_code == 404
+    calls: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("GET", "/v1/accounts/not-a-uuid", None),
+        ("DELETE", "/v1/accounts/not-a-uuid", None),
+        ("POST", "/v1/accounts/not-a-uuid/login/code", {"code": "12345"}),
+        ("POST", "/v1/accounts/not-a-uuid/login/password", {"password": "pw"}),
+        ("GET", "/v1/telegram/connections/not-a-uuid", None),
+        ("DELETE", "/v1/telegram/connections/not-a-uuid", None),
+    ]
+    for method, path, body in calls:
+        answer = await api.request(method, path, json=body, headers=auth())
+        assert answer.status_code == 404, (method, path, answer.text)
+        error = answer.json()["error"]
+        assert error.keys() == missing.json()["error"].keys(), (method, path)
+        assert error["code"] == "account_not_found"
+        assert error["message"] == "No account not-a-uuid for this tenant."

@@ -76,6 +76,18 @@ def _check_session(value: str) -> None:
         )
 
 
+def account_uuid(raw: str) -> uuid.UUID:
+    """The account id in a path; an id that is not a UUID names no account (404)."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise not_found(raw) from None
+
+
+def not_found(account_id: object) -> ApiError:
+    return ApiError(404, "account_not_found", f"No account {account_id} for this tenant.")
+
+
 async def await_job(state: State, job_id: str, wait_seconds: float) -> JobRecord | None:
     """Wait briefly for a control job to finish; None if it is still going."""
     deadline = time.monotonic() + wait_seconds
@@ -167,10 +179,8 @@ async def start_login(body: LoginRequest, state: State, principal: Writer) -> An
 
 
 @router.post("/{account_id}/login/code", response_model=LoginStepOut, summary="Send the code")
-async def login_code(
-    account_id: uuid.UUID, body: CodeRequest, state: State, principal: Writer
-) -> Any:
-    params = {"account_id": str(account_id), "code": body.code}
+async def login_code(account_id: str, body: CodeRequest, state: State, principal: Writer) -> Any:
+    params = {"account_id": str(account_uuid(account_id)), "code": body.code}
     return await control(state, principal.tenant, "account.login_code", params)
 
 
@@ -178,19 +188,21 @@ async def login_code(
     "/{account_id}/login/password", response_model=LoginStepOut, summary="Send the 2FA password"
 )
 async def login_password(
-    account_id: uuid.UUID, body: PasswordRequest, state: State, principal: Writer
+    account_id: str, body: PasswordRequest, state: State, principal: Writer
 ) -> Any:
+    parsed = account_uuid(account_id)
     secret = state.settings.secret_key.get_secret_value()
     ref = await transit.put(state.redis, secret, body.password)
-    params = {"account_id": str(account_id), "password_ref": ref}
+    params = {"account_id": str(parsed), "password_ref": ref}
     return await control(state, principal.tenant, "account.login_password", params)
 
 
 @router.delete("/{account_id}", response_model=LoginStepOut, summary="Log out and erase")
-async def delete_account(account_id: uuid.UUID, state: State, principal: Writer) -> Any:
-    if await _load(state, principal.tenant, account_id) is None:
-        raise ApiError(404, "account_not_found", f"No account {account_id} for this tenant.")
-    params = {"account_id": str(account_id)}
+async def delete_account(account_id: str, state: State, principal: Writer) -> Any:
+    parsed = account_uuid(account_id)
+    if await _load(state, principal.tenant, parsed) is None:
+        raise not_found(parsed)
+    params = {"account_id": str(parsed)}
     return await control(state, principal.tenant, "account.logout", params)
 
 
@@ -235,13 +247,9 @@ async def list_accounts(
 
 @router.get("/{account_id}", response_model=AccountView, summary="One account")
 async def get_account(account_id: str, state: State, principal: Reader) -> AccountView:
-    try:
-        parsed = uuid.UUID(account_id)
-    except ValueError:
-        parsed = None
-    account = await _load(state, principal.tenant, parsed) if parsed else None
+    account = await _load(state, principal.tenant, account_uuid(account_id))
     if account is None:
-        raise ApiError(404, "account_not_found", f"No account {account_id} for this tenant.")
+        raise not_found(account_id)
     return account
 
 

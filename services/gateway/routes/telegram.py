@@ -8,8 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from services.gateway.deps import Reader, State, Writer
-from services.gateway.errors import ApiError
-from services.gateway.routes.accounts import control
+from services.gateway.routes.accounts import account_uuid, control, not_found
 from shared import registry
 from shared.telegram_keys import DISCONNECT_CHANNEL, presence_key, stats_key
 
@@ -86,18 +85,19 @@ async def stats(state: State, principal: Reader) -> dict[str, Any]:
 
 
 @router.get("/connections/{account_id}", summary="An account's connection")
-async def connection(account_id: uuid.UUID, state: State, principal: Reader) -> dict[str, Any]:
+async def connection(account_id: str, state: State, principal: Reader) -> dict[str, Any]:
+    parsed = account_uuid(account_id)
     row = await state.db.fetchrow(
         """SELECT state, disabled_reason, flood_until, last_error, last_used_at
            FROM accounts WHERE id = $1 AND tenant_id = $2""",
-        account_id,
+        parsed,
         principal.tenant,
     )
     if row is None:
-        raise ApiError(404, "account_not_found", f"No account {account_id} for this tenant.")
-    presence = (await _connected(state, [account_id])).get(account_id)
+        raise not_found(parsed)
+    presence = (await _connected(state, [parsed])).get(parsed)
     return {
-        "account_id": account_id,
+        "account_id": parsed,
         "state": row["state"],
         "disabled_reason": row["disabled_reason"],
         "flood_until": row["flood_until"],
@@ -112,14 +112,15 @@ async def connection(account_id: uuid.UUID, state: State, principal: Reader) -> 
 
 
 @router.delete("/connections/{account_id}", status_code=202, summary="Disconnect now")
-async def disconnect(account_id: uuid.UUID, state: State, principal: Writer) -> dict[str, Any]:
+async def disconnect(account_id: str, state: State, principal: Writer) -> dict[str, Any]:
+    parsed = account_uuid(account_id)
     exists = await state.db.fetchval(
-        "SELECT 1 FROM accounts WHERE id = $1 AND tenant_id = $2", account_id, principal.tenant
+        "SELECT 1 FROM accounts WHERE id = $1 AND tenant_id = $2", parsed, principal.tenant
     )
     if exists is None:
-        raise ApiError(404, "account_not_found", f"No account {account_id} for this tenant.")
-    listeners = await state.redis.publish(DISCONNECT_CHANNEL, str(account_id))
-    return {"account_id": account_id, "requested": True, "workers_notified": listeners}
+        raise not_found(parsed)
+    listeners = await state.redis.publish(DISCONNECT_CHANNEL, str(parsed))
+    return {"account_id": parsed, "requested": True, "workers_notified": listeners}
 
 
 class CleanupRequest(BaseModel):
