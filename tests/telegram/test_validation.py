@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 import pytest
 from redis.asyncio import Redis
+from telethon.sessions import StringSession
 
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.server import Sandbox
@@ -192,3 +193,43 @@ async def test_a_job_marks_its_account_used_at_most_once_a_minute(
     assert (await run(api, "telegram.get_me", account_id=account["id"]))["status"] == "succeeded"
     await asyncio.sleep(0.2)
     assert await used() == first  # within the minute: no second write
+
+
+async def test_validation_connects_to_the_known_dc_not_to_the_address_a_session_names(
+    api: httpx.AsyncClient,
+    admin: SandboxAdmin,
+    pg: asyncpg.Connection[Any],
+    validator: TelegramRuntime,
+) -> None:
+    imported, created = await import_account(api, admin)
+    account_id = uuid.UUID(imported["id"])
+    knocks: list[int] = []
+
+    async def knock(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        knocks.append(1)
+        writer.close()
+
+    elsewhere = await asyncio.start_server(knock, "127.0.0.1", 0)
+    port = elsewhere.sockets[0].getsockname()[1]
+    try:  # a stored session that names another address (stored before addresses were pinned)
+        session = StringSession(created["session_string"])
+        session.set_dc(session.dc_id, "127.0.0.1", port)
+        sealed = validator.vault.seal(session.save(), aad=account_id.bytes)
+        await pg.execute(
+            "UPDATE accounts SET session_ciphertext = $2, session_wrapped_key = $3,"
+            " session_key_id = $4 WHERE id = $1",
+            account_id,
+            sealed.ciphertext,
+            sealed.wrapped_key,
+            sealed.key_id,
+        )
+        await admin.add_fault(created["user_id"], "revoke")  # seen only at the real DC
+        assert await validate_once(validator) == 1
+    finally:
+        elsewhere.close()
+        await elsewhere.wait_closed()
+    assert knocks == []
+    state = await pg.fetchrow(
+        "SELECT state, disabled_reason FROM accounts WHERE id = $1", account_id
+    )
+    assert tuple(state) == ("disabled", "revoked")

@@ -21,6 +21,7 @@ from services.worker.telegram.pool import api_credentials, client_options
 from services.worker.telegram.runtime import TelegramRuntime
 from shared.aio import raise_if_cancelling, sleep_unless
 from shared.logs import get_logger
+from shared.telegram_dcs import pin_dc
 from shared.telegram_keys import DISCONNECT_CHANNEL, presence_key
 
 log = get_logger(__name__)
@@ -171,6 +172,11 @@ async def _check(runtime: TelegramRuntime, account: accounts.Account) -> None:
             DisabledReason.INVALID,
             code="session_unreadable",
             method="validation",
+        )
+        return
+    if not pin_dc(session, settings):  # the address inside a session is never trusted
+        await accounts.disable(
+            runtime.db, account, DisabledReason.INVALID, code="session_invalid", method="validation"
         )
         return
     api_id, api_hash = api_credentials(settings)
