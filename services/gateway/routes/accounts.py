@@ -227,7 +227,7 @@ async def list_accounts(
         below = repository.decode_cursor(cursor) if cursor else None
     except repository.InvalidCursor:
         raise ApiError(
-            422, "invalid_cursor", "The cursor is not one this API returned.", {"cursor": cursor}
+            400, "invalid_cursor", "The cursor is not one this API returned.", {"cursor": cursor}
         ) from None
     rows = await state.db.fetch(
         f"SELECT {_COLUMNS} FROM accounts WHERE tenant_id = $1 "  # noqa: S608
