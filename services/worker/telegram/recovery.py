@@ -70,9 +70,7 @@ class Recovery:
 
     async def _flood_over(self, account_id: uuid.UUID) -> int:
         account = await accounts.load(self.runtime.db, account_id)
-        if account is None or not await accounts.set_state(
-            self.runtime.db, account, State.ACTIVE
-        ):
+        if account is None or not await accounts.set_state(self.runtime.db, account, State.ACTIVE):
             return 0
         self.runtime.forget(account_id)
         return 1
