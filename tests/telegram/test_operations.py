@@ -9,6 +9,7 @@ import asyncpg
 import httpx
 
 from services.sandbox.admin_client import SandboxAdmin
+from services.sandbox.server import Sandbox
 from tests.helpers import auth, eventually
 from tests.telegram.conftest import import_account
 from tests.telegram.test_jobs import run
@@ -50,7 +51,7 @@ async def test_health_stats_connections_and_disconnect(
 
 
 async def test_validation_disables_dead_idle_sessions_and_cleanup_erases_them(
-    api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+    api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any], sandbox: Sandbox
 ) -> None:
     from services.worker.telegram.runtime import TelegramRuntime
     from services.worker.telegram.upkeep import validate_once
@@ -62,7 +63,9 @@ async def test_validation_disables_dead_idle_sessions_and_cleanup_erases_them(
     alive, _ = await import_account(api, admin)
     dead, created = await import_account(api, admin)
     await admin.add_fault(created["user_id"], "revoke")
-    settings = WorkerSettings(telegram_validate_seconds=0.001, sandbox_dc="127.0.0.1:1")
+    settings = WorkerSettings(
+        telegram_validate_seconds=0.001, sandbox_dc=f"127.0.0.1:{sandbox.mtproto_port}"
+    )
     pool, redis = await create_pool(settings, role="test"), create_redis(settings)
     runtime = TelegramRuntime(
         settings,
