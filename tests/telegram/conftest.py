@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.server import Sandbox
+from services.worker.telegram.runtime import TelegramRuntime
+from services.worker.telegram.vault import Sealed, vault_from_settings
+from shared.config import WorkerSettings
+from shared.db import create_pool
+from shared.redis_client import create_redis
 from tests.helpers import auth, gateway_client, running_worker
 
 
@@ -45,3 +52,38 @@ async def import_account(
     )
     assert response.status_code == 201, response.text
     return response.json(), created
+
+
+async def open_runtime(sandbox: Sandbox, name: str, **overrides: Any) -> TelegramRuntime:
+    """A worker's Telegram runtime on its own pools, pointed at the sandbox DC."""
+    settings = WorkerSettings(sandbox_dc=f"127.0.0.1:{sandbox.mtproto_port}", **overrides)
+    vault = vault_from_settings(None, settings.secret_key.get_secret_value())
+    db, redis = await create_pool(settings, role="test"), create_redis(settings)
+    return TelegramRuntime(settings, db, redis, vault, name)
+
+
+async def close_runtime(rt: TelegramRuntime) -> None:
+    await rt.close()
+    await rt.db.close()
+    await rt.redis.aclose()
+
+
+async def insert_sealed(
+    pg: asyncpg.Connection[Any],
+    account_id: uuid.UUID,
+    tg_user_id: int,
+    sealed: Sealed,
+    ciphertext: bytes | None = None,
+) -> None:
+    """An active account row of tenant acme holding ``sealed`` (or ``ciphertext`` in its
+    place), written straight to PostgreSQL."""
+    await pg.execute(
+        """INSERT INTO accounts (id, tenant_id, tg_user_id, state, session_ciphertext,
+               session_wrapped_key, session_key_id)
+           VALUES ($1, 'acme', $2, 'active', $3, $4, $5)""",
+        account_id,
+        tg_user_id,
+        sealed.ciphertext if ciphertext is None else ciphertext,
+        sealed.wrapped_key,
+        sealed.key_id,
+    )

@@ -16,13 +16,8 @@ from services.worker.outcomes import classify
 from services.worker.telegram.accounts import DisabledReason
 from services.worker.telegram.errors import Kind, map_error
 from services.worker.telegram.limits import Limits
-from services.worker.telegram.runtime import TelegramRuntime
-from services.worker.telegram.vault import vault_from_settings
-from shared.config import WorkerSettings
-from shared.db import create_pool
-from shared.redis_client import create_redis
 from tests.helpers import free_port
-from tests.telegram.conftest import import_account
+from tests.telegram.conftest import close_runtime, import_account, open_runtime
 
 
 def rpc(cls: type[tg.RPCError], **kw: object) -> tg.RPCError:
@@ -107,10 +102,7 @@ def test_only_slow_mode_holds_a_single_chat() -> None:
 async def test_a_store_blink_inside_a_session_is_not_taken_for_telegrams_answer(
     api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox
 ) -> None:
-    settings = WorkerSettings(sandbox_dc=f"127.0.0.1:{sandbox.mtproto_port}")
-    vault = vault_from_settings(None, settings.secret_key.get_secret_value())
-    db, redis = await create_pool(settings, role="test"), create_redis(settings)
-    rt = TelegramRuntime(settings, db, redis, vault, "blink-test")
+    rt = await open_runtime(sandbox, "blink-test")
     dead = Redis(port=free_port())  # nothing listens there
     try:
         imported, _ = await import_account(api, admin)
@@ -121,6 +113,4 @@ async def test_a_store_blink_inside_a_session_is_not_taken_for_telegrams_answer(
         assert classify(raised.value).code == "store_unavailable"  # deferred, no try spent
     finally:
         await dead.aclose()
-        await rt.close()
-        await rt.db.close()
-        await rt.redis.aclose()
+        await close_runtime(rt)

@@ -11,7 +11,7 @@ import httpx
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.server import Sandbox
 from tests.helpers import auth, eventually
-from tests.telegram.conftest import import_account
+from tests.telegram.conftest import close_runtime, import_account, open_runtime
 from tests.telegram.test_jobs import run
 
 
@@ -53,33 +53,16 @@ async def test_health_stats_connections_and_disconnect(
 async def test_validation_disables_dead_idle_sessions_and_cleanup_erases_them(
     api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any], sandbox: Sandbox
 ) -> None:
-    from services.worker.telegram.runtime import TelegramRuntime
     from services.worker.telegram.upkeep import validate_once
-    from services.worker.telegram.vault import vault_from_settings
-    from shared.config import WorkerSettings
-    from shared.db import create_pool
-    from shared.redis_client import create_redis
 
     alive, _ = await import_account(api, admin)
     dead, created = await import_account(api, admin)
     await admin.add_fault(created["user_id"], "revoke")
-    settings = WorkerSettings(
-        telegram_validate_seconds=0.001, sandbox_dc=f"127.0.0.1:{sandbox.mtproto_port}"
-    )
-    pool, redis = await create_pool(settings, role="test"), create_redis(settings)
-    runtime = TelegramRuntime(
-        settings,
-        pool,
-        redis,
-        vault_from_settings(None, settings.secret_key.get_secret_value()),
-        "validator",
-    )
+    runtime = await open_runtime(sandbox, "validator", telegram_validate_seconds=0.001)
     try:
         assert await validate_once(runtime) == 2
     finally:
-        await runtime.close()
-        await pool.close()
-        await redis.aclose()
+        await close_runtime(runtime)
     states = {
         str(r["id"]): (r["state"], r["disabled_reason"])
         for r in await pg.fetch("SELECT id, state, disabled_reason FROM accounts")

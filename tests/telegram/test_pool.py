@@ -18,28 +18,19 @@ from services.sandbox.server import Sandbox
 from services.worker.telegram import accounts
 from services.worker.telegram.accounts import DisabledReason, State
 from services.worker.telegram.runtime import TelegramRuntime
-from services.worker.telegram.vault import vault_from_settings
-from shared.config import WorkerSettings
-from shared.db import create_pool
 from shared.errors import Deferral, PermanentFailure
-from shared.redis_client import create_redis
-from tests.telegram.conftest import import_account
+from tests.telegram.conftest import close_runtime, import_account, open_runtime
 
 
 async def _runtime(sandbox: Sandbox, **overrides: float) -> TelegramRuntime:
-    settings = WorkerSettings(sandbox_dc=f"127.0.0.1:{sandbox.mtproto_port}", **overrides)
-    pool, redis = await create_pool(settings, role="test"), create_redis(settings)
-    vault = vault_from_settings(None, settings.secret_key.get_secret_value())
-    return TelegramRuntime(settings, pool, redis, vault, "pool-test")
+    return await open_runtime(sandbox, "pool-test", **overrides)
 
 
 @pytest.fixture
 async def fast_upkeep(sandbox: Sandbox) -> AsyncIterator[TelegramRuntime]:
     rt = await _runtime(sandbox, telegram_idle_seconds=2.0, telegram_health_seconds=0.2)
     yield rt
-    await rt.close()
-    await rt.db.close()
-    await rt.redis.aclose()
+    await close_runtime(rt)
 
 
 async def _connect(rt: TelegramRuntime, account_id: str) -> None:
@@ -77,9 +68,7 @@ async def test_a_full_pool_evicts_the_least_recently_used_client(
             await _connect(rt, account_id)
         assert set(rt.pool.connected()) == {uuid.UUID(ids[1]), uuid.UUID(ids[2])}
     finally:
-        await rt.close()
-        await rt.db.close()
-        await rt.redis.aclose()
+        await close_runtime(rt)
 
 
 async def test_an_account_outside_the_held_shards_is_never_connected(
@@ -100,9 +89,7 @@ async def test_an_account_outside_the_held_shards_is_never_connected(
         assert rt.pool.connected() == []
         assert [r for r in await admin.ledger() if r["auth_key_id"] == key] == before
     finally:
-        await rt.close()
-        await rt.db.close()
-        await rt.redis.aclose()
+        await close_runtime(rt)
 
 
 async def test_jobs_of_one_account_share_a_read_and_a_local_change_is_not_cached_over(
@@ -141,9 +128,7 @@ async def test_jobs_of_one_account_share_a_read_and_a_local_change_is_not_cached
         assert refused.value.code == "account_disabled"
         assert len(reads) == 3
     finally:
-        await rt.close()
-        await rt.db.close()
-        await rt.redis.aclose()
+        await close_runtime(rt)
 
 
 async def test_a_failed_event_write_never_fails_a_connect_or_a_disconnect(
@@ -165,7 +150,5 @@ async def test_a_failed_event_write_never_fails_a_connect_or_a_disconnect(
         assert await rt.pool.drop(uuid.UUID(imported["id"]), reason="requested")
         assert rt.pool.connected() == []
     finally:
-        await rt.close()
-        await rt.db.close()
-        await rt.redis.aclose()
+        await close_runtime(rt)
     assert await pg.fetchval("SELECT count(*) FROM account_events WHERE kind = 'connect'") == 0

@@ -16,24 +16,15 @@ from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.server import Sandbox
 from services.worker.telegram.recovery import Recovery
 from services.worker.telegram.runtime import TelegramRuntime
-from services.worker.telegram.vault import vault_from_settings
-from shared.config import WorkerSettings
-from shared.db import create_pool
 from shared.errors import Deferral
-from shared.redis_client import create_redis
-from tests.telegram.conftest import import_account
+from tests.telegram.conftest import close_runtime, import_account, open_runtime
 
 
 @pytest.fixture
 async def runtime(sandbox: Sandbox) -> AsyncIterator[TelegramRuntime]:
-    settings = WorkerSettings(sandbox_dc=f"127.0.0.1:{sandbox.mtproto_port}")
-    pool, redis = await create_pool(settings, role="test"), create_redis(settings)
-    vault = vault_from_settings(None, settings.secret_key.get_secret_value())
-    rt = TelegramRuntime(settings, pool, redis, vault, "test-worker")
+    rt = await open_runtime(sandbox, "test-worker")
     yield rt
-    await rt.close()
-    await pool.close()
-    await redis.aclose()
+    await close_runtime(rt)
 
 
 async def _states(pg: asyncpg.Connection[Any], account_id: str) -> list[tuple[str, str]]:

@@ -19,28 +19,18 @@ from services.sandbox.server import Sandbox
 from services.worker.telegram import upkeep
 from services.worker.telegram.runtime import TelegramRuntime
 from services.worker.telegram.upkeep import validate_idle_sessions, validate_once
-from services.worker.telegram.vault import Vault, vault_from_settings
-from shared.config import WorkerSettings
-from shared.db import create_pool
-from shared.redis_client import create_redis
+from services.worker.telegram.vault import Vault
 from shared.telegram_keys import presence_key
 from tests.helpers import eventually
-from tests.telegram.conftest import import_account
+from tests.telegram.conftest import close_runtime, import_account, insert_sealed, open_runtime
 from tests.telegram.test_jobs import run
 
 
 @pytest.fixture
 async def validator(sandbox: Sandbox) -> AsyncIterator[TelegramRuntime]:
-    settings = WorkerSettings(
-        sandbox_dc=f"127.0.0.1:{sandbox.mtproto_port}", telegram_validate_seconds=0.01
-    )
-    pool, redis = await create_pool(settings, role="test"), create_redis(settings)
-    vault = vault_from_settings(None, settings.secret_key.get_secret_value())
-    rt = TelegramRuntime(settings, pool, redis, vault, "validator")
+    rt = await open_runtime(sandbox, "validator", telegram_validate_seconds=0.01)
     yield rt
-    await rt.close()
-    await pool.close()
-    await redis.aclose()
+    await close_runtime(rt)
 
 
 async def _events(pg: asyncpg.Connection[Any], account_id: uuid.UUID) -> list[tuple[str, Any]]:
@@ -64,20 +54,8 @@ async def test_a_damaged_session_is_disabled_a_missing_key_is_not_and_validation
     keyless, damaged = uuid.UUID(int=1), uuid.UUID(int=2)
     elsewhere = Vault.parse(Vault.generate_entry("gone")).seal("1" + "A" * 352, aad=keyless.bytes)
     ours = validator.vault.seal("1" + "A" * 352, aad=damaged.bytes)
-    for account_id, sealed, ciphertext in (
-        (keyless, elsewhere, elsewhere.ciphertext),
-        (damaged, ours, bytes([ours.ciphertext[0] ^ 1]) + ours.ciphertext[1:]),
-    ):
-        await pg.execute(
-            """INSERT INTO accounts (id, tenant_id, tg_user_id, state, session_ciphertext,
-                   session_wrapped_key, session_key_id)
-               VALUES ($1, 'acme', $2, 'active', $3, $4, $5)""",
-            account_id,
-            account_id.int,
-            ciphertext,
-            sealed.wrapped_key,
-            sealed.key_id,
-        )
+    await insert_sealed(pg, keyless, 1, elsewhere)
+    await insert_sealed(pg, damaged, 2, ours, bytes([ours.ciphertext[0] ^ 1]) + ours.ciphertext[1:])
     stop = asyncio.Event()
     loop = asyncio.create_task(validate_idle_sessions(validator, stop))
     try:

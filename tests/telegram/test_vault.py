@@ -12,6 +12,7 @@ import pytest
 from services.cli.keys import Rotation, rotate, run_rotate
 from services.worker.telegram.vault import Sealed, Vault, VaultError
 from shared.config import WorkerSettings
+from tests.telegram.conftest import insert_sealed
 
 SESSION = "1BVtsOKABu" + "x" * 300
 
@@ -68,16 +69,8 @@ async def test_keys_rotate_rewraps_every_stored_session(
     await pg.execute("INSERT INTO tenants (id, name) VALUES ('acme', 'acme')")
     ids = [uuid.uuid4() for _ in range(5)]
     for i, account_id in enumerate(ids):
-        sealed = old.seal(f"{SESSION}{i}", aad=account_id.bytes)
-        await pg.execute(
-            """INSERT INTO accounts (id, tenant_id, tg_user_id, state, session_ciphertext,
-                   session_wrapped_key, session_key_id)
-               VALUES ($1, 'acme', $2, 'active', $3, $4, $5)""",
-            account_id,
-            1000 + i,
-            sealed.ciphertext,
-            sealed.wrapped_key,
-            sealed.key_id,
+        await insert_sealed(
+            pg, account_id, 1000 + i, old.seal(f"{SESSION}{i}", aad=account_id.bytes)
         )
     monkeypatch.setenv("TGFLOW_VAULT_KEYS", f"{new_entry},{old_entry}")
     assert await rotate(WorkerSettings(), batch=2) == Rotation(changed=5)
@@ -103,16 +96,7 @@ async def test_keys_rotate_skips_a_session_it_cannot_open_and_rotates_the_rest(
     rows = [(lost, gone)] + [(uuid.uuid4(), old) for _ in range(4)]
     for i, (account_id, vault) in enumerate(rows):
         sealed = vault.seal(f"{SESSION}{i}", aad=account_id.bytes)
-        await pg.execute(
-            """INSERT INTO accounts (id, tenant_id, tg_user_id, state, session_ciphertext,
-                   session_wrapped_key, session_key_id)
-               VALUES ($1, 'acme', $2, 'active', $3, $4, $5)""",
-            account_id,
-            1000 + i,
-            sealed.ciphertext,
-            sealed.wrapped_key,
-            sealed.key_id,
-        )
+        await insert_sealed(pg, account_id, 1000 + i, sealed)
     monkeypatch.setenv("TGFLOW_VAULT_KEYS", f"{new_entry},{old_entry}")
     assert await rotate(WorkerSettings(), batch=2) == Rotation(changed=4, failed=[lost])
     keys = await pg.fetch("SELECT id, session_key_id FROM accounts")
