@@ -138,17 +138,21 @@ async def test_a_failed_event_write_never_fails_a_connect_or_a_disconnect(
     monkeypatch: pytest.MonkeyPatch,
     pg: asyncpg.Connection[Any],
 ) -> None:
+    tried: list[object] = []
+
     async def broken(db: object, events: object) -> None:
+        tried.append(events)
         raise asyncpg.exceptions.AdminShutdownError("terminating connection")
 
+    imported, _ = await import_account(api, admin)  # its own events are written as usual
     monkeypatch.setattr(accounts, "record_events", broken)
     rt = await _runtime(sandbox)
     try:
-        imported, _ = await import_account(api, admin)
         await _connect(rt, imported["id"])
         assert rt.pool.connected() == [uuid.UUID(imported["id"])]
         assert await rt.pool.drop(uuid.UUID(imported["id"]), reason="requested")
         assert rt.pool.connected() == []
     finally:
         await close_runtime(rt)
+    assert tried  # the writes were made, and failed, and neither step noticed
     assert await pg.fetchval("SELECT count(*) FROM account_events WHERE kind = 'connect'") == 0

@@ -124,22 +124,16 @@ async def load(db: Pool, account_id: uuid.UUID, tenant: str | None = None) -> Ac
     return _row_to_account(row) if row else None
 
 
-async def record_event(
-    db: Pool | Any, account_id: uuid.UUID, tenant: str, kind: str, details: dict[str, Any]
-) -> None:
-    await db.execute(
-        "INSERT INTO account_events (account_id, tenant_id, kind, details) VALUES ($1, $2, $3, $4)",
-        account_id,
-        tenant,
-        kind,
-        details,
-    )
-
-
 EventRow = tuple[uuid.UUID, str, str, dict[str, Any]]  # account id, tenant, kind, details
 
 
-async def record_events(db: Pool, events: list[EventRow]) -> None:
+async def record_event(
+    db: Pool | Any, account_id: uuid.UUID, tenant: str, kind: str, details: dict[str, Any]
+) -> None:
+    await record_events(db, [(account_id, tenant, kind, details)])
+
+
+async def record_events(db: Pool | Any, events: list[EventRow]) -> None:
     """Write a batch of events at once; events of accounts deleted meanwhile are dropped."""
     await db.executemany(
         """INSERT INTO account_events (account_id, tenant_id, kind, details)
@@ -272,8 +266,11 @@ async def insert_active(
     return stored
 
 
-async def touch(db: Pool, account_id: uuid.UUID) -> None:
-    await db.execute("UPDATE accounts SET last_used_at = now() WHERE id = $1", account_id)
+async def touch(db: Pool, account_ids: list[uuid.UUID]) -> None:
+    """Record that jobs used these accounts just now."""
+    await db.execute(
+        "UPDATE accounts SET last_used_at = now() WHERE id = ANY($1::uuid[])", account_ids
+    )
 
 
 async def disable(

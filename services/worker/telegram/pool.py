@@ -14,7 +14,7 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -101,8 +101,11 @@ class ClientPool:
         self.redis = redis
         self.worker_id = worker_id
         self.db = db
-        # Events and last-use times are written in the background, one after another.
-        self._events: asyncio.Future[None] | None = None
+        # Account events and last-use times wait here for one background writer, which
+        # takes all that is pending in each round (a connect storm is a few statements).
+        self._pending_events: list[accounts.EventRow] = []
+        self._pending_touches: set[uuid.UUID] = set()
+        self._writer: asyncio.Task[None] | None = None
         self.api_id, self.api_hash = api_credentials(settings)
         self.options = client_options(settings)
         self._entries: OrderedDict[uuid.UUID, Entry] = OrderedDict()
@@ -130,7 +133,8 @@ class ClientPool:
             entry.last_used = time.monotonic()
             if entry.last_used - entry.touched >= TOUCH_SECONDS:
                 entry.touched = entry.last_used
-                self._write_later(accounts.touch(self.db, account.id), "last use")
+                self._pending_touches.add(account.id)
+                self._write_soon()
             if account.id in self._entries:
                 self._entries.move_to_end(account.id)
             if entry.retired and entry.in_use == 0:
@@ -305,8 +309,8 @@ class ClientPool:
                 await self.redis.delete(presence_key(account_id))
         metrics.CLIENTS_CONNECTED.set(0)
         self._record_disconnects(closed, "shutdown")
-        if self._events is not None:  # let the last events reach Postgres, within reason
-            await asyncio.wait([self._events], timeout=5.0)
+        if self._writer is not None:  # let the last events reach Postgres, within reason
+            await asyncio.wait([self._writer], timeout=5.0)
 
     def _record_disconnects(self, gone: list[tuple[uuid.UUID, Entry]], reason: str) -> None:
         details = {"reason": reason, "worker": self.worker_id}
@@ -315,22 +319,30 @@ class ClientPool:
     def _record(self, events: list[accounts.EventRow]) -> None:
         """Write account events without making the caller wait for Postgres.
 
-        Batches are written one after another, so an account's connect always precedes
+        They are written in the order recorded, so an account's connect always precedes
         its disconnect; a failed write is logged and never fails the (dis)connect.
         """
         if events:
-            self._write_later(accounts.record_events(self.db, events), "account events")
+            self._pending_events += events
+            self._write_soon()
 
-    def _write_later(self, write: Awaitable[None], what: str) -> None:
-        """Run a Postgres write after those queued before it, without waiting for it here."""
-        self._events = asyncio.ensure_future(self._write(self._events, write, what))
+    def _write_soon(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write_pending())
 
-    async def _write(
-        self, previous: asyncio.Future[None] | None, write: Awaitable[None], what: str
-    ) -> None:
-        if previous is not None:
-            await asyncio.wait([previous])
-        try:
-            await write
-        except Exception as exc:
-            log.warning("background write failed", what=what, error=type(exc).__name__)
+    async def _write_pending(self) -> None:
+        while self._pending_events or self._pending_touches:
+            events, self._pending_events = self._pending_events, []
+            touches, self._pending_touches = self._pending_touches, set()
+            try:
+                if events:
+                    await accounts.record_events(self.db, events)
+                if touches:
+                    await accounts.touch(self.db, list(touches))
+            except Exception as exc:
+                log.warning(
+                    "account events or last use not written",
+                    events=len(events),
+                    touches=len(touches),
+                    error=type(exc).__name__,
+                )
