@@ -288,6 +288,15 @@ async def test_phones_and_phone_links_resolve_and_own_messages_have_a_sender(
     nobody = await run(api, "telegram.resolve", account_id=account["id"], peer="+15550009999")
     assert nobody["status"] == "failed"
     assert nobody["error"]["code"] == "phone_not_occupied"
+    # Resolved once, the phone is in the worker's cache: a flood on resolving phones
+    # (which would defer the job for ten minutes) is never met.
+    await admin.add_fault(
+        created["user_id"], "flood_wait", method="contacts.resolvePhone", seconds=600, times=1
+    )
+    again = await run(
+        api, "telegram.send_message", account_id=account["id"], peer="+15550001133", text="2"
+    )
+    assert again["status"] == "succeeded", again
 
 
 async def test_the_per_chat_send_budget_holds_however_the_chat_is_spelled(

@@ -46,6 +46,11 @@ def user_out(user: Any) -> UserOut:
     )
 
 
+# Phones resolved per account (contacts.resolvePhone is tightly limited by Telegram, and
+# a user's phone is usually hidden, so Telethon's entity cache cannot find it again).
+PHONE_PEERS_MAX = 10_000
+
+
 def _lookup(peer: str) -> tuple[str, Any]:
     """The MTProto method that finding ``peer`` may call, and what Telethon is given."""
     if peer.startswith("@"):
@@ -72,7 +77,16 @@ async def input_peer(tg: AccountSession, peer: str) -> Any:
     if peer == "me":  # Saved Messages: nothing to resolve
         return types.InputPeerSelf()
     if peer.startswith("+"):
-        return utils.get_input_peer(await _user_by_phone(tg, peer))
+        phones = tg.runtime.phone_peers
+        key = (tg.account.id, peer)
+        if (known := phones.get(key)) is not None:  # resolved before: no network call
+            phones.move_to_end(key)
+            return known
+        found = utils.get_input_peer(await _user_by_phone(tg, peer))
+        phones[key] = found
+        if len(phones) > PHONE_PEERS_MAX:
+            phones.popitem(last=False)
+        return found
     method, value = _lookup(peer)
     return await tg.call(method, lambda: tg.client.get_input_entity(value))
 

@@ -59,6 +59,10 @@ class TelegramRuntime:
         # Account rows read per job: cached briefly, dropped on every local state change.
         self._accounts: dict[uuid.UUID, tuple[float, Account]] = {}
         self._loading: dict[uuid.UUID, asyncio.Future[Account | None]] = {}
+        # (account, +phone) -> its InputPeerUser, least recently used first (see input_peer).
+        self.phone_peers: collections.OrderedDict[tuple[uuid.UUID, str], Any] = (
+            collections.OrderedDict()
+        )
         # Whether every stored session has its auth key fingerprint (see tasks.accounts).
         self.key_hashes_complete = False
         # Per-tenant call counters, flushed to Redis in batches (not one write per call).
