@@ -9,7 +9,7 @@ from .errors import RpcFail, bad_request, forbidden
 from .render import channel_tl, message_entities, message_tl, reply_header
 from .state import Account, Channel, FwdInfo, PeerRef, SentRef, StoredMessage, World, now
 
-MAX_TEXT = 4096
+MAX_TEXT = 4096  # UTF-16 code units, as Telegram counts them
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def channel_for(world: World, account: Account, peer: PeerRef, *, write: bool) -
 def _check_text(draft: Draft) -> None:
     if not draft.text and draft.fwd is None:
         raise bad_request("MESSAGE_EMPTY")
-    if len(draft.text) > MAX_TEXT:
+    if len(draft.text.encode("utf-16-le")) // 2 > MAX_TEXT:
         raise bad_request("MESSAGE_TOO_LONG")
 
 

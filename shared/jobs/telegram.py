@@ -7,7 +7,9 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+from telethon.extensions import html, markdown
 
 from shared.jobs.contract import JobType, QueueKind, RetryPolicy, register
 
@@ -23,6 +25,8 @@ _PUBLIC = re.compile(r"(?:s/)?([A-Za-z][A-Za-z0-9_]{3,31})(?:/[0-9]{1,10})?")
 INT32_MAX = 2**31 - 1  # message ids and offsets are MTProto ints
 INT64_MAX = 2**63 - 1
 INVITE_PREFIX = "https://t.me/+"
+TEXT_MAX = 4096  # what Telegram takes: UTF-16 code units of the text once markup is parsed
+TEXT_MAX_WRITTEN = 65_536  # what a job may carry, markup included
 
 
 def normalize_peer(value: str) -> str:
@@ -108,12 +112,50 @@ class PeerParams(AccountParams):
     peer: Peer
 
 
+def utf16_length(text: str) -> int:
+    """The length Telegram counts: UTF-16 code units (an emoji is often two)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
 class SendMessageParams(PeerParams):
-    text: Annotated[str, AfterValidator(_some_text)] = Field(min_length=1, max_length=4096)
     parse_mode: Literal["markdown", "html"] | None = None
+    text: Annotated[str, AfterValidator(_some_text)] = Field(
+        min_length=1,
+        max_length=TEXT_MAX_WRITTEN,
+        description=f"at most {TEXT_MAX} UTF-16 code units once the markup is parsed",
+    )
     reply_to: MessageId | None = None
     silent: bool = False
     link_preview: bool = True
+
+    @field_validator("text")
+    @classmethod
+    def _fits_one_message(cls, text: str, info: ValidationInfo) -> str:
+        """What Telegram would refuse, refused here: the text as sent (the markup
+        parsed the way the worker's client parses it) must be non-blank and at most
+        ``TEXT_MAX`` UTF-16 code units."""
+        mode = info.data.get("parse_mode")
+        sent = text
+        if mode is not None:
+            sent, _ = (markdown if mode == "markdown" else html).parse(text)
+            if not sent.strip():
+                raise PydanticCustomError(
+                    "message_empty",
+                    "text is empty once its {mode} markup is parsed",
+                    {"mode": mode},
+                )
+        length = utf16_length(sent)
+        if length > TEXT_MAX:
+            raise PydanticCustomError(
+                "message_too_long",
+                "text is {length} UTF-16 code units{parsed}; Telegram takes at most {limit}",
+                {
+                    "length": length,
+                    "parsed": " once its markup is parsed" if mode else "",
+                    "limit": TEXT_MAX,
+                },
+            )
+        return text
 
 
 class SendMessageResult(BaseModel):

@@ -254,16 +254,23 @@ async def test_text_goes_as_written_unless_a_parse_mode_is_asked_for(
     stored = {m["id"]: m["text"] for m in await admin.messages(created["user_id"])}
     assert stored[plain["result"]["message_id"]] == raw
     assert stored[marked["result"]["message_id"]] == "bold and code"
-    empty = await run(
-        api,
-        "telegram.send_message",
-        account_id=account["id"],
-        peer="me",
-        text="** **",
-        parse_mode="markdown",
-    )
-    assert empty["status"] == "failed"
-    assert empty["error"]["code"] == "message_empty"
+    # At the limit once parsed: 4,096 UTF-16 code units, more than that as written.
+    longest = {
+        "**" + "x" * 4096 + "**": "markdown",
+        "<b>" + "\U0001f600" * 2048 + "</b>": "html",
+    }
+    for text, mode in longest.items():
+        sent = await run(
+            api,
+            "telegram.send_message",
+            account_id=account["id"],
+            peer="me",
+            text=text,
+            parse_mode=mode,
+        )
+        assert sent["status"] == "succeeded", sent
+        stored = {m["id"]: m["text"] for m in await admin.messages(created["user_id"])}
+        assert len(stored[sent["result"]["message_id"]].encode("utf-16-le")) == 2 * 4096
 
 
 async def test_phones_and_phone_links_resolve_and_own_messages_have_a_sender(

@@ -87,6 +87,28 @@ async def test_params_that_cannot_work_are_422_before_any_worker(
     assert [d["field"] for d in response.json()["error"]["details"]] == [field]
 
 
+@pytest.mark.parametrize(
+    ("text", "parse_mode", "kind"),
+    [
+        ("\U0001f600" * 2049, None, "message_too_long"),  # 2,049 characters, 4,098 units
+        ("**" + "x" * 4097 + "**", "markdown", "message_too_long"),
+        ("** **", "markdown", "message_empty"),
+        ("<b> </b>", "html", "message_empty"),
+    ],
+)
+async def test_text_telegram_would_refuse_is_422_with_its_reason(
+    api: httpx.AsyncClient, text: str, parse_mode: str | None, kind: str
+) -> None:
+    params = {"account_id": ACCOUNT, "peer": "me", "text": text, "parse_mode": parse_mode}
+    response = await api.post(
+        "/v1/jobs", json={"type": "telegram.send_message", "params": params}, headers=auth()
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_params"
+    assert [(d["field"], d["type"]) for d in error["details"]] == [("params.text", kind)]
+
+
 async def test_a_batch_with_one_impossible_job_enqueues_nothing(
     api: httpx.AsyncClient, redis: Redis
 ) -> None:
