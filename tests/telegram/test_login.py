@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -9,7 +10,8 @@ import asyncpg
 import httpx
 
 from services.sandbox.admin_client import SandboxAdmin
-from tests.helpers import auth
+from services.sandbox.client import make_client, register_sandbox_key
+from tests.helpers import auth, wait_for_status
 from tests.telegram.conftest import import_account
 from tests.telegram.test_jobs import run
 
@@ -101,6 +103,38 @@ async def test_logout_erases_the_session(
     assert again.status_code == 409
     missing = await api.delete(f"/v1/accounts/{uuid.uuid4()}", headers=auth())
     assert missing.status_code == 404
+
+
+async def test_logout_while_a_job_uses_the_client_opens_no_second_connection(
+    api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
+    """One connection per key: the logout goes over the client the running job holds."""
+    account, created = await import_account(api, admin)
+    await admin.add_fault(created["user_id"], "delay", method="users.getUsers", seconds=2, times=1)
+    submitted = await api.post(
+        "/v1/jobs",
+        json={"type": "telegram.get_me", "params": {"account_id": account["id"]}},
+        headers=auth(),
+    )
+    job_id = submitted.json()["id"]
+    await wait_for_status(api, job_id, {"running"}, timeout=10)
+    out = await api.delete(f"/v1/accounts/{account['id']}", headers=auth())
+    assert out.status_code == 200, out.text
+    assert await admin.overlaps() == []
+    event = await pg.fetchrow(
+        "SELECT details FROM account_events WHERE account_id = $1 AND kind = 'logout'",
+        uuid.UUID(account["id"]),
+    )
+    assert json.loads(event["details"]) == {"confirmed_by_telegram": True}
+    # Telegram forgot the key: the session string no longer opens the account.
+    register_sandbox_key()
+    client = make_client(created["session_string"])
+    await client.connect()
+    try:
+        assert not await client.is_user_authorized()
+    finally:
+        await client.disconnect()
+    await wait_for_status(api, job_id, {"succeeded", "failed"}, timeout=15)
 
 
 async def test_bad_login_input(api: httpx.AsyncClient) -> None:

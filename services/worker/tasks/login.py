@@ -22,7 +22,8 @@ from services.worker.telegram.accounts import DisabledReason, State
 from services.worker.telegram.errors import Kind, map_error
 from services.worker.telegram.pool import api_credentials, client_options
 from shared import transit
-from shared.errors import PermanentFailure, RetryableFailure
+from shared.aio import raise_if_cancelling
+from shared.errors import Deferral, PermanentFailure, RetryableFailure
 from shared.jobs.accounts import (
     AccountIdParams,
     CleanupParams,
@@ -213,16 +214,14 @@ async def login_password(ctx: JobContext, params: LoginPasswordParams) -> LoginS
 
 async def logout(ctx: JobContext, params: AccountIdParams) -> LoginStep:
     """Log the session out at Telegram (best effort) and erase it here."""
+    runtime = ctx.state.telegram
     account = await accounts.load(ctx.state.db, params.account_id, ctx.tenant)
     if account is None:
         raise PermanentFailure("account_not_found", f"No account {params.account_id}.")
-    await ctx.state.telegram.pool.drop(account.id, reason="logout")
-    ctx.state.telegram.forget(account.id)
+    runtime.forget(account.id)
+    confirmed = False
     if account.sealed is not None and account.state is not State.DISABLED:
-        session = StringSession(ctx.state.telegram.vault.open(account.sealed, aad=account.aad))
-        with contextlib.suppress(PermanentFailure, RetryableFailure):
-            async with _client(ctx, session) as client:
-                await client.log_out()
+        confirmed = await _log_out_at_telegram(ctx, account)
     await ctx.state.db.execute(
         """UPDATE accounts SET session_ciphertext = NULL, session_wrapped_key = NULL,
                auth_key_hash = NULL, session_key_id = NULL, updated_at = now() WHERE id = $1""",
@@ -231,7 +230,31 @@ async def logout(ctx: JobContext, params: AccountIdParams) -> LoginStep:
     await accounts.set_state(
         ctx.state.db, account, State.DISABLED, reason=DisabledReason.LOGGED_OUT
     )
+    await accounts.record_event(
+        ctx.state.db, account.id, account.tenant, "logout", {"confirmed_by_telegram": confirmed}
+    )
+    runtime.forget(account.id)
+    runtime.pool.retire(account.id)  # gone as soon as no job holds it
+    await runtime.pool.drop(account.id, reason="logout")
     return LoginStep(account_id=account.id, state="disabled", next=None)
+
+
+async def _log_out_at_telegram(ctx: JobContext, account: accounts.Account) -> bool:
+    """``auth.logOut`` over the account's one connection: the pool's client, shared with
+    any job using it right now, never a second client on the same key."""
+    try:
+        async with ctx.state.telegram.pool.lease(account) as client:
+            timeout = ctx.state.settings.telegram_request_timeout
+            return bool(await asyncio.wait_for(client.log_out(), timeout))
+    except Deferral as exc:
+        if exc.code in ("shard_moved", "pool_full"):
+            raise  # this worker may not connect it now: the job comes back
+        reason = exc.code
+    except Exception as exc:  # Telegram unreachable or refusing: the session goes anyway
+        raise_if_cancelling()
+        reason = type(exc).__name__
+    log.warning("logout not confirmed by Telegram", account_id=str(account.id), error=reason)
+    return False
 
 
 async def cleanup_sessions(ctx: JobContext, params: CleanupParams) -> CleanupResult:
