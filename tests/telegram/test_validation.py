@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from telethon.sessions import StringSession
 
@@ -211,3 +212,37 @@ async def test_validation_connects_to_the_known_dc_not_to_the_address_a_session_
         "SELECT state, disabled_reason FROM accounts WHERE id = $1", account_id
     )
     assert tuple(state) == ("disabled", "revoked")
+
+
+def _requests(account_id: uuid.UUID, outcome: str) -> float:
+    labels = {"account": str(account_id), "method": "users.getUsers", "outcome": outcome}
+    return REGISTRY.get_sample_value("tgflow_telegram_requests_total", labels) or 0.0
+
+
+async def test_validation_uses_the_pool_client_a_job_shares_it_and_it_leaves_no_events(
+    api: httpx.AsyncClient,
+    admin: SandboxAdmin,
+    pg: asyncpg.Connection[Any],
+    validator: TelegramRuntime,
+) -> None:
+    imported, created = await import_account(api, admin)
+    account_id = uuid.UUID(imported["id"])
+    before = _requests(account_id, "ok")
+    assert await validate_once(validator) == 1
+    assert _requests(account_id, "ok") == before + 1  # counted like any request
+    assert not validator.pool.holds(account_id)  # not kept connected past the check
+    await asyncio.sleep(0.1)  # the pool's background writes
+    assert [kind for kind, _ in await _events(pg, account_id)] == ["imported"]  # no connects
+
+    # A job wanting the account while it is being validated: one connection, not two.
+    await pg.execute("UPDATE accounts SET validated_at = NULL WHERE id = $1", account_id)
+    await admin.add_fault(created["user_id"], "delay", method="users.getUsers", seconds=1, times=1)
+    validation = asyncio.create_task(validate_once(validator))
+    await asyncio.sleep(0.3)
+    async with validator.session("acme", account_id) as tg:
+        await tg.call("users.getUsers", lambda: tg.client.get_me())
+    assert await validation == 1
+    assert await admin.overlaps() == []
+    await asyncio.sleep(0.1)
+    kinds = [kind for kind, _ in await _events(pg, account_id)]
+    assert kinds == ["imported", "connect", "disconnect"]  # the one a job used is on record

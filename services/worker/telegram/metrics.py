@@ -36,3 +36,11 @@ REQUEST_LATENCY = Histogram(
 BUDGET_WAITS = Counter(
     "tgflow_telegram_budget_waits_total", "Sends paced by the send budget.", ["scope"]
 )
+
+
+def observe_request(account_id: str, method: str, ok: bool, seconds: float) -> None:
+    """One MTProto request's count, time and (when answered) latency."""
+    REQUESTS.labels(account_id, method, "ok" if ok else "error").inc()
+    REQUEST_SECONDS.labels(account_id, method).inc(seconds)
+    if ok:
+        REQUEST_LATENCY.labels(method).observe(seconds)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import StatusCode
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from telethon import TelegramClient, types
@@ -38,6 +40,7 @@ from shared.telegram_dcs import pin_dc
 from shared.telegram_keys import PRESENCE_TTL, presence_key
 
 log = get_logger(__name__)
+tracer = trace.get_tracer("tgflow.telegram")
 TOUCH_SECONDS = 60.0  # an account's last_used_at is written at most this often by a worker
 
 
@@ -52,6 +55,8 @@ class Entry:
     retired: bool = False
     connected_at: float = 0.0
     touched: float = float("-inf")  # when last_used_at was last written for this account
+    # No job has used this connection (a validation's own): no connect/disconnect events.
+    quiet: bool = True
 
 
 def client_options(settings: WorkerSettings) -> dict[str, Any]:
@@ -117,16 +122,28 @@ class ClientPool:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def holds(self, account_id: uuid.UUID) -> bool:
+        return account_id in self._entries
+
     def connected(self) -> list[uuid.UUID]:
         return [k for k, e in self._entries.items() if e.client.is_connected()]
 
     @contextlib.asynccontextmanager
-    async def lease(self, account: Account) -> AsyncIterator[TelegramClient]:
-        """A connected client for ``account``, held for the duration of the block."""
+    async def lease(
+        self, account: Account, *, quiet: bool = False
+    ) -> AsyncIterator[TelegramClient]:
+        """A connected client for ``account``, held for the duration of the block.
+
+        ``quiet``: a connection made only to check the session (periodic validation)
+        writes no connect or disconnect events, unless a job comes to use it too.
+        """
         entry = await self._entry(account)
         entry.in_use += 1
         try:
-            await self._ensure_connected(account, entry)
+            await self._ensure_connected(account, entry, quiet)
+            if entry.quiet and not quiet:  # the first job on this connection: on record
+                entry.quiet = False
+                self._record([(account.id, entry.tenant, "connect", {"worker": self.worker_id})])
             yield entry.client
         finally:
             entry.in_use -= 1
@@ -170,7 +187,7 @@ class ClientPool:
                 )
             await self.drop(idle, reason="evicted")
 
-    async def _ensure_connected(self, account: Account, entry: Entry) -> None:
+    async def _ensure_connected(self, account: Account, entry: Entry, quiet: bool) -> None:
         if entry.client.is_connected():
             return
         async with entry.lock:
@@ -182,6 +199,7 @@ class ClientPool:
                     "The account's shard is moving to another worker.",
                     utcnow() + timedelta(seconds=1),
                 )
+            entry.quiet = True  # a new connection: on record once a job leases it
             try:
                 await asyncio.wait_for(
                     entry.client.connect(), self.settings.telegram_request_timeout
@@ -199,8 +217,10 @@ class ClientPool:
             await self._announce(account.id, entry)
             metrics.CONNECTS.labels("ok").inc()
             metrics.CLIENTS_CONNECTED.set(len(self.connected()))
-            log.info("telegram client connected", account_id=str(account.id))
-            self._record([(account.id, entry.tenant, "connect", {"worker": self.worker_id})])
+            if quiet:
+                log.debug("telegram client connected to validate", account_id=str(account.id))
+            else:
+                log.info("telegram client connected", account_id=str(account.id))
 
     def connection_lost(self, account_id: uuid.UUID) -> float:
         """Count a failure and recycle the client; the backoff before the next attempt.
@@ -285,12 +305,28 @@ class ClientPool:
         entry.last_health = time.monotonic()
         if not entry.client.is_connected():
             return
-        try:
-            request = GetUsersRequest([types.InputUserSelf()])
-            await asyncio.wait_for(entry.client(request), self.settings.telegram_request_timeout)
-        except Exception as exc:  # any failure: start over with a fresh connection
-            log.warning("health check failed", account_id=str(account_id), error=type(exc).__name__)
-            await self.drop(account_id, reason="unhealthy")
+        method, account = "users.getUsers", str(account_id)
+        start = time.perf_counter()
+        with tracer.start_as_current_span(
+            f"telegram {method}",
+            attributes={
+                "tgflow.account.id": account,
+                "rpc.method": method,
+                "tgflow.purpose": "health",
+            },
+        ) as span:
+            try:
+                request = GetUsersRequest([types.InputUserSelf()])
+                await asyncio.wait_for(
+                    entry.client(request), self.settings.telegram_request_timeout
+                )
+            except Exception as exc:  # any failure: start over with a fresh connection
+                metrics.observe_request(account, method, False, time.perf_counter() - start)
+                span.set_status(StatusCode.ERROR, type(exc).__name__)
+                log.warning("health check failed", account_id=account, error=type(exc).__name__)
+                await self.drop(account_id, reason="unhealthy")
+                return
+        metrics.observe_request(account, method, True, time.perf_counter() - start)
 
     async def run_maintenance(self, stop: asyncio.Event) -> None:
         interval = min(
@@ -314,7 +350,13 @@ class ClientPool:
 
     def _record_disconnects(self, gone: list[tuple[uuid.UUID, Entry]], reason: str) -> None:
         details = {"reason": reason, "worker": self.worker_id}
-        self._record([(a, e.tenant, "disconnect", details) for a, e in gone if e.connected_at])
+        self._record(
+            [
+                (a, e.tenant, "disconnect", details)
+                for a, e in gone
+                if e.connected_at and not e.quiet
+            ]
+        )
 
     def _record(self, events: list[accounts.EventRow]) -> None:
         """Write account events without making the caller wait for Postgres.

@@ -127,10 +127,13 @@ class TelegramRuntime:
         return account
 
     @contextlib.asynccontextmanager
-    async def session(self, tenant: str, account_id: uuid.UUID) -> AsyncIterator[AccountSession]:
+    async def session(
+        self, tenant: str, account_id: uuid.UUID, *, quiet: bool = False
+    ) -> AsyncIterator[AccountSession]:
+        """The account's client with its calls' outcomes handled (``quiet``: see lease)."""
         account = await self.load_usable(tenant, account_id)
         try:
-            async with self.pool.lease(account) as client:
+            async with self.pool.lease(account, quiet=quiet) as client:
                 yield AccountSession(self, account, client)
         except Deferral as exc:
             if exc.code == "reconnecting":
@@ -231,16 +234,12 @@ class AccountSession:
                     request(), self.runtime.settings.telegram_request_timeout
                 )
             except Exception as exc:
-                metrics.REQUESTS.labels(account_id, method, "error").inc()
-                metrics.REQUEST_SECONDS.labels(account_id, method).inc(time.perf_counter() - start)
+                metrics.observe_request(account_id, method, False, time.perf_counter() - start)
                 self.runtime.count(self.account.tenant, method, "error")
                 await self.runtime.fail(self.account, method, exc, peer)
-        took = time.perf_counter() - start
-        metrics.REQUESTS.labels(account_id, method, "ok").inc()
-        metrics.REQUEST_SECONDS.labels(account_id, method).inc(took)
+        metrics.observe_request(account_id, method, True, time.perf_counter() - start)
         self.runtime.count(self.account.tenant, method, "ok")
         self.runtime.pool.connection_ok(self.account.id)
-        metrics.REQUEST_LATENCY.labels(method).observe(took)
         if self.account.state in (State.FLOOD_WAIT, State.RECONNECTING):
             await accounts.set_state(self.runtime.db, self.account, State.ACTIVE)
             self.runtime.forget(self.account.id)

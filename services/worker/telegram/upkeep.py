@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from datetime import datetime
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from telethon import TelegramClient, types
+from telethon import types
 from telethon.sessions import StringSession
 from telethon.tl.functions.users import GetUsersRequest
 
 from services.worker.telegram import accounts
 from services.worker.telegram.accounts import DisabledReason
-from services.worker.telegram.errors import Kind, map_error
-from services.worker.telegram.pool import api_credentials, client_options
 from services.worker.telegram.runtime import TelegramRuntime
 from shared.aio import raise_if_cancelling, sleep_unless
+from shared.errors import Deferral, PermanentFailure, RetryableFailure
 from shared.logs import get_logger
 from shared.telegram_dcs import pin_dc
 from shared.telegram_keys import DISCONNECT_CHANNEL, presence_key
@@ -179,18 +176,13 @@ async def _check(runtime: TelegramRuntime, account: accounts.Account) -> None:
             runtime.db, account, DisabledReason.INVALID, code="session_invalid", method="validation"
         )
         return
-    api_id, api_hash = api_credentials(settings)
-    client = TelegramClient(session, api_id, api_hash, **client_options(settings))
-    try:
-        await asyncio.wait_for(client.connect(), settings.telegram_request_timeout)
-        request: Any = GetUsersRequest([types.InputUserSelf()])
-        await asyncio.wait_for(client(request), settings.telegram_request_timeout)
-    except Exception as exc:
-        mapped = map_error(exc)
-        if mapped.kind is Kind.DISABLE and mapped.reason is not None:
-            await accounts.disable(
-                runtime.db, account, mapped.reason, code=mapped.code, method="validation"
-            )
+    known = runtime.pool.holds(account.id)
+    try:  # the pool's client: a job wanting the account meanwhile shares this connection
+        async with runtime.session(account.tenant, account.id, quiet=True) as tg:
+            request = GetUsersRequest([types.InputUserSelf()])
+            await tg.call("users.getUsers", lambda: tg.client(request))
+    except (PermanentFailure, RetryableFailure, Deferral) as exc:  # recorded by the runtime
+        log.info("session validation found a problem", account_id=str(account.id), code=exc.code)
     finally:
-        with contextlib.suppress(Exception):
-            await client.disconnect()
+        if not known:  # connected for the check alone: not kept past it
+            await runtime.pool.drop(account.id, reason="validated")
