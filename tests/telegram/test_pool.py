@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.client import auth_key_id
@@ -40,6 +41,11 @@ async def _connect(rt: TelegramRuntime, account_id: str) -> None:
         pass
 
 
+def _requests(account_id: str, outcome: str) -> float:
+    labels = {"account": account_id, "method": "users.getUsers", "outcome": outcome}
+    return REGISTRY.get_sample_value("tgflow_telegram_requests_total", labels) or 0.0
+
+
 async def test_unhealthy_clients_are_recycled_and_idle_ones_dropped(
     api: httpx.AsyncClient, admin: SandboxAdmin, fast_upkeep: TelegramRuntime
 ) -> None:
@@ -51,8 +57,16 @@ async def test_unhealthy_clients_are_recycled_and_idle_ones_dropped(
     await _connect(rt, healthy["id"])
     assert len(rt.pool.connected()) == 2
     await asyncio.sleep(0.3)  # past the health interval, far from idle (2 s)
+    before = {(a["id"], o): _requests(a["id"], o) for a in (healthy, sick) for o in ("ok", "error")}
     await rt.pool.maintain()
     assert rt.pool.connected() == [uuid.UUID(healthy["id"])]
+    after = {key: _requests(*key) - n for key, n in before.items()}  # health checks count
+    assert after == {
+        (healthy["id"], "ok"): 1,
+        (healthy["id"], "error"): 0,
+        (sick["id"], "ok"): 0,
+        (sick["id"], "error"): 1,
+    }
     await asyncio.sleep(2.1)  # past the idle timeout
     await rt.pool.maintain()
     assert rt.pool.connected() == []
