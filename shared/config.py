@@ -127,6 +127,9 @@ class WorkerSettings(BaseAppSettings):
     telegram_health_seconds: float = Field(default=60.0, gt=0)
     telegram_validate_seconds: float = Field(default=3600.0, gt=0)
     telegram_session_retention_days: int = Field(default=30, ge=0)
+    # A login not finished (no code or password step) within this long is dropped.
+    telegram_login_expiry_seconds: float = Field(default=3600.0, gt=0)
+    telegram_event_retention_days: int = Field(default=90, ge=1)
     telegram_flood_sleep_threshold: int = Field(default=3, ge=0)
     telegram_long_flood_seconds: int = Field(default=300, ge=1)
     telegram_send_rate: float = Field(default=1.0, gt=0)

@@ -30,7 +30,11 @@ from services.worker.state import WorkerState
 from services.worker.tasks import HANDLERS
 from services.worker.telegram.recovery import Recovery
 from services.worker.telegram.runtime import TelegramRuntime
-from services.worker.telegram.upkeep import listen_for_disconnects, validate_idle_sessions
+from services.worker.telegram.upkeep import (
+    listen_for_disconnects,
+    prune_forever,
+    validate_idle_sessions,
+)
 from services.worker.telegram.vault import vault_from_settings
 from services.worker.webhooks import Deliverer
 from shared import db, metrics, registry
@@ -161,6 +165,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     pool_care = asyncio.create_task(state.telegram.pool.run_maintenance(stop))
     disconnects = asyncio.create_task(listen_for_disconnects(blocking, state.telegram, stop))
     validation = asyncio.create_task(validate_idle_sessions(state.telegram, stop))
+    pruning = asyncio.create_task(prune_forever(state.telegram, stop), name="pruning")
     recovery = asyncio.create_task(Recovery(state.telegram).run(stop), name="recovery")
     counters = asyncio.create_task(state.telegram.run_flush(stop))
     gauges = asyncio.create_task(
@@ -237,6 +242,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
         pool_care,
         disconnects,
         validation,
+        pruning,
         recovery,
         counters,
         return_exceptions=True,

@@ -19,7 +19,7 @@ from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.server import Sandbox
 from services.worker.telegram import upkeep
 from services.worker.telegram.runtime import TelegramRuntime
-from services.worker.telegram.upkeep import validate_idle_sessions, validate_once
+from services.worker.telegram.upkeep import prune_once, validate_idle_sessions, validate_once
 from services.worker.telegram.vault import Vault
 from shared.telegram_keys import presence_key
 from tests.helpers import eventually
@@ -246,3 +246,32 @@ async def test_validation_uses_the_pool_client_a_job_shares_it_and_it_leaves_no_
     await asyncio.sleep(0.1)
     kinds = [kind for kind, _ in await _events(pg, account_id)]
     assert kinds == ["imported", "connect", "disconnect"]  # the one a job used is on record
+
+
+async def test_abandoned_logins_and_old_account_events_are_pruned(
+    pg: asyncpg.Connection[Any], validator: TelegramRuntime
+) -> None:
+    await pg.execute(
+        "INSERT INTO tenants (id, name) VALUES ('acme', 'acme') ON CONFLICT DO NOTHING"
+    )
+    abandoned, pending, settled = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await pg.executemany(
+        """INSERT INTO accounts (id, tenant_id, phone, state, session_ciphertext, updated_at)
+           VALUES ($1, 'acme', '+15550001111', $2, '\\x00', now() - $3::text::interval)""",
+        [
+            (abandoned, "login_pending", "61 minutes"),  # past the hour's expiry
+            (pending, "login_pending", "59 minutes"),
+            (settled, "active", "3 days"),
+        ],
+    )
+    await pg.executemany(
+        """INSERT INTO account_events (account_id, tenant_id, kind, created_at)
+           VALUES ($1, 'acme', $2, now() - $3::text::interval)""",
+        [(settled, "old", "91 days"), (settled, "recent", "89 days"), (abandoned, "x", "1 day")],
+    )
+    assert await prune_once(validator) == (1, 1)
+    left = {r["id"] for r in await pg.fetch("SELECT id FROM accounts")}
+    assert left == {pending, settled}
+    kinds = [r["kind"] for r in await pg.fetch("SELECT kind FROM account_events")]
+    assert kinds == ["recent"]  # the old one aged out, the abandoned login's went with it
+    assert await prune_once(validator) == (0, 0)

@@ -33,6 +33,11 @@ REQUEST_LATENCY = Histogram(
     ["method"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+PRUNED = Counter(
+    "tgflow_telegram_pruned_total",
+    "Rows dropped by age: abandoned logins and old account events.",
+    ["what"],
+)
 BUDGET_WAITS = Counter(
     "tgflow_telegram_budget_waits_total", "Sends paced by the send budget.", ["scope"]
 )
