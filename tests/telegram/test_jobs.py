@@ -106,6 +106,15 @@ async def test_flood_wait_defers_and_is_shared(
     assert done["attempts"] == 1  # the wait spent no try
     assert [m["text"] for m in await admin.messages(created["user_id"])] == ["after the wait"]
 
+    async def counted() -> Any:  # calls are counted by outcome, a wait as a wait
+        body = (await api.get("/v1/telegram/stats", headers=auth())).json()
+        sends = body["requests_by_method"].get("messages.sendMessage", {})
+        return body if sends.get("ok") else None
+
+    stats = await eventually(counted, timeout=5)
+    assert stats["requests_by_method"]["messages.sendMessage"] == {"flood_wait": 1, "ok": 1}
+    assert stats["flood_waits"] == 1
+
 
 async def test_revoked_session_disables_the_account(
     api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]

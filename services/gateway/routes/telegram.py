@@ -81,6 +81,7 @@ async def stats(state: State, principal: Reader) -> dict[str, Any]:
         "accounts_by_state": {r["state"]: r["n"] for r in states},
         "last_24h": {"long_flood_waits": flood, "reconnects": reconnects},
         "requests_by_method": calls,
+        "flood_waits": sum(outcomes.get("flood_wait", 0) for outcomes in calls.values()),
     }
 
 

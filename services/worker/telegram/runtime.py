@@ -235,7 +235,8 @@ class AccountSession:
                 )
             except Exception as exc:
                 metrics.observe_request(account_id, method, False, time.perf_counter() - start)
-                self.runtime.count(self.account.tenant, method, "error")
+                waited = map_error(exc).kind is Kind.DEFER  # a flood or slow mode wait
+                self.runtime.count(self.account.tenant, method, "flood_wait" if waited else "error")
                 await self.runtime.fail(self.account, method, exc, peer)
         metrics.observe_request(account_id, method, True, time.perf_counter() - start)
         self.runtime.count(self.account.tenant, method, "ok")
