@@ -233,6 +233,52 @@ async def test_channel_join_read_members_and_forward_once(
     assert len(saved) == 2
 
 
+async def test_a_flood_on_a_channel_method_holds_that_method_only(
+    api: httpx.AsyncClient, admin: SandboxAdmin, redis: Redis
+) -> None:
+    """Telethon reads a channel with channels.getMessages: its flood is kept under that
+    name, and messages.getMessages (other chats) keeps flowing."""
+    account, created = await import_account(api, admin)
+    owner = await admin.create_account(first_name="Owner")
+    await admin.create_chat(
+        title="News",
+        kind="supergroup",
+        creator_id=owner["user_id"],
+        username="news_sb",
+        members=[created["user_id"]],
+        messages=[{"text": "post"}],
+    )
+    await admin.add_fault(
+        created["user_id"], "flood_wait", method="channels.getMessages", seconds=30, times=1
+    )
+    held = await api.post(
+        "/v1/jobs",
+        json={
+            "type": "telegram.get_messages",
+            "params": {"account_id": account["id"], "peer": "@news_sb", "ids": [1]},
+        },
+        headers=auth(),
+    )
+    flood = f"tgflow:flood:{account['id']}:channels.getMessages"
+
+    async def recorded() -> bool:
+        return bool(await redis.exists(flood))
+
+    await eventually(recorded, timeout=10)
+    assert not await redis.exists(f"tgflow:flood:{account['id']}:messages.getMessages")
+    sent = await run(api, "telegram.send_message", account_id=account["id"], peer="me", text="x")
+    mine = await run(
+        api,
+        "telegram.get_messages",
+        account_id=account["id"],
+        peer="me",
+        ids=[sent["result"]["message_id"]],
+    )
+    assert [m["text"] for m in mine["result"]["messages"]] == ["x"]
+    waiting = (await api.get(f"/v1/jobs/{held.json()['id']}", headers=auth())).json()
+    assert waiting["error"]["code"] == "flood_wait"
+
+
 async def test_dropped_connections_are_survived_without_spending_tries(
     api: httpx.AsyncClient, admin: SandboxAdmin
 ) -> None:

@@ -91,6 +91,15 @@ async def input_peer(tg: AccountSession, peer: str) -> Any:
     return await tg.call(method, lambda: tg.client.get_input_entity(value))
 
 
+def method_for(method: str, peer: Any) -> str:
+    """The MTProto method Telethon sends for ``peer``: for a channel its ``channels.``
+    twin (``messages.getMessages`` -> ``channels.getMessages``), so that flood state,
+    metrics and spans name the method Telegram limited."""
+    if isinstance(peer, types.InputPeerChannel):
+        return "channels." + method.partition(".")[2]
+    return method
+
+
 def peer_key(peer: Any) -> str:
     """One name per chat for the per-peer send budget, however the job spelled it."""
     if isinstance(peer, types.InputPeerSelf):

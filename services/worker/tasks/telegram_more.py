@@ -11,7 +11,7 @@ from telethon.tl.functions.channels import GetParticipantsRequest, JoinChannelRe
 from telethon.tl.functions.messages import ForwardMessagesRequest, ImportChatInviteRequest
 
 from services.worker.context import JobContext
-from services.worker.tasks.telegram import input_peer, peer_key, peer_out, user_out
+from services.worker.tasks.telegram import input_peer, method_for, peer_key, peer_out, user_out
 from services.worker.telegram.runtime import message_out, random_id_for
 from shared.errors import PermanentFailure
 from shared.jobs.telegram import (
@@ -36,7 +36,8 @@ async def get_messages(ctx: JobContext, params: GetMessagesParams) -> MessagesRe
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
         peer = await input_peer(tg, params.peer)
         found = await tg.call(
-            "messages.getMessages", lambda: tg.client.get_messages(peer, ids=params.ids)
+            method_for("messages.getMessages", peer),
+            lambda: tg.client.get_messages(peer, ids=params.ids),
         )
         own = tg.account.tg_user_id
     return MessagesResult.model_validate(
@@ -111,7 +112,7 @@ async def mark_read(ctx: JobContext, params: MarkReadParams) -> OkResult:
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
         peer = await input_peer(tg, params.peer)
         done = await tg.call(
-            "messages.readHistory",
+            method_for("messages.readHistory", peer),
             lambda: tg.client.send_read_acknowledge(peer, max_id=params.max_id or None),
         )
     return OkResult(ok=bool(done))
