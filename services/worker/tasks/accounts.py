@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from telethon import TelegramClient
 from telethon.sessions import StringSession
 
 from services.worker.context import JobContext
 from services.worker.telegram import accounts
 from services.worker.telegram.errors import Kind, map_error
-from services.worker.telegram.pool import api_credentials, client_options
+from services.worker.telegram.pool import new_client
 from shared import transit
 from shared.errors import PermanentFailure, RetryableFailure
 from shared.jobs.accounts import AccountOut, ImportParams
@@ -90,8 +89,7 @@ async def _validate_and_store(ctx: JobContext, given: str) -> AccountOut:
     if not pin_dc(pinned, settings):
         raise PermanentFailure("session_invalid", "The session names an unknown data centre.")
     session = pinned.save()
-    api_id, api_hash = api_credentials(settings)
-    client = TelegramClient(StringSession(session), api_id, api_hash, **client_options(settings))
+    client = new_client(StringSession(session), settings)
     try:
         await asyncio.wait_for(client.connect(), settings.telegram_request_timeout)
         me = await asyncio.wait_for(client.get_me(), settings.telegram_request_timeout)

@@ -20,7 +20,7 @@ from services.worker.context import JobContext
 from services.worker.telegram import accounts
 from services.worker.telegram.accounts import DisabledReason, State
 from services.worker.telegram.errors import Kind, map_error
-from services.worker.telegram.pool import api_credentials, client_options
+from services.worker.telegram.pool import new_client
 from shared import transit
 from shared.aio import raise_if_cancelling
 from shared.errors import Deferral, PermanentFailure, RetryableFailure
@@ -49,8 +49,7 @@ def _fresh_session(ctx: JobContext) -> StringSession:
 @contextlib.asynccontextmanager
 async def _client(ctx: JobContext, session: StringSession) -> AsyncIterator[TelegramClient]:
     settings = ctx.state.settings
-    api_id, api_hash = api_credentials(settings)
-    client = TelegramClient(session, api_id, api_hash, **client_options(settings))
+    client = new_client(session, settings)
     try:
         await asyncio.wait_for(client.connect(), settings.telegram_request_timeout)
         yield client

@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from telethon import TelegramClient, types
@@ -57,6 +57,67 @@ class Entry:
     touched: float = float("-inf")  # when last_used_at was last written for this account
     # No job has used this connection (a validation's own): no connect/disconnect events.
     quiet: bool = True
+
+
+_NAMES: dict[type, str] = {}
+
+
+def mtproto_name(request: Any) -> str:
+    """A ``SendMessageRequest`` of ``functions.messages`` -> ``messages.sendMessage``."""
+    kind = type(request)
+    known = _NAMES.get(kind)
+    if known is None:
+        namespace = kind.__module__.rpartition(".")[2]
+        name = kind.__name__.removesuffix("Request")
+        name = name[:1].lower() + name[1:]
+        known = _NAMES[kind] = name if namespace == "functions" else f"{namespace}.{name}"
+    return known
+
+
+class TracedClient(TelegramClient):  # type: ignore[misc]
+    """A TelegramClient that makes one span per MTProto request it sends, named by the
+    method and carrying the account id (never the session).
+
+    The span wraps Telethon's ``_call``, the single path every request takes (including
+    those Telethon sends on its own inside a higher-level method, each page of
+    ``get_dialogs`` say), so a retry after a short flood sleep stays in its request's span.
+    """
+
+    def __init__(self, *args: Any, account_id: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.account_id = account_id
+
+    async def _call(
+        self, sender: Any, request: Any, ordered: bool = False, flood_sleep_threshold: Any = None
+    ) -> Any:
+        if isinstance(request, list | tuple):  # several at once: named together
+            method = ",".join(mtproto_name(r) for r in request)
+        else:
+            method = mtproto_name(request)
+        with tracer.start_as_current_span(
+            f"telegram {method}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "rpc.system": "mtproto",
+                "rpc.method": method,
+                "tgflow.account.id": self.account_id,
+            },
+        ):
+            return await super()._call(sender, request, ordered, flood_sleep_threshold)
+
+
+def new_client(
+    session: StringSession, settings: WorkerSettings, account_id: uuid.UUID | None = None
+) -> TracedClient:
+    """A client with tgflow's options (``client_options``), tracing every request."""
+    api_id, api_hash = api_credentials(settings)
+    return TracedClient(
+        session,
+        api_id,
+        api_hash,
+        account_id=str(account_id) if account_id else "",
+        **client_options(settings),
+    )
 
 
 def client_options(settings: WorkerSettings) -> dict[str, Any]:
@@ -176,7 +237,9 @@ class ClientPool:
         session = StringSession(self.vault.open(account.sealed, aad=account.aad))
         if not pin_dc(session, self.settings):  # the stored address is never trusted
             raise PermanentFailure("session_invalid", "The stored session names an unknown DC.")
-        return TelegramClient(session, self.api_id, self.api_hash, **self.options)
+        return TracedClient(
+            session, self.api_id, self.api_hash, account_id=str(account.id), **self.options
+        )
 
     async def _make_room(self) -> None:
         while len(self._entries) >= self.settings.telegram_max_clients:
@@ -307,25 +370,14 @@ class ClientPool:
             return
         method, account = "users.getUsers", str(account_id)
         start = time.perf_counter()
-        with tracer.start_as_current_span(
-            f"telegram {method}",
-            attributes={
-                "tgflow.account.id": account,
-                "rpc.method": method,
-                "tgflow.purpose": "health",
-            },
-        ) as span:
-            try:
-                request = GetUsersRequest([types.InputUserSelf()])
-                await asyncio.wait_for(
-                    entry.client(request), self.settings.telegram_request_timeout
-                )
-            except Exception as exc:  # any failure: start over with a fresh connection
-                metrics.observe_request(account, method, False, time.perf_counter() - start)
-                span.set_status(StatusCode.ERROR, type(exc).__name__)
-                log.warning("health check failed", account_id=account, error=type(exc).__name__)
-                await self.drop(account_id, reason="unhealthy")
-                return
+        try:  # traced by the client like any request
+            request = GetUsersRequest([types.InputUserSelf()])
+            await asyncio.wait_for(entry.client(request), self.settings.telegram_request_timeout)
+        except Exception as exc:  # any failure: start over with a fresh connection
+            metrics.observe_request(account, method, False, time.perf_counter() - start)
+            log.warning("health check failed", account_id=account, error=type(exc).__name__)
+            await self.drop(account_id, reason="unhealthy")
+            return
         metrics.observe_request(account, method, True, time.perf_counter() - start)
 
     async def run_maintenance(self, stop: asyncio.Event) -> None:

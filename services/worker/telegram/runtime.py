@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 from asyncpg import InterfaceError, PostgresError
-from opentelemetry import trace
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from telethon import TelegramClient
@@ -33,7 +32,6 @@ from shared.logs import get_logger
 from shared.telegram_keys import stats_key
 
 log = get_logger(__name__)
-tracer = trace.get_tracer("tgflow.telegram")
 T = TypeVar("T")
 ACCOUNT_CACHE_SECONDS = 2.0
 # Failures of tgflow's own stores: the worker's to classify (deferred), not Telegram's.
@@ -225,19 +223,15 @@ class AccountSession:
                 raise _flooded(method, until)
         start = time.perf_counter()
         account_id = str(self.account.id)
-        with tracer.start_as_current_span(
-            f"telegram {method}",
-            attributes={"tgflow.account.id": account_id, "rpc.method": method},
-        ):
-            try:
-                result = await asyncio.wait_for(
-                    request(), self.runtime.settings.telegram_request_timeout
-                )
-            except Exception as exc:
-                metrics.observe_request(account_id, method, False, time.perf_counter() - start)
-                waited = map_error(exc).kind is Kind.DEFER  # a flood or slow mode wait
-                self.runtime.count(self.account.tenant, method, "flood_wait" if waited else "error")
-                await self.runtime.fail(self.account, method, exc, peer)
+        try:  # each MTProto request inside makes its own span (pool.TracedClient)
+            result = await asyncio.wait_for(
+                request(), self.runtime.settings.telegram_request_timeout
+            )
+        except Exception as exc:
+            metrics.observe_request(account_id, method, False, time.perf_counter() - start)
+            waited = map_error(exc).kind is Kind.DEFER  # a flood or slow mode wait
+            self.runtime.count(self.account.tenant, method, "flood_wait" if waited else "error")
+            await self.runtime.fail(self.account, method, exc, peer)
         metrics.observe_request(account_id, method, True, time.perf_counter() - start)
         self.runtime.count(self.account.tenant, method, "ok")
         self.runtime.pool.connection_ok(self.account.id)
