@@ -122,6 +122,8 @@ class WorkerSettings(BaseAppSettings):
     sandbox_dc: str = "127.0.0.1:10443"
     vault_keys: SecretStr | None = None
     telegram_max_clients: int = Field(default=50, ge=1, le=100_000)
+    # Users and chats (with their access hashes) a client remembers, most recent first.
+    telegram_entities_per_account: int = Field(default=2000, ge=100, le=1_000_000)
     telegram_idle_seconds: float = Field(default=300.0, gt=0)
     telegram_request_timeout: float = Field(default=20.0, gt=0)
     telegram_health_seconds: float = Field(default=60.0, gt=0)

@@ -29,6 +29,7 @@ from telethon.tl.functions.users import GetUsersRequest
 
 from services.worker.telegram import accounts, metrics
 from services.worker.telegram.accounts import Account
+from services.worker.telegram.session import BoundedSession
 from services.worker.telegram.vault import Vault
 from shared.aio import sleep_unless
 from shared.config import WorkerSettings
@@ -128,8 +129,9 @@ def client_options(settings: WorkerSettings) -> dict[str, Any]:
     sleeping coroutine holding a job slot. One quick connection and request retry: the
     job's own retry policy and the reconnect backoff own the waiting; when that retry
     fails too, the server's own error is raised (not Telethon's generic ValueError), so
-    the error map sees the flood or server error it was. A bounded entity cache keeps
-    memory per account flat.
+    the error map sees the flood or server error it was. The entity cache in memory is
+    bounded, and so is the session's own store (``BoundedSession``), so memory per
+    account stays flat however many users its jobs see.
     """
     return {
         "receive_updates": False,
@@ -140,7 +142,7 @@ def client_options(settings: WorkerSettings) -> dict[str, Any]:
         "retry_delay": 0,
         "auto_reconnect": True,
         "timeout": settings.telegram_request_timeout,
-        "entity_cache_limit": 1000,
+        "entity_cache_limit": settings.telegram_entities_per_account,
         "device_model": "tgflow",
         "app_version": "tgflow 0.1",
     }
@@ -234,7 +236,10 @@ class ClientPool:
     def _new_client(self, account: Account) -> TelegramClient:
         if account.sealed is None:
             raise PermanentFailure("account_no_session", "The account has no stored session.")
-        session = StringSession(self.vault.open(account.sealed, aad=account.aad))
+        session = BoundedSession(
+            self.vault.open(account.sealed, aad=account.aad),
+            limit=self.settings.telegram_entities_per_account,
+        )
         if not pin_dc(session, self.settings):  # the stored address is never trusted
             raise PermanentFailure("session_invalid", "The stored session names an unknown DC.")
         return TracedClient(
