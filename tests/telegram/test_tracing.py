@@ -3,6 +3,7 @@ account id and never the session."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.sandbox.admin_client import SandboxAdmin
-from services.worker.telegram.pool import mtproto_name
+from services.worker.telegram.client import mtproto_name
 from tests.telegram.conftest import import_account
 from tests.telegram.test_jobs import run
 
@@ -96,3 +97,20 @@ async def test_a_failed_request_span_carries_the_error(
     for request in requests:
         assert not request.status.is_ok
         assert [e.name for e in request.events] == ["exception"]
+
+
+async def test_clients_keep_no_update_state_so_they_never_fetch_differences(
+    api: httpx.AsyncClient, admin: SandboxAdmin, spans: InMemorySpanExporter
+) -> None:
+    """Connecting asks for no update state, and a send whose result runs ahead of the
+    account's known state (someone wrote to it meanwhile) fetches no difference."""
+    account, created = await import_account(api, admin)
+    other = await admin.create_account(first_name="Other")
+    first = await run(api, "telegram.send_message", account_id=account["id"], peer="me", text="1")
+    await admin.post_message(other["user_id"], created["user_id"], "meanwhile")
+    second = await run(api, "telegram.send_message", account_id=account["id"], peer="me", text="2")
+    assert first["status"] == second["status"] == "succeeded"
+    await asyncio.sleep(1.0)  # past Telethon's wait before it would fetch a gap
+    methods = {(s.attributes or {}).get("rpc.method") for s in spans.get_finished_spans()}
+    assert "messages.sendMessage" in methods
+    assert {m for m in methods if str(m).startswith("updates.")} == set()

@@ -19,8 +19,8 @@ from telethon.sessions import StringSession
 from services.worker.context import JobContext
 from services.worker.telegram import accounts
 from services.worker.telegram.accounts import DisabledReason, State
+from services.worker.telegram.client import new_client
 from services.worker.telegram.errors import Kind, map_error
-from services.worker.telegram.pool import new_client
 from shared import transit
 from shared.aio import raise_if_cancelling
 from shared.errors import Deferral, PermanentFailure, RetryableFailure

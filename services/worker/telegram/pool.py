@@ -17,18 +17,15 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from telethon import TelegramClient, types
-from telethon.sessions import StringSession
 from telethon.tl.functions.users import GetUsersRequest
 
 from services.worker.telegram import accounts, metrics
 from services.worker.telegram.accounts import Account
+from services.worker.telegram.client import WorkerClient, api_credentials, client_options
 from services.worker.telegram.session import BoundedSession
 from services.worker.telegram.vault import Vault
 from shared.aio import sleep_unless
@@ -41,7 +38,6 @@ from shared.telegram_dcs import pin_dc
 from shared.telegram_keys import PRESENCE_TTL, presence_key
 
 log = get_logger(__name__)
-tracer = trace.get_tracer("tgflow.telegram")
 TOUCH_SECONDS = 60.0  # an account's last_used_at is written at most this often by a worker
 
 
@@ -58,106 +54,6 @@ class Entry:
     touched: float = float("-inf")  # when last_used_at was last written for this account
     # No job has used this connection (a validation's own): no connect/disconnect events.
     quiet: bool = True
-
-
-_NAMES: dict[type, str] = {}
-
-
-def mtproto_name(request: Any) -> str:
-    """A ``SendMessageRequest`` of ``functions.messages`` -> ``messages.sendMessage``."""
-    kind = type(request)
-    known = _NAMES.get(kind)
-    if known is None:
-        namespace = kind.__module__.rpartition(".")[2]
-        name = kind.__name__.removesuffix("Request")
-        name = name[:1].lower() + name[1:]
-        known = _NAMES[kind] = name if namespace == "functions" else f"{namespace}.{name}"
-    return known
-
-
-class TracedClient(TelegramClient):  # type: ignore[misc]
-    """A TelegramClient that makes one span per MTProto request it sends, named by the
-    method and carrying the account id (never the session).
-
-    The span wraps Telethon's ``_call``, the single path every request takes (including
-    those Telethon sends on its own inside a higher-level method, each page of
-    ``get_dialogs`` say), so a retry after a short flood sleep stays in its request's span.
-    """
-
-    def __init__(self, *args: Any, account_id: str = "", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.account_id = account_id
-
-    async def _call(
-        self, sender: Any, request: Any, ordered: bool = False, flood_sleep_threshold: Any = None
-    ) -> Any:
-        if isinstance(request, list | tuple):  # several at once: named together
-            method = ",".join(mtproto_name(r) for r in request)
-        else:
-            method = mtproto_name(request)
-        with tracer.start_as_current_span(
-            f"telegram {method}",
-            kind=SpanKind.CLIENT,
-            attributes={
-                "rpc.system": "mtproto",
-                "rpc.method": method,
-                "tgflow.account.id": self.account_id,
-            },
-        ):
-            return await super()._call(sender, request, ordered, flood_sleep_threshold)
-
-
-def new_client(
-    session: StringSession, settings: WorkerSettings, account_id: uuid.UUID | None = None
-) -> TracedClient:
-    """A client with tgflow's options (``client_options``), tracing every request."""
-    api_id, api_hash = api_credentials(settings)
-    return TracedClient(
-        session,
-        api_id,
-        api_hash,
-        account_id=str(account_id) if account_id else "",
-        **client_options(settings),
-    )
-
-
-def client_options(settings: WorkerSettings) -> dict[str, Any]:
-    """Telethon settings chosen for a job runner rather than an interactive app.
-
-    receive_updates off: jobs ask for what they need, so no update loop runs per client.
-    A small flood_sleep_threshold: long flood waits go back to the queue, not to a
-    sleeping coroutine holding a job slot. One quick connection and request retry: the
-    job's own retry policy and the reconnect backoff own the waiting; when that retry
-    fails too, the server's own error is raised (not Telethon's generic ValueError), so
-    the error map sees the flood or server error it was. The entity cache in memory is
-    bounded, and so is the session's own store (``BoundedSession``), so memory per
-    account stays flat however many users its jobs see.
-    """
-    return {
-        "receive_updates": False,
-        "flood_sleep_threshold": settings.telegram_flood_sleep_threshold,
-        "request_retries": 1,
-        "raise_last_call_error": True,
-        "connection_retries": 1,
-        "retry_delay": 0,
-        "auto_reconnect": True,
-        "timeout": settings.telegram_request_timeout,
-        "entity_cache_limit": settings.telegram_entities_per_account,
-        "device_model": "tgflow",
-        "app_version": "tgflow 0.1",
-    }
-
-
-def api_credentials(settings: WorkerSettings) -> tuple[int, str]:
-    if settings.telegram_sandbox:
-        from services.sandbox.client import TEST_API_HASH, TEST_API_ID, register_sandbox_key
-
-        register_sandbox_key()  # sandbox mode only: trust the local DC's RSA key
-        return TEST_API_ID, TEST_API_HASH
-    api_id, api_hash = settings.telegram_api_id, settings.telegram_api_hash
-    assert api_id is not None
-    assert api_hash is not None
-    return api_id, api_hash.get_secret_value()
 
 
 class ClientPool:
@@ -242,7 +138,7 @@ class ClientPool:
         )
         if not pin_dc(session, self.settings):  # the stored address is never trusted
             raise PermanentFailure("session_invalid", "The stored session names an unknown DC.")
-        return TracedClient(
+        return WorkerClient(
             session, self.api_id, self.api_hash, account_id=str(account.id), **self.options
         )
 

@@ -223,7 +223,7 @@ class AccountSession:
                 raise _flooded(method, until)
         start = time.perf_counter()
         account_id = str(self.account.id)
-        try:  # each MTProto request inside makes its own span (pool.TracedClient)
+        try:  # each MTProto request inside makes its own span (client.WorkerClient)
             result = await asyncio.wait_for(
                 request(), self.runtime.settings.telegram_request_timeout
             )

@@ -1,0 +1,141 @@
+"""The TelegramClient as workers use it: its options, tracing, and no update machinery.
+
+tgflow's jobs ask Telegram for what they need and never consume updates. Stock Telethon
+still keeps an update state per client even with ``receive_updates=False``: every
+connect costs an ``updates.getState`` and an ``updates.getDifference`` (the latter can
+carry every message of a busy account since its last state), each request's own result
+goes through the update loop, a result whose pts runs ahead of the local state (any
+account that also receives messages) makes the loop fetch ``updates.getDifference``
+again, and so does every quarter of an hour without updates. ``WorkerClient`` keeps no
+update state, so none of that happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from telethon import TelegramClient
+from telethon.sessions import StringSession
+
+from shared.config import WorkerSettings
+
+tracer = trace.get_tracer("tgflow.telegram")
+_NAMES: dict[type, str] = {}
+
+
+def mtproto_name(request: Any) -> str:
+    """A ``SendMessageRequest`` of ``functions.messages`` -> ``messages.sendMessage``."""
+    kind = type(request)
+    known = _NAMES.get(kind)
+    if known is None:
+        namespace = kind.__module__.rpartition(".")[2]
+        name = kind.__name__.removesuffix("Request")
+        name = name[:1].lower() + name[1:]
+        known = _NAMES[kind] = name if namespace == "functions" else f"{namespace}.{name}"
+    return known
+
+
+class _Discard(asyncio.Queue[Any]):
+    """Where Telethon's sender puts updates and its own results' updates: dropped."""
+
+    def put_nowait(self, item: Any) -> None:
+        return None
+
+
+class WorkerClient(TelegramClient):  # type: ignore[misc]
+    """A TelegramClient that traces each MTProto request and keeps no update state.
+
+    Each request is a span named by its method and carrying the account id (never the
+    session). The span wraps Telethon's ``_call``, the one path every request takes
+    (those Telethon sends inside a higher-level method too, each page of ``get_dialogs``
+    say), so a retry after a short flood sleep stays in its request's span.
+    """
+
+    def __init__(self, *args: Any, account_id: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.account_id = account_id
+        sink = _Discard()
+        self._updates_queue = sink
+        self._sender._updates_queue = sink
+
+    async def _on_login(self, user: Any) -> Any:
+        """At connect or sign-in: remember who we are, but fetch no update state."""
+        self._mb_entity_cache.set_self_user(user.id, user.bot, user.access_hash)
+        self._authorized = True
+        return user
+
+    async def _call(
+        self, sender: Any, request: Any, ordered: bool = False, flood_sleep_threshold: Any = None
+    ) -> Any:
+        if isinstance(request, list | tuple):  # several at once: named together
+            method = ",".join(mtproto_name(r) for r in request)
+        else:
+            method = mtproto_name(request)
+        with tracer.start_as_current_span(
+            f"telegram {method}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "rpc.system": "mtproto",
+                "rpc.method": method,
+                "tgflow.account.id": self.account_id,
+            },
+        ):
+            return await super()._call(sender, request, ordered, flood_sleep_threshold)
+
+
+def client_options(settings: WorkerSettings) -> dict[str, Any]:
+    """Telethon settings chosen for a job runner rather than an interactive app.
+
+    receive_updates off: Telegram pushes nothing to a worker's clients (and
+    ``WorkerClient`` keeps no update state). A small flood_sleep_threshold: long flood
+    waits go back to the queue, not to a sleeping coroutine holding a job slot. One quick
+    connection and request retry: the job's own retry policy and the reconnect backoff
+    own the waiting; when that retry fails too, the server's own error is raised (not
+    Telethon's generic ValueError), so the error map sees the flood or server error it
+    was. The entity cache in memory is bounded, and so is the session's own store
+    (``BoundedSession``), so memory per account stays flat however many users its jobs
+    see.
+    """
+    return {
+        "receive_updates": False,
+        "flood_sleep_threshold": settings.telegram_flood_sleep_threshold,
+        "request_retries": 1,
+        "raise_last_call_error": True,
+        "connection_retries": 1,
+        "retry_delay": 0,
+        "auto_reconnect": True,
+        "timeout": settings.telegram_request_timeout,
+        "entity_cache_limit": settings.telegram_entities_per_account,
+        "device_model": "tgflow",
+        "app_version": "tgflow 0.1",
+    }
+
+
+def api_credentials(settings: WorkerSettings) -> tuple[int, str]:
+    if settings.telegram_sandbox:
+        from services.sandbox.client import TEST_API_HASH, TEST_API_ID, register_sandbox_key
+
+        register_sandbox_key()  # sandbox mode only: trust the local DC's RSA key
+        return TEST_API_ID, TEST_API_HASH
+    api_id, api_hash = settings.telegram_api_id, settings.telegram_api_hash
+    assert api_id is not None
+    assert api_hash is not None
+    return api_id, api_hash.get_secret_value()
+
+
+def new_client(
+    session: StringSession, settings: WorkerSettings, account_id: uuid.UUID | None = None
+) -> WorkerClient:
+    """A client with tgflow's options for a session (login, import)."""
+    api_id, api_hash = api_credentials(settings)
+    return WorkerClient(
+        session,
+        api_id,
+        api_hash,
+        account_id=str(account_id) if account_id else "",
+        **client_options(settings),
+    )
