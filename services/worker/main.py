@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 from arq.connections import ArqRedis
 from opentelemetry import trace
-from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
 from services.worker import metrics as metrics_
@@ -44,7 +43,7 @@ from shared.httpserver import bound_port, health_and_metrics_app, make_server, w
 from shared.jobs import REGISTRY, QueueKind, job_types_for
 from shared.logs import get_logger, setup_logging
 from shared.queue import JobStore, nudge_channel
-from shared.redis_client import create_redis
+from shared.redis_client import connection_pool, create_redis
 from shared.serialization import dumps, loads
 from shared.telemetry import setup_sentry, setup_tracing
 
@@ -64,7 +63,7 @@ async def open_state(settings: WorkerSettings, instance_id: str) -> WorkerState:
         await db.migrate(settings.database_url)
     redis = create_redis(settings)
     arq_pool = ArqRedis(
-        ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout),
+        connection_pool(settings.redis_url, socket_connect_timeout=settings.redis_timeout),
         job_serializer=dumps,
         job_deserializer=loads,
     )
