@@ -19,7 +19,7 @@ from services.sandbox.server import Sandbox
 from services.worker.telegram import accounts
 from services.worker.telegram.accounts import DisabledReason, State
 from services.worker.telegram.runtime import TelegramRuntime
-from shared.errors import Deferral, PermanentFailure
+from shared.errors import Deferral, PermanentFailure, RetryableFailure
 from tests.telegram.conftest import close_runtime, import_account, open_runtime
 
 
@@ -170,3 +170,21 @@ async def test_a_failed_event_write_never_fails_a_connect_or_a_disconnect(
         await close_runtime(rt)
     assert tried  # the writes were made, and failed, and neither step noticed
     assert await pg.fetchval("SELECT count(*) FROM account_events WHERE kind = 'connect'") == 0
+
+
+async def test_a_request_past_its_timeout_is_a_retryable_failure(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox
+) -> None:
+    imported, created = await import_account(api, admin)
+    rt = await _runtime(sandbox, telegram_request_timeout=0.5)
+    try:
+        await _connect(rt, imported["id"])
+        await admin.add_fault(created["user_id"], "delay", method="users.getUsers", seconds=3)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(RetryableFailure) as failed:
+            async with rt.session("acme", uuid.UUID(imported["id"])) as tg:
+                await tg.call("users.getUsers", lambda: tg.client.get_me())
+        assert failed.value.code == "timeout"
+        assert asyncio.get_running_loop().time() - started < 2
+    finally:
+        await close_runtime(rt)

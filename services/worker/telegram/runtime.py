@@ -224,9 +224,8 @@ class AccountSession:
         start = time.perf_counter()
         account_id = str(self.account.id)
         try:  # each MTProto request inside makes its own span (client.WorkerClient)
-            result = await asyncio.wait_for(
-                request(), self.runtime.settings.telegram_request_timeout
-            )
+            async with asyncio.timeout(self.runtime.settings.telegram_request_timeout):
+                result = await request()
         except Exception as exc:
             metrics.observe_request(account_id, method, False, time.perf_counter() - start)
             waited = map_error(exc).kind is Kind.DEFER  # a flood or slow mode wait
