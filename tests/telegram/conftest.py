@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.server import Sandbox
@@ -87,3 +88,9 @@ async def insert_sealed(
         sealed.wrapped_key,
         sealed.key_id,
     )
+
+
+def requests_counted(account_id: object, outcome: str, method: str = "users.getUsers") -> float:
+    """``tgflow_telegram_requests_total`` of one account, method and outcome so far."""
+    labels = {"account": str(account_id), "method": method, "outcome": outcome}
+    return REGISTRY.get_sample_value("tgflow_telegram_requests_total", labels) or 0.0

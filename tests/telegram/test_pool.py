@@ -11,7 +11,6 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from prometheus_client import REGISTRY
 
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.client import auth_key_id
@@ -20,7 +19,7 @@ from services.worker.telegram import accounts
 from services.worker.telegram.accounts import DisabledReason, State
 from services.worker.telegram.runtime import TelegramRuntime
 from shared.errors import Deferral, PermanentFailure, RetryableFailure
-from tests.telegram.conftest import close_runtime, import_account, open_runtime
+from tests.telegram.conftest import close_runtime, import_account, open_runtime, requests_counted
 
 
 async def _runtime(sandbox: Sandbox, **overrides: float) -> TelegramRuntime:
@@ -41,11 +40,6 @@ async def _connect(rt: TelegramRuntime, account_id: str) -> None:
         pass
 
 
-def _requests(account_id: str, outcome: str) -> float:
-    labels = {"account": account_id, "method": "users.getUsers", "outcome": outcome}
-    return REGISTRY.get_sample_value("tgflow_telegram_requests_total", labels) or 0.0
-
-
 async def test_unhealthy_clients_are_recycled_and_idle_ones_dropped(
     api: httpx.AsyncClient, admin: SandboxAdmin, fast_upkeep: TelegramRuntime
 ) -> None:
@@ -57,10 +51,12 @@ async def test_unhealthy_clients_are_recycled_and_idle_ones_dropped(
     await _connect(rt, healthy["id"])
     assert len(rt.pool.connected()) == 2
     await asyncio.sleep(0.3)  # past the health interval, far from idle (2 s)
-    before = {(a["id"], o): _requests(a["id"], o) for a in (healthy, sick) for o in ("ok", "error")}
+    before = {
+        (a["id"], o): requests_counted(a["id"], o) for a in (healthy, sick) for o in ("ok", "error")
+    }
     await rt.pool.maintain()
     assert rt.pool.connected() == [uuid.UUID(healthy["id"])]
-    after = {key: _requests(*key) - n for key, n in before.items()}  # health checks count
+    after = {key: requests_counted(*key) - n for key, n in before.items()}  # health checks count
     assert after == {
         (healthy["id"], "ok"): 1,
         (healthy["id"], "error"): 0,

@@ -11,7 +11,6 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from telethon.sessions import StringSession
 
@@ -23,7 +22,13 @@ from services.worker.telegram.upkeep import prune_once, validate_idle_sessions, 
 from services.worker.telegram.vault import Vault
 from shared.telegram_keys import presence_key
 from tests.helpers import eventually
-from tests.telegram.conftest import close_runtime, import_account, insert_sealed, open_runtime
+from tests.telegram.conftest import (
+    close_runtime,
+    import_account,
+    insert_sealed,
+    open_runtime,
+    requests_counted,
+)
 from tests.telegram.test_jobs import run
 
 
@@ -214,11 +219,6 @@ async def test_validation_connects_to_the_known_dc_not_to_the_address_a_session_
     assert tuple(state) == ("disabled", "revoked")
 
 
-def _requests(account_id: uuid.UUID, outcome: str) -> float:
-    labels = {"account": str(account_id), "method": "users.getUsers", "outcome": outcome}
-    return REGISTRY.get_sample_value("tgflow_telegram_requests_total", labels) or 0.0
-
-
 async def test_validation_uses_the_pool_client_a_job_shares_it_and_it_leaves_no_events(
     api: httpx.AsyncClient,
     admin: SandboxAdmin,
@@ -227,9 +227,9 @@ async def test_validation_uses_the_pool_client_a_job_shares_it_and_it_leaves_no_
 ) -> None:
     imported, created = await import_account(api, admin)
     account_id = uuid.UUID(imported["id"])
-    before = _requests(account_id, "ok")
+    before = requests_counted(account_id, "ok")
     assert await validate_once(validator) == 1
-    assert _requests(account_id, "ok") == before + 1  # counted like any request
+    assert requests_counted(account_id, "ok") == before + 1  # counted like any request
     assert not validator.pool.holds(account_id)  # not kept connected past the check
     await asyncio.sleep(0.1)  # the pool's background writes
     assert [kind for kind, _ in await _events(pg, account_id)] == ["imported"]  # no connects

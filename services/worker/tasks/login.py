@@ -217,7 +217,6 @@ async def logout(ctx: JobContext, params: AccountIdParams) -> LoginStep:
     account = await accounts.load(ctx.state.db, params.account_id, ctx.tenant)
     if account is None:
         raise PermanentFailure("account_not_found", f"No account {params.account_id}.")
-    runtime.forget(account.id)
     confirmed = False
     if account.sealed is not None and account.state is not State.DISABLED:
         confirmed = await _log_out_at_telegram(ctx, account)
