@@ -17,6 +17,19 @@ from .crypto import DH_G, DH_PRIME, DH_SAFETY, ServerRsaKey, dh_exponent, make_p
 from .mtproto import read_object
 
 
+def auth_key_of(g_ab: int) -> AuthKey:
+    """The key a finished exchange agrees on: g_ab as 256 big-endian bytes, leading zero
+    bytes kept, as Telegram derives it (a 2048-bit key).
+
+    Telethon's client drops leading zero bytes. When g_ab has one (one exchange in 256)
+    its key is then not this one: it finds the hash in dh_gen_ok wrong and starts a new
+    exchange, exactly as it does against Telegram. Agreeing on the short key instead
+    would hand the client a key that no string session can hold (they keep 256 bytes,
+    padded at the end), so the session saved from it would name a key nobody knows.
+    """
+    return AuthKey(g_ab.to_bytes(256, "big"))
+
+
 class HandshakeError(Exception):
     """The client deviated from the key exchange; the connection is closed."""
 
@@ -158,8 +171,7 @@ class Handshake:
         g_b = int.from_bytes(inner.g_b, "big")
         if not DH_SAFETY <= g_b <= DH_PRIME - DH_SAFETY:
             raise HandshakeError("g_b out of range")
-        # Same byte conversion as the client uses, so both derive one key.
-        auth_key = AuthKey(tl_rsa.get_byte_array(pow(g_b, ex.a, DH_PRIME)))
+        auth_key = auth_key_of(pow(g_b, ex.a, DH_PRIME))
         self._ex = None
         if not self._on_key(auth_key, _first_salt(ex.new_nonce, ex.server_nonce)):
             return bytes(

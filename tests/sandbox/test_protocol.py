@@ -12,12 +12,15 @@ import struct
 from collections import defaultdict
 from typing import Any
 
+from telethon.crypto import AuthKey
+from telethon.crypto import rsa as tl_rsa
 from telethon.network.mtprotostate import MTProtoState
 from telethon.sessions import StringSession
 from telethon.tl import functions, types
 from telethon.tl.core import GzipPacked, RpcResult
 from telethon.tl.core.messagecontainer import MessageContainer
 
+from services.sandbox.handshake import auth_key_of
 from services.sandbox.server import Sandbox
 
 from .conftest import AccountFactory
@@ -129,3 +132,26 @@ async def test_unknown_constructor_answers_error_and_broken_body_closes(
             assert await raw.reader.read() == b""  # closed; no answer
     finally:
         await raw.close()
+
+
+def _saved_and_restored(key: AuthKey) -> AuthKey:
+    session = StringSession()
+    session.set_dc(2, "127.0.0.1", 443)
+    session.auth_key = key
+    restored = StringSession(session.save()).auth_key
+    assert restored is not None
+    return restored
+
+
+def test_an_exchanged_key_survives_a_string_session_whatever_its_leading_bytes() -> None:
+    """A key is 256 bytes with its leading zeros. The short form Telethon's client would
+    compute for a g_ab with a leading zero byte comes back from a string session as
+    another key (padded at the end), which is why the sandbox never agrees on it."""
+    leading_zero = 2**2039 + 5  # 255 significant bytes
+    for g_ab in (leading_zero, 2**2047 + 3, 7):
+        key = auth_key_of(g_ab)
+        assert len(key.key) == 256
+        assert _saved_and_restored(key).key_id == key.key_id
+    short = AuthKey(tl_rsa.get_byte_array(leading_zero))
+    assert len(short.key) == 255
+    assert _saved_and_restored(short).key_id != short.key_id
