@@ -23,13 +23,9 @@ class _HiredisPacking:
             args = (*args[0].encode().split(), *args[1:])
         elif b" " in args[0]:
             args = (*args[0].split(), *args[1:])
-        if any(isinstance(a, bool) for a in args):  # as redis-py: a bool is a mistake
-            raise DataError(
-                "Invalid input of type: 'bool'. Convert to a bytes, string, int or float first."
-            )
         try:
             return [hiredis.pack_command(args)]
-        except TypeError as exc:
+        except TypeError as exc:  # None, a bool, a dict...: refused as redis-py refuses them
             raise DataError(str(exc)) from exc
 
 
