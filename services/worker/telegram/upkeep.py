@@ -139,7 +139,7 @@ async def validate_once(runtime: TelegramRuntime, *, limit: int = 500, page: int
     after: tuple[datetime | None, uuid.UUID] | None = None
     while checked < limit:
         rows = await runtime.db.fetch(
-            """SELECT id, validated_at FROM accounts
+            """SELECT id, tenant_id, validated_at FROM accounts
                WHERE state IN ('active', 'flood_wait', 'reconnecting')
                  AND session_ciphertext IS NOT NULL
                  AND (validated_at IS NULL OR validated_at < $1)
@@ -157,14 +157,15 @@ async def validate_once(runtime: TelegramRuntime, *, limit: int = 500, page: int
             break
         after = (rows[-1]["validated_at"], rows[-1]["id"])
         # One owner per key: only accounts of our shards, and none connected right now.
-        ours = [r["id"] for r in rows if runtime.pool.may_connect(r["id"])]
+        tenants = {r["id"]: r["tenant_id"] for r in rows if runtime.pool.may_connect(r["id"])}
+        ours = list(tenants)
         connected = await _connected(runtime.redis, ours)
         await _mark_validated(runtime, list(connected))
         for account_id in ours:
             if checked >= limit:
                 break
             if account_id not in connected:
-                await _check_one(runtime, account_id)
+                await _check_one(runtime, account_id, tenants[account_id])
                 checked += 1
     return checked
 
@@ -186,11 +187,14 @@ async def _mark_validated(runtime: TelegramRuntime, account_ids: list[uuid.UUID]
         )
 
 
-async def _check_one(runtime: TelegramRuntime, account_id: uuid.UUID) -> None:
+async def _check_one(runtime: TelegramRuntime, account_id: uuid.UUID, tenant: str) -> None:
     """Validate one account; its failures are logged and never stop the others' checks."""
     try:
         try:
-            account = await accounts.load(runtime.db, account_id)
+            try:  # read as jobs read it, so the check's own session() finds it cached
+                account: accounts.Account | None = await runtime.load_usable(tenant, account_id)
+            except PermanentFailure:  # disabled, logged out or gone since it was listed
+                account = None
             if account is not None and account.sealed is not None:
                 await _check(runtime, account)
         finally:  # whatever the outcome, its turn comes again one interval later
