@@ -3,22 +3,90 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, SynchronousMultiSpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
 
 from shared.config import BaseAppSettings
 
 SECRET_KEYS = ("session", "password", "secret", "token", "authorization", "api_key")
 
 
+class SpanSinks(SynchronousMultiSpanProcessor):
+    """The provider's span processors, which can also be taken away again."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+
+    @property
+    def active(self) -> bool:
+        return bool(self._span_processors)
+
+    def remove_span_processor(self, span_processor: SpanProcessor) -> None:
+        with self._lock:
+            self._span_processors = tuple(
+                p for p in self._span_processors if p is not span_processor
+            )
+
+
+class RecordWhileExported(Sampler):
+    """Record spans while something takes them, and only then.
+
+    With no exporter a recorded span is built, filled and dropped for nothing (about
+    20 us for a job's two spans, see docs/benchmarks.md); a span that is not recorded
+    still gets a real trace id, which log lines, job records and the trace context
+    handed to the next process carry as before.
+    """
+
+    def __init__(self, sinks: SpanSinks) -> None:
+        self.sinks = sinks
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        sampler = ALWAYS_ON if self.sinks.active else ALWAYS_OFF
+        return sampler.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return "RecordWhileExported"
+
+
+class Provider(TracerProvider):
+    """A tracer provider that records spans only while it has a span processor."""
+
+    def __init__(self, resource: Resource | None = None) -> None:
+        self.sinks = SpanSinks()
+        super().__init__(
+            resource=resource,
+            sampler=RecordWhileExported(self.sinks),
+            active_span_processor=self.sinks,
+        )
+
+    def remove_span_processor(self, span_processor: SpanProcessor) -> None:
+        self.sinks.remove_span_processor(span_processor)
+
+
 def setup_tracing(settings: BaseAppSettings, service: str, instance: str) -> TracerProvider:
-    """Install an SDK tracer provider; spans leave the process only if OTLP is configured.
+    """Install an SDK tracer provider; spans leave the process only if OTLP is configured,
+    and are recorded only then.
 
     The SDK is installed even without an exporter so that every log line and job
     record carries a real trace id to correlate on.
@@ -26,7 +94,7 @@ def setup_tracing(settings: BaseAppSettings, service: str, instance: str) -> Tra
     resource = Resource.create(
         {"service.name": f"tgflow-{service}", "service.instance.id": instance}
     )
-    provider = TracerProvider(resource=resource)
+    provider = Provider(resource)
     if settings.otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

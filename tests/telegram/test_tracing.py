@@ -10,12 +10,13 @@ from typing import Any
 import httpx
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.sandbox.admin_client import SandboxAdmin
 from services.worker.telegram.client import mtproto_name
+from shared.telemetry import Provider
 from tests.telegram.conftest import import_account
 from tests.telegram.test_jobs import run
 
@@ -24,13 +25,14 @@ from tests.telegram.test_jobs import run
 def spans() -> Iterator[InMemorySpanExporter]:
     """Every span ended in this process during the test (the SDK is installed once)."""
     provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
+    if not isinstance(provider, Provider):
+        provider = Provider()
         trace.set_tracer_provider(provider)
     exporter = InMemorySpanExporter()
     processor = SimpleSpanProcessor(exporter)
     provider.add_span_processor(processor)
     yield exporter
+    provider.remove_span_processor(processor)
     processor.shutdown()
 
 
