@@ -11,6 +11,11 @@ next call sees its calls in order. An error answer (a script's ``redis.error_rep
 goes to its own caller only; a lost connection fails every call of the batch, as it
 would have failed each one alone. Scripts are sent by SHA and loaded on ``NOSCRIPT``
 (after a Redis restart), without redis-py's check on every pipeline.
+
+A call may name a message to publish once its script has run (a wake-up for whoever
+consumes what the script enqueued). The batch publishes each distinct message once,
+after all of its scripts: a hundred jobs submitted together wake their consumers once,
+not a hundred times.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
+Publish = tuple[str, str]  # channel, message
+Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], Publish | None, "asyncio.Future[Any]"]
 
 
 class AutoPipeline:
@@ -36,11 +42,19 @@ class AutoPipeline:
         self._scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def run(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """Run ``script`` as part of this turn's batch; its answer."""
+    async def run(
+        self,
+        script: AsyncScript,
+        keys: Sequence[Any],
+        args: Sequence[Any],
+        *,
+        then_publish: Publish | None = None,
+    ) -> Any:
+        """Run ``script`` as part of this turn's batch; its answer. ``then_publish`` is
+        published after the batch's scripts (once, however many calls name it)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((script, keys, args, future))
+        self._pending.append((script, keys, args, then_publish, future))
         if len(self._pending) >= self.max_batch:
             self._flush()
         elif not self._scheduled:
@@ -90,7 +104,9 @@ class AutoPipeline:
 
     async def _pipeline(self, batch: list[Call]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            for script, keys, args, _ in batch:
+            for script, keys, args, _, _ in batch:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
+            for channel, message in dict.fromkeys(c[3] for c in batch if c[3] is not None):
+                pipe.publish(channel, message)
             answers: list[Any] = await pipe.execute(raise_on_error=False)
-        return answers
+        return answers[: len(batch)]

@@ -1,7 +1,9 @@
 """The Redis side of a job: atomic submit, state transitions, cancellation and reads.
 
 Each operation is one Lua script, so the idempotency check, the job hash, the ARQ queue
-entry, the archive stream entry and the wake-up nudge change together or not at all.
+entry and the archive stream entry change together or not at all; a submit's wake-up
+nudge follows its script in the same round trip (a nudge is only a hint: consumers poll
+as well).
 The ``tgflow:archive`` stream carries a snapshot of every change; workers copy it into
 the Postgres ``jobs`` table, keeping the gateway free of database writes. Each script
 also calls ``job_changed`` (``shared/delivery/lua.py``) after its change: the job's live
@@ -64,11 +66,10 @@ if ARGV[2] == '1' then
   if existing then return {0, existing} end
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 9))
+redis.call('HSET', KEYS[2], unpack(ARGV, 7))
 redis.call('PSETEX', KEYS[3], ARGV[6], ARGV[4])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('XADD', KEYS[5], '*', 'job', snapshot(KEYS[2]))
-redis.call('PUBLISH', ARGV[7], ARGV[8])
 job_changed(KEYS[2], '', false)
 return {1, ARGV[1]}
 """
@@ -341,7 +342,7 @@ class JobStore:
         """From the job's own queue kind: right even if its type has left the catalogue."""
         return route_of(QueueKind(record.queue), record.params, self.shards)
 
-    def _submit_call(self, env: Envelope) -> tuple[list[str], list[Any]]:
+    def _submit_call(self, env: Envelope) -> tuple[list[str], list[Any], tuple[str, str]]:
         route = self.route(env.type, env.params)
         created_us = to_micros(env.created_at)
         run_at_us = to_micros(env.run_at)
@@ -379,17 +380,19 @@ class JobStore:
             payload,
             score_of(run_at_us // 1000, env.priority),
             delay_ms + ARQ_JOB_EXTRA_MS,
-            nudge_channel(route.kind),
-            route.nudge,
         ]
         for name, value in fields.items():
             args += [name, value]
-        return keys, args
+        return keys, args, (nudge_channel(route.kind), route.nudge)
 
     async def submit(self, env: Envelope) -> tuple[str, bool]:
-        """Enqueue a job; with an idempotency key seen before, return the earlier job id."""
-        keys, args = self._submit_call(env)
-        created, job_id = await self.batch.run(self._submit, keys, args)
+        """Enqueue a job; with an idempotency key seen before, return the earlier job id.
+
+        The nudge that wakes the job's consumers follows the script in the same round
+        trip, once for all the jobs of that trip bound for the same queue.
+        """
+        keys, args, nudge = self._submit_call(env)
+        created, job_id = await self.batch.run(self._submit, keys, args, then_publish=nudge)
         return str(job_id), bool(created)
 
     async def submit_many(self, envs: list[Envelope]) -> list[tuple[str, bool]]:

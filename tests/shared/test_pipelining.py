@@ -96,3 +96,31 @@ async def test_a_caller_that_gives_up_does_not_break_the_batch(redis: Redis) -> 
     assert await stayer == "b"
     with pytest.raises(asyncio.CancelledError):
         await quitter
+
+
+async def test_a_batch_publishes_each_distinct_message_once_after_its_scripts(
+    redis: Redis,
+) -> None:
+    script = redis.register_script(_ECHO.format(nonce=uuid.uuid4()))
+    batch = AutoPipeline(redis)
+    await batch.run(script, ["warm"], ["loaded"])
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe("wake")
+    try:
+        answers = await asyncio.gather(
+            *(
+                batch.run(script, ["log"], [f"m{i}"], then_publish=("wake", f"q{i % 2}"))
+                for i in range(50)
+            )
+        )
+        assert answers == [f"m{i}" for i in range(50)]
+        seen = []
+        deadline = asyncio.get_running_loop().time() + 0.5
+        while asyncio.get_running_loop().time() < deadline:
+            message = await pubsub.get_message(timeout=0.1)  # None for the subscription too
+            if message is not None:
+                # Every script of the batch had run when its wake-up went out.
+                seen.append((message["data"], await redis.llen("log")))
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    assert seen == [("q0", 50), ("q1", 50)]
