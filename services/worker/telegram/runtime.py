@@ -19,7 +19,7 @@ from telethon import TelegramClient
 
 from services.worker.telegram import accounts, metrics
 from services.worker.telegram.accounts import Account, State
-from services.worker.telegram.errors import Kind, map_error
+from services.worker.telegram.errors import Kind, Mapped, map_error
 from services.worker.telegram.limits import Limits, SendBudget
 from services.worker.telegram.pool import ClientPool
 from services.worker.telegram.vault import Vault
@@ -144,13 +144,20 @@ class TelegramRuntime:
             await self.fail(account, "connect", exc)
 
     async def fail(
-        self, account: Account, method: str, exc: BaseException, peer: str | None = None
+        self,
+        account: Account,
+        method: str,
+        exc: BaseException,
+        peer: str | None = None,
+        *,
+        mapped: Mapped | None = None,
     ) -> NoReturn:
         """Record what an error means for the account, then raise the job's outcome.
 
         ``peer``: the chat the call went to (see ``peer_key``), where a slow mode is kept.
+        ``mapped``: ``map_error(exc)``, when the caller has it already.
         """
-        mapped = map_error(exc)
+        mapped = mapped or map_error(exc)
         metrics.ERRORS.labels(str(account.id), method, mapped.code).inc()
         self.forget(account.id)
         if mapped.kind is Kind.DEFER:
@@ -228,9 +235,10 @@ class AccountSession:
                 result = await request()
         except Exception as exc:
             metrics.observe_request(account_id, method, False, time.perf_counter() - start)
-            waited = map_error(exc).kind is Kind.DEFER  # a flood or slow mode wait
+            mapped = map_error(exc)
+            waited = mapped.kind is Kind.DEFER  # a flood or slow mode wait
             self.runtime.count(self.account.tenant, method, "flood_wait" if waited else "error")
-            await self.runtime.fail(self.account, method, exc, peer)
+            await self.runtime.fail(self.account, method, exc, peer, mapped=mapped)
         metrics.observe_request(account_id, method, True, time.perf_counter() - start)
         self.runtime.count(self.account.tenant, method, "ok")
         self.runtime.pool.connection_ok(self.account.id)
