@@ -6,6 +6,12 @@ next batch is bigger) and only move forward (a row keeps the change with the hig
 ``seq``), so batches may arrive in any order. Entries are acknowledged only after Postgres
 has them; entries left pending by a dead worker are claimed by another after ``claim_idle``
 seconds.
+
+A batch PostgreSQL refuses is never allowed to stop archiving for everyone: U+0000, which
+PostgreSQL keeps in neither text nor JSON, becomes U+FFFD on the way in (the gateway
+refuses it in params, but a result or an error message can still carry it), and a batch
+refused all the same is written row by row, each row it still refuses set aside in the
+``tgflow:archive:rejected`` stream with its error, logged and counted.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import asyncpg
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -29,6 +36,9 @@ from shared.queue import ARCHIVE_STREAM
 log = get_logger(__name__)
 
 GROUP = "tgflow-archivers"
+REJECTED_STREAM = "tgflow:archive:rejected"
+REJECTED_MAX = 10_000  # entries kept for inspection (approximately: MAXLEN ~)
+_JSON_FIELDS = ("params", "result", "history", "error")
 
 # One statement per batch over column arrays: far cheaper for asyncpg and Postgres than
 # a statement per row. JSON columns travel as the text the job hash already holds, and
@@ -68,6 +78,33 @@ WHERE jobs.seq < EXCLUDED.seq
 
 def _opt_int(value: str | None) -> int | None:
     return int(value) if value else None
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+def snapshot_of(raw: str | bytes) -> dict[str, str]:
+    """A stream entry's job snapshot, with any U+0000 (in a field or inside one of its
+    JSON texts) turned into U+FFFD. The escape is looked for first: almost never there."""
+    snap: dict[str, str] = orjson.loads(raw)
+    marker = "\\u0000" if isinstance(raw, str) else b"\\u0000"
+    if marker not in raw:  # type: ignore[operator]
+        return snap
+    clean = {k: v.replace("\x00", "\ufffd") for k, v in snap.items()}
+    for name in _JSON_FIELDS:
+        text = snap.get(name)
+        if text and "\\u0000" in text:
+            # (not JSON after all: the plain replacement above stands)
+            with contextlib.suppress(orjson.JSONDecodeError):
+                clean[name] = orjson.dumps(_without_nul(orjson.loads(text))).decode()
+    return clean
 
 
 def row_of(snapshot: Mapping[str, str]) -> tuple[Any, ...]:
@@ -150,7 +187,9 @@ class Archiver:
                         claimed_at = time.monotonic()
                 await self.drain()
                 return
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Redis or Postgres away, or a statement refused in a way no row explains:
+                # archiving waits and tries again, it never stops for good.
                 raise_if_cancelling()
                 log.warning("archiver retrying", error=type(exc).__name__, detail=str(exc))
             await asyncio.sleep(backoff)
@@ -191,22 +230,47 @@ class Archiver:
             return
         latest: dict[str, dict[str, str]] = {}
         for _, fields in entries:
-            snap = orjson.loads(fields["job"])
+            snap = snapshot_of(fields["job"])
             current = latest.get(snap["id"])
             if current is None or int(snap["seq"]) > int(current["seq"]):
                 latest[snap["id"]] = snap
-        rows = [row_of(s) for s in latest.values()]
-        async with self.db.acquire() as conn, conn.transaction():
-            await self._ensure_tenants(conn, {s["tenant"] for s in latest.values()})
-            await conn.execute(_UPSERT, *columns_of(rows))
+        try:
+            await self._upsert(list(latest.values()))
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            # One row Postgres will not take must not hold back the rest for good.
+            log.warning("archive batch refused; writing it row by row", error=str(exc))
+            for snap in latest.values():
+                await self._upsert_or_set_aside(snap)
         ids = [entry_id for entry_id, _ in entries]
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xack(ARCHIVE_STREAM, GROUP, *ids)
             pipe.xdel(ARCHIVE_STREAM, *ids)
             await pipe.execute()
-        metrics.ARCHIVED.inc(len(rows))
+        metrics.ARCHIVED.inc(len(latest))
 
-    async def _ensure_tenants(self, conn: Any, tenants: set[str]) -> None:
+    async def _upsert(self, snapshots: list[dict[str, str]]) -> None:
+        rows = [row_of(s) for s in snapshots]
+        async with self.db.acquire() as conn, conn.transaction():
+            added = await self._ensure_tenants(conn, {s["tenant"] for s in snapshots})
+            await conn.execute(_UPSERT, *columns_of(rows))
+        self._known_tenants.update(added)  # only once committed: a refused batch adds none
+
+    async def _upsert_or_set_aside(self, snap: dict[str, str]) -> None:
+        try:
+            await self._upsert([snap])
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            job_id = snap.get("id", "")
+            log.error("job change not archived; set aside", job_id=job_id, error=str(exc))
+            metrics.ARCHIVE_REJECTED.inc()
+            await self.redis.xadd(
+                REJECTED_STREAM,
+                {"job": orjson.dumps(snap), "error": str(exc)[:2000]},
+                maxlen=REJECTED_MAX,
+                approximate=True,
+            )
+
+    async def _ensure_tenants(self, conn: Any, tenants: set[str]) -> list[str]:
+        """Insert the tenants not known to exist; those it inserted (or found)."""
         new = sorted(tenants - self._known_tenants)
         if new:
             await conn.execute(
@@ -214,7 +278,7 @@ class Archiver:
                 "ON CONFLICT (id) DO NOTHING",
                 new,
             )
-            self._known_tenants.update(new)
+        return new
 
     async def _retry_own_pending(self) -> None:
         """Write entries this consumer read before a failure cut the batch short."""

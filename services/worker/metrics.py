@@ -48,6 +48,10 @@ SHARD_CHANGES = Counter(
     "tgflow_shard_changes_total", "Shard leases acquired, handed off or fenced off.", ["change"]
 )
 ARCHIVED = Counter("tgflow_archive_rows_total", "Job changes copied to Postgres.")
+ARCHIVE_REJECTED = Counter(
+    "tgflow_archive_rejected_total",
+    "Job changes Postgres refused, set aside in the tgflow:archive:rejected stream.",
+)
 
 
 async def sample_queues(

@@ -54,6 +54,10 @@ async def test_idempotency_keys_hold_within_and_across_batches(redis: Redis) -> 
     [
         ([echo(0), {"type": "system.sleep", "params": {"seconds": -1}}], "jobs.1.params.seconds"),
         ([echo(0), {"type": "nope.nothing"}], "type"),
+        (
+            [echo(0), {"type": "system.echo", "params": {"message": "a\x00b"}}],
+            "jobs.1.params.message",
+        ),
         ([], "jobs"),
         ([echo(i) for i in range(1001)], "jobs"),
     ],

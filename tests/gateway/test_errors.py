@@ -50,6 +50,26 @@ async def test_invalid_params_name_the_field(params: dict[str, Any], field: str)
 
 
 @pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"type": "system.echo", "params": {"message": "a\x00"}}, "params.message"),
+        ({"type": "system.echo", "params": {"data": {"k": ["x", "\x00"]}}}, "params.data.k.1"),
+        ({"type": "system.echo", "params": {"data": {"k\x00": 1}}}, "params.data"),
+        ({**ECHO, "idempotency_key": "k\x00"}, "idempotency_key"),
+    ],
+)
+async def test_a_nul_character_is_refused_where_it_is(body: Any, field: str, redis: Any) -> None:
+    """PostgreSQL keeps U+0000 in neither text nor JSON: such a job could not be archived."""
+    async with gateway_client() as client:
+        response = await client.post("/v1/jobs", json=body, headers=auth())
+    assert response.status_code == 422
+    error = error_of(response)
+    assert error["code"] == "invalid_character"
+    assert [d["field"] for d in error["details"]] == [field]
+    assert await redis.zcard("tgflow:queue:control") == 0
+
+
+@pytest.mark.parametrize(
     ("body", "code", "status"),
     [
         ({**ECHO, "defer_seconds": 1, "run_at": "2030-01-01T00:00:00Z"}, "invalid_request", 422),

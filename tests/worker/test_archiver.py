@@ -9,7 +9,7 @@ import asyncpg
 import orjson
 from redis.asyncio import Redis
 
-from services.worker.archiver import GROUP, Archiver
+from services.worker.archiver import GROUP, REJECTED_STREAM, Archiver
 from shared.config import BaseAppSettings
 from shared.db import create_pool
 from shared.queue import ARCHIVE_STREAM
@@ -139,3 +139,66 @@ async def test_every_field_arrives_as_the_hash_held_it(
     assert orjson.loads(other["history"]) == []
     assert (other["started_at"], other["random_id"]) == (None, None)
     assert (other["priority"], other["timeout"], other["dead_at"]) == ("normal", None, None)
+
+
+async def _cjson(redis: Redis, fields: dict[str, str]) -> str:
+    """``fields`` encoded as the job scripts encode a snapshot (Redis's cjson)."""
+    flat = [x for pair in fields.items() for x in pair]
+    script = (
+        "local o = {} for i = 1, #ARGV, 2 do o[ARGV[i]] = ARGV[i + 1] end return cjson.encode(o)"
+    )
+    encoded: str = await redis.eval(script, 0, *flat)  # type: ignore[misc]
+    return encoded
+
+
+async def test_nul_characters_are_archived_as_replacement_characters(
+    redis: Redis, pg: asyncpg.Connection[Any]
+) -> None:
+    """U+0000 in a result, an error message or a plain field must not stop the archive."""
+    bad, good = str(uuid.uuid4()), str(uuid.uuid4())
+    fields = orjson.loads(snapshot(bad, 2, "failed")["job"])
+    fields["result"] = orjson.dumps({"text": "a\x00b", "k\x00": ["\x00"]}).decode()
+    fields["error"] = orjson.dumps({"code": "x", "message": "bad\x00byte"}).decode()
+    fields["trace_id"] = "t\x00"
+    pool = await create_pool(BaseAppSettings(), role="test")
+    archiver = Archiver(redis, pool, "c1")
+    await archiver.ensure_group()
+    try:
+        await redis.xadd(ARCHIVE_STREAM, {"job": await _cjson(redis, fields)})
+        await redis.xadd(ARCHIVE_STREAM, snapshot(good, 1, "queued"))
+        assert await archiver.step(block=False) == 2
+    finally:
+        await pool.close()
+    row = await pg.fetchrow(
+        "SELECT result, error_message, trace_id FROM jobs WHERE id = $1", uuid.UUID(bad)
+    )
+    assert orjson.loads(row["result"]) == {"text": "a\ufffdb", "k\ufffd": ["\ufffd"]}
+    assert (row["error_message"], row["trace_id"]) == ("bad\ufffdbyte", "t\ufffd")
+    assert await pg.fetchval("SELECT status FROM jobs WHERE id = $1", uuid.UUID(good)) == "queued"
+    assert await redis.xlen(ARCHIVE_STREAM) == 0
+
+
+async def test_a_row_postgres_refuses_is_set_aside_and_the_rest_archived(
+    redis: Redis, pg: asyncpg.Connection[Any]
+) -> None:
+    bad, good = str(uuid.uuid4()), str(uuid.uuid4())
+    broken = orjson.loads(snapshot(bad, 1, "queued")["job"])
+    broken["params"] = "{not json"
+    pool = await create_pool(BaseAppSettings(), role="test")
+    archiver = Archiver(redis, pool, "c1")
+    await archiver.ensure_group()
+    try:
+        await redis.xadd(ARCHIVE_STREAM, {"job": orjson.dumps(broken).decode()})
+        await redis.xadd(ARCHIVE_STREAM, snapshot(good, 3, "succeeded"))
+        assert await archiver.step(block=False) == 2
+    finally:
+        await pool.close()
+    assert await pg.fetchval("SELECT status FROM jobs WHERE id = $1", uuid.UUID(good)) == (
+        "succeeded"
+    )
+    assert await pg.fetchval("SELECT count(*) FROM jobs WHERE id = $1", uuid.UUID(bad)) == 0
+    assert await redis.xlen(ARCHIVE_STREAM) == 0  # nothing left to block the next batch
+    aside = await redis.xrange(REJECTED_STREAM)
+    assert len(aside) == 1
+    assert orjson.loads(aside[0][1]["job"])["id"] == bad
+    assert "json" in aside[0][1]["error"].lower()

@@ -10,6 +10,7 @@ from services.gateway.routes.accounts import check_accounts
 from services.gateway.routes.jobs import (
     JOBS_ENQUEUED,
     SubmitBody,
+    check_characters,
     check_params,
     envelope_of,
     find_job,
@@ -58,6 +59,8 @@ async def submit_batch(body: BatchRequest, state: State, principal: Writer) -> B
     envs = [
         envelope_of(job, principal.tenant, state.settings.max_defer_seconds) for job in body.jobs
     ]
+    for index, env in enumerate(envs):
+        check_characters(env, index)
     await check_accounts(state, principal.tenant, envs)
     results = await state.jobs.submit_many(envs)
     items = []

@@ -81,6 +81,42 @@ def check_params(body: SubmitOptions, state: State) -> None:
         ) from None
 
 
+def _nul_at(value: Any, path: str) -> str | None:
+    """The path of the first string in ``value`` (keys included) holding U+0000."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                return path
+            found = _nul_at(item, f"{path}.{key}")
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _nul_at(item, f"{path}.{i}")
+            if found:
+                return found
+    return None
+
+
+def check_characters(env: Envelope, index: int | None = None) -> None:
+    """Refuse U+0000 in params or the idempotency key: PostgreSQL can keep it in neither
+    text nor JSON, so such a job could never be archived as it was sent."""
+    prefix = "" if index is None else f"jobs.{index}."
+    found = _nul_at(env.params, "params")
+    if found is None and env.idempotency_key and "\x00" in env.idempotency_key:
+        found = "idempotency_key"
+    if found is not None:
+        message = "Text may not contain the NUL character (U+0000)."
+        raise ApiError(
+            422,
+            "invalid_character",
+            message,
+            [{"field": prefix + found, "message": message, "type": "invalid_character"}],
+        )
+
+
 def envelope_of(body: SubmitOptions, tenant: str, max_defer: int) -> Envelope:
     job_type = REGISTRY[body.type]  # type: ignore[attr-defined]
     now = utcnow()
@@ -129,6 +165,7 @@ async def submit_job(
     check_params(body, state)
     check_webhook(body, state)
     env = envelope_of(body, principal.tenant, state.settings.max_defer_seconds)
+    check_characters(env)
     await check_accounts(state, principal.tenant, [env])
     job_id, created = await state.jobs.submit(env)
     if created:
