@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from services.sandbox.server import Sandbox
 from services.worker.telegram.recovery import Recovery
 from services.worker.telegram.runtime import TelegramRuntime
 from shared.errors import Deferral
+from tests.helpers import auth, eventually, gateway_client, running_worker
 from tests.telegram.conftest import close_runtime, import_account, open_runtime
 
 
@@ -37,7 +39,7 @@ async def _states(pg: asyncpg.Connection[Any], account_id: str) -> list[tuple[st
     return [(d["from"], d["to"]) for d in details]
 
 
-async def test_lost_connection_defers_with_growing_backoff_then_recovers(
+async def test_lost_connection_defers_for_its_backoff_then_recovers(
     api: httpx.AsyncClient,
     admin: SandboxAdmin,
     runtime: TelegramRuntime,
@@ -49,17 +51,24 @@ async def test_lost_connection_defers_with_growing_backoff_then_recovers(
     async def gone() -> Any:
         raise ConnectionError("Connection to Telegram failed 1 time(s)")
 
-    for failures in range(1, 5):
-        runtime.forget(account_id)
-        async with runtime.session("acme", account_id) as tg:
-            with pytest.raises(Deferral) as deferred:
-                await tg.call("users.getUsers", gone)
-        assert deferred.value.code == "reconnecting"
-        wait = (deferred.value.until - datetime.now(UTC)).total_seconds()
-        # Full jitter under a cap that doubles with each failure (0.5 s * 2^n, at most 60 s).
-        assert 0.3 < wait <= 0.5 * 2**failures  # (that it grows: the test below)
+    async with runtime.session("acme", account_id) as tg:
+        with pytest.raises(Deferral) as deferred:
+            await tg.call("users.getUsers", gone)
+    assert deferred.value.code == "reconnecting"
+    until = deferred.value.until
+    # Full jitter under a cap that doubles with each failure (0.5 s * 2^n, at most 60 s);
+    # that it grows: the test below.
+    assert 0.3 < (until - datetime.now(UTC)).total_seconds() <= 1.0
     assert (await _states(pg, account["id"]))[-1] == ("active", "reconnecting")
-    # Telegram is back: the next call reconnects and the account is active again.
+    # Until the backoff has passed, a job does not even try: it is deferred to its end.
+    runtime.forget(account_id)
+    with pytest.raises(Deferral) as waiting:
+        async with runtime.session("acme", account_id):
+            pass
+    assert waiting.value.code == "reconnecting"
+    assert abs((waiting.value.until - until).total_seconds()) < 0.1
+    # Telegram is back: after the backoff the next call reconnects, the account is active.
+    await asyncio.sleep((until - datetime.now(UTC)).total_seconds() + 0.05)
     runtime.forget(account_id)
     async with runtime.session("acme", account_id) as tg:
         me = await tg.call("users.getUsers", tg.client.get_me)
@@ -102,8 +111,78 @@ async def test_idle_accounts_come_back_without_a_job(
         flooded_id,
     )
     runtime.pool.may_connect = lambda account_id: account_id != elsewhere_id  # not our shard
-    assert await Recovery(runtime).once() == 2
+    recovery = Recovery(runtime)
+    assert await recovery.once() == 1  # the flood's end; the lost one is in its backoff
+    await asyncio.sleep(1.1)  # a first failure's backoff is at most 1 s
+    assert await recovery.once() == 1
     states = dict(await pg.fetch("SELECT id, state FROM accounts"))
     assert states == {lost_id: "active", flooded_id: "active", elsewhere_id: "reconnecting"}
     assert (await _states(pg, lost["id"]))[-1] == ("reconnecting", "active")
     assert runtime.pool.connected() == [lost_id]  # a flood's end needs no connection
+
+
+async def test_jobs_wait_out_an_unanswering_dc_deferred_not_failed(
+    sandbox: Sandbox, admin: SandboxAdmin
+) -> None:
+    """A DC that takes the connection but never answers: the connect times out, and every
+    job queued for the account is deferred as reconnecting, no try spent, instead of each
+    one connecting again at once, timing out and failing."""
+    dc = f"127.0.0.1:{sandbox.mtproto_port}"
+    async with gateway_client() as api, running_worker(worker_poll_delay=0.05, sandbox_dc=dc):
+        account, _ = await import_account(api, admin)
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read()
+
+    silent = await asyncio.start_server(hold, "127.0.0.1", 0)
+    silent_dc = f"127.0.0.1:{silent.sockets[0].getsockname()[1]}"
+    try:
+        async with (
+            gateway_client() as api,
+            running_worker(
+                worker_poll_delay=0.05, sandbox_dc=silent_dc, telegram_request_timeout=1.0
+            ),
+        ):
+            ids = []
+            for _ in range(5):
+                response = await api.post(
+                    "/v1/jobs",
+                    json={
+                        "type": "telegram.get_me",
+                        "timeout_seconds": 2.5,
+                        "params": {"account_id": account["id"]},
+                    },
+                    headers=auth(),
+                )
+                ids.append(response.json()["id"])
+
+            async def jobs_now() -> list[dict[str, Any]]:
+                return [(await api.get(f"/v1/jobs/{i}", headers=auth())).json() for i in ids]
+
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 8
+            while loop.time() < deadline:
+                jobs = await jobs_now()
+                assert {j["status"] for j in jobs} <= {"queued", "running"}, jobs
+                await asyncio.sleep(0.2)
+
+            async def all_waiting() -> list[dict[str, Any]] | None:
+                jobs = await jobs_now()
+                return jobs if all(j["status"] == "queued" for j in jobs) else None
+
+            jobs = await eventually(all_waiting, timeout=10, interval=0.05)
+            state = (await api.get(f"/v1/accounts/{account['id']}", headers=auth())).json()
+    finally:
+        for writer in held:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()
+    assert [j["status"] for j in jobs] == ["queued"] * 5
+    assert {j["error"]["code"] for j in jobs} == {"reconnecting"}
+    assert all(h["code"] == "reconnecting" for j in jobs for h in j["history"]), jobs
+    assert state["state"] == "reconnecting"
+    # The backoff holds every job of the account: a handful of connects, not one per job
+    # per try (five jobs failing five tries each made 25).
+    assert 1 <= len(held) <= 8

@@ -75,6 +75,7 @@ class ClientPool:
         self._entries: OrderedDict[uuid.UUID, Entry] = OrderedDict()
         self._creating: dict[uuid.UUID, asyncio.Lock] = {}
         self._failures: dict[uuid.UUID, int] = {}  # connection failures since the last connect
+        self._retry_at: dict[uuid.UUID, float] = {}  # no new connection before (monotonic)
         # Whether this worker may connect an account now (it holds the account's shard).
         self.may_connect: Callable[[uuid.UUID], bool] = lambda _account_id: True
 
@@ -151,10 +152,29 @@ class ClientPool:
                 )
             await self.drop(idle, reason="evicted")
 
+    def _wait_out_backoff(self, account_id: uuid.UUID) -> None:
+        """Defer while the account's last connection failure's backoff runs."""
+        at = self._retry_at.get(account_id)
+        if at is None:
+            return
+        left = at - time.monotonic()
+        if left <= 0:
+            del self._retry_at[account_id]
+            return
+        raise Deferral(
+            "reconnecting",
+            f"Telegram was unreachable; the next try is in {left:.1f} s.",
+            utcnow() + timedelta(seconds=left),
+        )
+
     async def _ensure_connected(self, account: Account, entry: Entry, quiet: bool) -> None:
+        self._wait_out_backoff(account.id)
         if entry.client.is_connected():
             return
         async with entry.lock:
+            # Jobs that queued behind a failed connect: they wait out its backoff too,
+            # rather than each trying (and timing out) again at once.
+            self._wait_out_backoff(account.id)
             if entry.client.is_connected():
                 return
             if not self.may_connect(account.id):
@@ -170,6 +190,10 @@ class ClientPool:
                 )
             except (OSError, TimeoutError, ConnectionError) as exc:
                 metrics.CONNECTS.labels("error").inc()
+                # A connect that timed out may leave Telethon "connected" to a DC that
+                # never answered: close it, so no job sends on it.
+                with contextlib.suppress(Exception):
+                    await entry.client.disconnect()
                 delay = self.connection_lost(account.id)
                 raise Deferral(
                     "reconnecting",
@@ -196,11 +220,14 @@ class ClientPool:
         self._failures[account_id] = failures
         metrics.RECONNECTS.labels(str(account_id)).inc()
         self.retire(account_id)
-        return random.uniform(0.5, min(60.0, 0.5 * 2 ** min(failures, 7)))
+        delay = random.uniform(0.5, min(60.0, 0.5 * 2 ** min(failures, 7)))
+        self._retry_at[account_id] = time.monotonic() + delay
+        return delay
 
     def connection_ok(self, account_id: uuid.UUID) -> None:
         """A call went through: the next loss starts the backoff from the beginning."""
         self._failures.pop(account_id, None)
+        self._retry_at.pop(account_id, None)
 
     def retire(self, account_id: uuid.UUID) -> None:
         """Disconnect this account's client as soon as no job uses it (a dead session)."""
