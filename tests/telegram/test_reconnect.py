@@ -15,6 +15,7 @@ import pytest
 
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.server import Sandbox
+from services.worker.telegram import recovery
 from services.worker.telegram.recovery import Recovery
 from services.worker.telegram.runtime import TelegramRuntime
 from shared.errors import Deferral
@@ -186,3 +187,33 @@ async def test_jobs_wait_out_an_unanswering_dc_deferred_not_failed(
     # The backoff holds every job of the account: a handful of connects, not one per job
     # per try (five jobs failing five tries each made 25).
     assert 1 <= len(held) <= 8
+
+
+async def test_a_crowd_of_long_flood_waits_does_not_starve_a_reconnecting_account(
+    api: httpx.AsyncClient,
+    admin: SandboxAdmin,
+    runtime: TelegramRuntime,
+    pg: asyncpg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Recovery reads only accounts that are due, and pages on: rows that cannot come back
+    (long floods, other workers' reconnecting accounts) never hold its window for good."""
+    monkeypatch.setattr(recovery, "BATCH", 5)
+    account, _ = await import_account(api, admin)
+    account_id = uuid.UUID(account["id"])
+    await pg.executemany(
+        "INSERT INTO accounts (id, tenant_id, tg_user_id, state, flood_until, updated_at)"
+        " VALUES ($1, 'acme', $2, $3, now() + interval '1 day', now() - interval '1 hour')",
+        [(uuid.uuid4(), 10_000_000 + i, "flood_wait") for i in range(20)]
+        + [(uuid.UUID(int=i + 1), 20_000_000 + i, "reconnecting") for i in range(12)],
+    )
+    theirs = {uuid.UUID(int=i + 1) for i in range(12)}  # first by id: another worker's
+    await pg.execute(
+        "UPDATE accounts SET state = 'reconnecting', updated_at = now() WHERE id = $1",
+        account_id,
+    )
+    runtime.pool.may_connect = lambda a: a not in theirs
+    rounds = Recovery(runtime)
+    back = [await rounds.once() for _ in range(3)]
+    assert back == [0, 0, 1]  # pages of 5: 12 of theirs first, then this one
+    assert await pg.fetchval("SELECT state FROM accounts WHERE id = $1", account_id) == "active"

@@ -33,6 +33,7 @@ class Recovery:
     def __init__(self, runtime: TelegramRuntime) -> None:
         self.runtime = runtime
         self._next_try: dict[uuid.UUID, datetime] = {}  # from each failed try's deferral
+        self._after = uuid.UUID(int=0)  # each round goes on from here (by account id)
 
     async def run(self, stop: asyncio.Event, interval: float = 2.0) -> None:
         while not await sleep_unless(stop, interval):
@@ -43,17 +44,29 @@ class Recovery:
                 log.warning("account recovery round failed", error=type(exc).__name__)
 
     async def once(self) -> int:
-        """One round over this worker's accounts; answers how many came back."""
+        """One round over the next ``BATCH`` accounts that are due (reconnecting, or in a
+        flood wait that has ended), in account id order, starting over after the last;
+        answers how many came back.
+
+        Rows are read by id, not by age: accounts that cannot come back yet (another
+        worker's, or still failing) would otherwise fill every round's window for good.
+        """
         rows = await self.runtime.db.fetch(
             """SELECT id, tenant_id, state, flood_until FROM accounts
                WHERE state IN ('reconnecting', 'flood_wait')
-               ORDER BY updated_at LIMIT $1""",
+                 AND (state = 'reconnecting' OR flood_until IS NULL OR flood_until <= now())
+                 AND id > $2
+               ORDER BY id LIMIT $1""",
             BATCH,
+            self._after,
         )
-        waiting = {row["id"] for row in rows}
-        for gone in set(self._next_try) - waiting:
-            del self._next_try[gone]
+        if len(rows) < BATCH:
+            self._after = uuid.UUID(int=0)  # the end: the next round starts over
+        else:
+            self._after = rows[-1]["id"]
         now = utcnow()
+        for passed in [a for a, at in self._next_try.items() if at <= now]:
+            del self._next_try[passed]  # a time past is the same as none
         back = 0
         for row in rows:
             account_id: uuid.UUID = row["id"]
