@@ -57,20 +57,41 @@ async def test_logging_in_a_known_user_again_renews_that_account(
     assert me["status"] == "succeeded", me
 
 
-async def test_login_with_two_factor_password(api: httpx.AsyncClient, admin: SandboxAdmin) -> None:
+async def test_login_with_two_factor_password(
+    api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
     await admin.create_account(phone="+15550002222", password="open sesame", authorized=False)
     account_id = (
         await api.post("/v1/accounts", json={"phone": "+15550002222"}, headers=auth())
     ).json()["account_id"]
+
+    async def slow_user() -> None:  # the last step was long ago...
+        await pg.execute(
+            "UPDATE accounts SET updated_at = now() - interval '50 minutes' WHERE id = $1",
+            uuid.UUID(account_id),
+        )
+
+    async def step_recorded() -> bool:  # ...and this step counts from now (see pruning)
+        return bool(
+            await pg.fetchval(
+                "SELECT updated_at > now() - interval '1 minute' FROM accounts WHERE id = $1",
+                uuid.UUID(account_id),
+            )
+        )
+
+    await slow_user()
     step = await api.post(
         f"/v1/accounts/{account_id}/login/code", json={"code": CODE}, headers=auth()
     )
     assert step.json()["next"] == "password"
+    assert await step_recorded()
+    await slow_user()
     wrong = await api.post(
         f"/v1/accounts/{account_id}/login/password", json={"password": "guess"}, headers=auth()
     )
     assert wrong.status_code == 400
     assert wrong.json()["error"]["code"] == "password_invalid"
+    assert await step_recorded()
     right = await api.post(
         f"/v1/accounts/{account_id}/login/password",
         json={"password": "open sesame"},

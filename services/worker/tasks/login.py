@@ -177,12 +177,15 @@ async def login_code(ctx: JobContext, params: LoginCodeParams) -> LoginStep:
             await client.sign_in(row["phone"], params.code, phone_code_hash=row["login_code_hash"])
         except tg.SessionPasswordNeededError:
             await ctx.state.db.execute(
-                "UPDATE accounts SET login_needs_password = true WHERE id = $1", row["id"]
+                "UPDATE accounts SET login_needs_password = true, updated_at = now() WHERE id = $1",
+                row["id"],
             )
             return LoginStep(account_id=row["id"], state="login_pending", next="password")
         except (tg.PhoneCodeInvalidError, tg.PhoneCodeExpiredError) as exc:
             await ctx.state.db.execute(
-                "UPDATE accounts SET login_attempts = login_attempts + 1 WHERE id = $1", row["id"]
+                "UPDATE accounts SET login_attempts = login_attempts + 1, updated_at = now()"
+                " WHERE id = $1",
+                row["id"],
             )
             code = (
                 "phone_code_expired"
@@ -205,7 +208,9 @@ async def login_password(ctx: JobContext, params: LoginPasswordParams) -> LoginS
             await client.sign_in(password=password)
         except tg.PasswordHashInvalidError as exc:
             await ctx.state.db.execute(
-                "UPDATE accounts SET login_attempts = login_attempts + 1 WHERE id = $1", row["id"]
+                "UPDATE accounts SET login_attempts = login_attempts + 1, updated_at = now()"
+                " WHERE id = $1",
+                row["id"],
             )
             raise PermanentFailure("password_invalid", "The 2FA password is wrong.") from exc
         return await _finish(ctx, row, client)
