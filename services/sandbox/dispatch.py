@@ -74,6 +74,17 @@ def _fault_reply(fault: Fault) -> Reply:
     return Reply(error_payload(420, f"{prefix}_{seconds}"))
 
 
+def _fault_user(call: Call, request: Any) -> int | None:
+    """Whose faults apply: the key's user, or before a login the user whose phone the
+    request names (so a test can flood ``auth.sendCode`` for one account)."""
+    if call.key.user_id is not None:
+        return call.key.user_id
+    phone = getattr(request, "phone_number", None)
+    if not isinstance(phone, str):
+        return None
+    return call.core.world.by_phone.get(methods.auth.normalize_phone(phone))
+
+
 def _execute(call: Call, spec: Method, request: Any) -> Reply:
     try:
         payload = serialize(spec.handler(call, request))
@@ -84,7 +95,7 @@ def _execute(call: Call, spec: Method, request: Any) -> Reply:
         # reconnect and resend forever. Telegram answers its own bugs with 500.
         log.exception("handler for %s failed", spec.name)
         payload = error_payload(500, "INTERNAL")
-    after = call.core.faults.match(call.key.user_id, spec.name, "after")
+    after = call.core.faults.match(_fault_user(call, request), spec.name, "after")
     if after is not None and after.kind == "delay_after":
         return Reply(payload, hold=after.seconds)
     return Reply(payload, drop=after is not None)
@@ -102,7 +113,7 @@ def dispatch(call: Call, request: Any) -> Reply | Deferred:
         return Reply(error_payload(fail.code, fail.message))
     assert spec is not None
     log.debug("rpc %s from user %s", spec.name, call.key.user_id)
-    fault = call.core.faults.match(call.key.user_id, spec.name, "before")
+    fault = call.core.faults.match(_fault_user(call, inner), spec.name, "before")
     if fault is None:
         return _execute(call, spec, inner)
     if fault.kind == "drop_before":

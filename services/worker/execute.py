@@ -32,8 +32,8 @@ def _now_us() -> str:
     return str(to_micros(utcnow()))
 
 
-def _error(code: str, message: str) -> str:
-    return JobErrorInfo(code=code, message=message).model_dump_json()
+def _error(code: str, message: str, details: dict[str, Any] | None = None) -> str:
+    return JobErrorInfo(code=code, message=message, details=details).model_dump_json()
 
 
 class JobRunner:
@@ -227,7 +227,7 @@ class JobRunner:
             env,
             {
                 "status": "failed",
-                "error": _error(outcome.code, outcome.message),
+                "error": _error(outcome.code, outcome.message, outcome.details),
                 "finished_at": _now_us(),
                 **(extra or {}),
             },

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from asyncpg import PostgresConnectionError
 from asyncpg.exceptions import ConnectionDoesNotExistError
@@ -28,6 +29,7 @@ class Outcome:
     code: str
     message: str
     until: datetime | None = None
+    details: dict[str, Any] | None = None  # kept with the job's error when it fails for good
 
 
 def classify(exc: BaseException) -> Outcome:
@@ -36,9 +38,9 @@ def classify(exc: BaseException) -> Outcome:
         case Deferral():
             return Outcome(Action.DEFER, exc.code, exc.message, exc.until)
         case RetryableFailure():
-            return Outcome(Action.RETRY, exc.code, exc.message, _not_before(exc))
+            return Outcome(Action.RETRY, exc.code, exc.message, _not_before(exc), exc.details)
         case PermanentFailure():
-            return Outcome(Action.FAIL, exc.code, exc.message)
+            return Outcome(Action.FAIL, exc.code, exc.message, details=exc.details)
         case RedisError() | PostgresConnectionError() | ConnectionDoesNotExistError():
             # tgflow's own stores blinked: not the job's failure, so no try is spent.
             until = datetime.now(UTC) + timedelta(seconds=random.uniform(0.5, 1.5))

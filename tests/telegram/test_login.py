@@ -166,3 +166,24 @@ async def test_bad_login_input(api: httpx.AsyncClient) -> None:
     )
     assert code.status_code == 404
     assert code.json()["error"]["code"] == "account_not_found"
+
+
+async def test_a_flood_wait_on_a_login_step_answers_429_with_retry_after(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    """Telegram floods auth.sendCode and auth.signIn readily; whoever is logging in is
+    told at once when to try again, not answered 502."""
+    created = await admin.create_account(phone="+15550004444", authorized=False)
+    await admin.add_fault(
+        created["user_id"], "flood_wait", method="auth.sendCode", seconds=120, times=1
+    )
+    flooded = await api.post("/v1/accounts", json={"phone": "+15550004444"}, headers=auth())
+    assert flooded.status_code == 429, flooded.text
+    error = flooded.json()["error"]
+    assert error["code"] == "flood_wait"
+    assert error["details"]["retry_after"] == 120
+    assert flooded.headers["Retry-After"] == "120"
+    # After the wait (one flood here), the login goes ahead.
+    started = await api.post("/v1/accounts", json={"phone": "+15550004444"}, headers=auth())
+    assert started.status_code in (200, 201), started.text
+    assert started.json()["next"] == "code"

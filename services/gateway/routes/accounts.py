@@ -113,6 +113,7 @@ _ERROR_STATUS = {
     "login_not_pending": 409,
     "phone_number_invalid": 422,
     "phone_number_banned": 403,
+    "flood_wait": 429,  # Telegram's flood wait on a login step: try again after it
 }
 
 
@@ -139,7 +140,13 @@ async def control(state: State, tenant: str, name: str, params: dict[str, Any]) 
         )
     if record.error is not None:
         status = _ERROR_STATUS.get(record.error.code, 502)
-        raise ApiError(status, record.error.code, record.error.message, {"job_id": env.id})
+        details: dict[str, Any] = {"job_id": env.id}
+        headers = None
+        retry_after = (record.error.details or {}).get("retry_after")
+        if isinstance(retry_after, int) and retry_after > 0:
+            details["retry_after"] = retry_after
+            headers = {"Retry-After": str(retry_after)}
+        raise ApiError(status, record.error.code, record.error.message, details, headers)
     return record.result
 
 

@@ -59,6 +59,12 @@ async def _client(ctx: JobContext, session: StringSession) -> AsyncIterator[Tele
         mapped = map_error(exc)
         if mapped.kind in (Kind.RETRY, Kind.RECONNECT):
             raise RetryableFailure(mapped.code, mapped.message) from exc
+        if mapped.kind is Kind.DEFER:
+            # Someone is waiting on this login step: waiting out a flood in the queue would
+            # only outlast them. Answer at once, with when to try again.
+            raise PermanentFailure(
+                mapped.code, mapped.message, {"retry_after": max(1, mapped.seconds)}
+            ) from exc
         raise PermanentFailure(mapped.code, mapped.message) from exc
     finally:
         await client.disconnect()
