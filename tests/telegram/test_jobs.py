@@ -437,3 +437,47 @@ async def test_a_short_flood_met_twice_is_waited_out_not_failed(
     assert sent["status"] == "succeeded", sent
     assert sent["attempts"] == 1
     assert [m["text"] for m in await admin.messages(created["user_id"])] == ["t"]
+
+
+async def test_the_accounts_flood_state_follows_its_longest_running_flood(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    """A call on another method going through does not end a long flood wait still in
+    force, and a longer flood met during one moves its end later."""
+    account, created = await import_account(api, admin)
+
+    async def deferred_by_flood(job_type: str, **params: Any) -> None:
+        body = {"type": job_type, "params": {"account_id": account["id"], **params}}
+        job_id = (await api.post("/v1/jobs", json=body, headers=auth())).json()["id"]
+
+        async def waiting() -> Any:
+            job = (await api.get(f"/v1/jobs/{job_id}", headers=auth())).json()
+            return job["error"] and job["error"]["code"] == "flood_wait"
+
+        await eventually(waiting, timeout=10)
+
+    async def flood_left() -> tuple[str, float]:
+        body = (await api.get(f"/v1/accounts/{account['id']}", headers=auth())).json()
+        until = datetime.fromisoformat(body["flood_until"]) if body["flood_until"] else None
+        left = (until - datetime.now(until.tzinfo)).total_seconds() if until else 0.0
+        return body["state"], left
+
+    await admin.add_fault(
+        created["user_id"], "flood_wait", method="messages.sendMessage", seconds=600, times=1
+    )
+    await deferred_by_flood("telegram.send_message", peer="me", text="x")
+    state, left = await flood_left()
+    assert state == "flood_wait"
+    assert 590 < left <= 600
+    me = await run(api, "telegram.get_me", account_id=account["id"])
+    assert me["status"] == "succeeded"
+    state, left = await flood_left()
+    assert state == "flood_wait"
+    assert 590 < left <= 600
+    await admin.add_fault(
+        created["user_id"], "flood_wait", method="users.getUsers", seconds=3600, times=1
+    )
+    await deferred_by_flood("telegram.get_me")
+    state, left = await flood_left()
+    assert state == "flood_wait"
+    assert 3590 < left <= 3600

@@ -151,15 +151,35 @@ async def set_state(
     flood_until: datetime | None = None,
     error: str | None = None,
 ) -> bool:
-    """Move an account to ``state`` if allowed; record the change as an event."""
+    """Move an account to ``state`` if allowed; record the change as an event.
+
+    ``flood_until`` is the end of the account's longest flood wait running: a new one
+    never shortens it, and it stays through a spell of ``reconnecting`` (it is cleared
+    only on the way back to ``active``). An account already in ``flood_wait`` that meets
+    a longer flood has its end moved later (no state change, so no event: the caller
+    records the flood itself).
+    """
     async with db.acquire() as conn, conn.transaction():
-        current = await conn.fetchval(
-            "SELECT state FROM accounts WHERE id = $1 FOR UPDATE", account.id
+        row = await conn.fetchrow(
+            "SELECT state, flood_until FROM accounts WHERE id = $1 FOR UPDATE", account.id
         )
-        if current is None:
+        if row is None:
             return False
-        before = State(current)
-        if before == state or state not in ALLOWED[before]:
+        before, running = State(row["state"]), row["flood_until"]
+        if flood_until is None:
+            if state is not State.ACTIVE:
+                flood_until = running
+        elif running is not None:
+            flood_until = max(flood_until, running)
+        if before == state:
+            if state is State.FLOOD_WAIT and flood_until != running:
+                await conn.execute(
+                    "UPDATE accounts SET flood_until = $2, updated_at = now() WHERE id = $1",
+                    account.id,
+                    flood_until,
+                )
+            return False
+        if state not in ALLOWED[before]:
             return False
         await conn.execute(
             """UPDATE accounts SET state = $2, disabled_reason = $3, flood_until = $4,

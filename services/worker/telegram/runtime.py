@@ -243,9 +243,22 @@ class AccountSession:
         self.runtime.count(self.account.tenant, method, "ok")
         self.runtime.pool.connection_ok(self.account.id)
         if self.account.state in (State.FLOOD_WAIT, State.RECONNECTING):
-            await accounts.set_state(self.runtime.db, self.account, State.ACTIVE)
-            self.runtime.forget(self.account.id)
+            await self._settle()
         return result
+
+    async def _settle(self) -> None:
+        """A call went through: the account is active again, unless a long flood wait
+        (on another method) is still running, in which case it is in that flood wait."""
+        account, now = self.account, utcnow()
+        if account.flood_until is not None and account.flood_until > now:
+            if account.state is State.RECONNECTING:
+                await accounts.set_state(
+                    self.runtime.db, account, State.FLOOD_WAIT, flood_until=account.flood_until
+                )
+                self.runtime.forget(account.id)
+            return
+        await accounts.set_state(self.runtime.db, account, State.ACTIVE)
+        self.runtime.forget(account.id)
 
     async def take_send_budget(self, peer: str, method: str) -> None:
         """Before a send: defer on a flood wait for ``method``, or when over budget."""
