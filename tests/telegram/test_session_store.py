@@ -70,3 +70,26 @@ async def test_a_member_list_larger_than_the_bound_leaves_the_store_bounded(
             assert peer.user_id == latest.id
     finally:
         await close_runtime(rt)
+
+
+async def test_listing_more_dialogs_than_the_bound_leaves_the_clients_map_bounded(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox
+) -> None:
+    imported, created = await import_account(api, admin)
+    for i in range(103):
+        writer = await admin.create_account(first_name=f"W{i}")
+        await admin.post_message(writer["user_id"], created["user_id"], f"hello {i}")
+    rt = await open_runtime(sandbox, "dialogs", telegram_entities_per_account=100)
+    try:
+        account = await accounts.load(rt.db, uuid.UUID(imported["id"]))
+        assert account is not None
+        async with rt.pool.lease(account) as client:
+            dialogs = await client.get_dialogs()
+            assert len(dialogs) == 103
+            assert len(client._mb_entity_cache) == 100
+            assert client._mb_entity_cache.get(created["user_id"]) is not None  # itself stays
+            newest = dialogs[0].entity  # a dialog carries its own input peer
+            await client.send_message(dialogs[0], "back")
+    finally:
+        await close_runtime(rt)
+    assert [m["text"] for m in await admin.messages(newest.id, created["user_id"])][-1] == "back"

@@ -7,18 +7,21 @@ carry every message of a busy account since its last state), each request's own 
 goes through the update loop, a result whose pts runs ahead of the local state (any
 account that also receives messages) makes the loop fetch ``updates.getDifference``
 again, and so does every quarter of an hour without updates. ``WorkerClient`` keeps no
-update state, so none of that happens.
+update state, so none of that happens; and the in-memory entity map that the update loop
+alone used to trim (``get_dialogs`` fills it) is bounded by the client itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from telethon import TelegramClient
+from telethon._updates.entitycache import EntityCache
 from telethon.sessions import StringSession
 
 from shared.config import WorkerSettings
@@ -46,6 +49,31 @@ class _Discard(asyncio.Queue[Any]):
         return None
 
 
+class _BoundedEntities(EntityCache):  # type: ignore[misc]
+    """Telethon's in-memory id -> access hash map, which only its update loop ever
+    trimmed (and there is none here): at most ``limit`` entries, the oldest out first."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def extend(self, users: Any, chats: Any) -> None:
+        super().extend(users, chats)
+        self._trim()
+
+    def put(self, entity: Any) -> None:
+        super().put(entity)
+        self._trim()
+
+    def _trim(self) -> None:
+        excess = len(self.hash_map) - self.limit
+        if excess <= 0:
+            return
+        doomed = [k for k in itertools.islice(self.hash_map, excess + 1) if k != self.self_id]
+        for key in doomed[:excess]:
+            del self.hash_map[key]
+
+
 class WorkerClient(TelegramClient):  # type: ignore[misc]
     """A TelegramClient that traces each MTProto request and keeps no update state.
 
@@ -61,6 +89,7 @@ class WorkerClient(TelegramClient):  # type: ignore[misc]
         sink = _Discard()
         self._updates_queue = sink
         self._sender._updates_queue = sink
+        self._mb_entity_cache = _BoundedEntities(self._entity_cache_limit)
 
     async def _on_login(self, user: Any) -> Any:
         """At connect or sign-in: remember who we are, but fetch no update state."""
