@@ -137,7 +137,14 @@ class SendMessageParams(PeerParams):
         mode = info.data.get("parse_mode")
         sent = text
         if mode is not None:
-            sent, _ = (markdown if mode == "markdown" else html).parse(text)
+            try:
+                sent, _ = (markdown if mode == "markdown" else html).parse(text)
+            except Exception as exc:  # Telethon's parsers fail on some markup, not cleanly
+                raise PydanticCustomError(
+                    "markup_invalid",
+                    "text's {mode} markup cannot be parsed ({error})",
+                    {"mode": mode, "error": type(exc).__name__},
+                ) from None
             if not sent.strip():
                 raise PydanticCustomError(
                     "message_empty",

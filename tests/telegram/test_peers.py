@@ -94,6 +94,9 @@ async def test_params_that_cannot_work_are_422_before_any_worker(
         ("**" + "x" * 4097 + "**", "markdown", "message_too_long"),
         ("** **", "markdown", "message_empty"),
         ("<b> </b>", "html", "message_empty"),
+        ("<a href>x</a>", "html", "markup_invalid"),  # attributes without values
+        ("<pre><code class>x</code></pre>", "html", "markup_invalid"),
+        ("<tg-emoji emoji-id>x</tg-emoji>", "html", "markup_invalid"),
     ],
 )
 async def test_text_telegram_would_refuse_is_422_with_its_reason(

@@ -122,6 +122,10 @@ async def send_message(ctx: JobContext, params: SendMessageParams) -> SendMessag
             raise PermanentFailure(
                 "message_empty", "The text is empty once its markup is parsed."
             ) from None
+        except Exception as exc:  # the gateway refuses such markup; a requeue may not
+            raise PermanentFailure(
+                "markup_invalid", f"The text's markup cannot be parsed ({type(exc).__name__})."
+            ) from None
         request = SendMessageRequest(
             peer=peer,
             message=text,
