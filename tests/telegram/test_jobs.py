@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from services.sandbox.admin_client import SandboxAdmin
@@ -116,12 +117,20 @@ async def test_flood_wait_defers_and_is_shared(
     assert stats["flood_waits"] == 1
 
 
+@pytest.mark.parametrize(
+    ("job_type", "params"),
+    [("telegram.get_me", {}), ("telegram.resolve", {"peer": "me"})],  # both ask users.getUsers
+)
 async def test_revoked_session_disables_the_account(
-    api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+    api: httpx.AsyncClient,
+    admin: SandboxAdmin,
+    pg: asyncpg.Connection[Any],
+    job_type: str,
+    params: dict[str, Any],
 ) -> None:
     account, created = await import_account(api, admin)
     await admin.add_fault(created["user_id"], "revoke")
-    failed = await run(api, "telegram.get_me", account_id=account["id"])
+    failed = await run(api, job_type, account_id=account["id"], **params)
     assert failed["status"] == "failed"
     assert failed["error"]["code"] == "auth_key_unregistered"
     state = (await api.get(f"/v1/accounts/{account['id']}", headers=auth())).json()

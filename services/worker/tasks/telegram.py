@@ -175,8 +175,11 @@ async def get_history(ctx: JobContext, params: GetHistoryParams) -> MessagesResu
 
 async def resolve(ctx: JobContext, params: PeerParams) -> ResolveResult:
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
-        if params.peer == "me":
-            entity = await tg.call("users.getUsers", lambda: tg.client.get_me())
+        if params.peer == "me":  # the raw request, as in get_me
+            users = await tg.call(
+                "users.getUsers", lambda: tg.client(GetUsersRequest([types.InputUserSelf()]))
+            )
+            entity = users[0]
         elif params.peer.startswith("+"):
             entity = await _user_by_phone(tg, params.peer)
         else:
