@@ -7,9 +7,9 @@ archiver lingers ``linger`` seconds (0.25): the next batch is bigger, and the ch
 job that moved on within that time collapse into one row write. Every status change is an
 update of indexed columns, so this matters: under a steady load the table took about 2.9
 writes per job with a 50 ms linger, and 2.3 with this one (docs/benchmarks.md); a job
-read from the table may lag its live state by that much. Entries are acknowledged only after Postgres
-has them; entries left pending by a dead worker are claimed by another after ``claim_idle``
-seconds.
+read from the table may lag its live state by that much. Entries are acknowledged only
+after Postgres has them; entries left pending by a dead worker are claimed by another
+after ``claim_idle`` seconds.
 
 A batch PostgreSQL refuses is never allowed to stop archiving for everyone: U+0000, which
 PostgreSQL keeps in neither text nor JSON, becomes U+FFFD on the way in (the gateway
