@@ -16,8 +16,10 @@ from telethon.sessions import StringSession
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.client import auth_key_id, make_client, sandbox_session
 from services.sandbox.server import Sandbox
+from services.worker.telegram.vault import Vault, vault_from_settings
+from shared.config import WorkerSettings
 from tests.helpers import auth, wait_for_status
-from tests.telegram.conftest import import_account
+from tests.telegram.conftest import import_account, insert_sealed
 
 
 async def test_import_validates_and_stores_the_session_sealed(
@@ -187,3 +189,36 @@ async def test_a_new_session_of_a_known_user_is_sealed_for_its_existing_account(
     )
     job = await wait_for_status(api, me.json()["id"], {"succeeded", "failed"}, timeout=15)
     assert job["status"] == "succeeded", job
+
+
+async def test_sessions_stored_before_fingerprints_are_matched_and_an_unreadable_one_is_passed_over(
+    api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
+    """Rows from before sessions were fingerprinted get their fingerprint at the first
+    import; one this worker cannot open (its vault key is gone) holds up no import."""
+    await pg.execute(
+        "INSERT INTO tenants (id, name) VALUES ('acme', 'acme') ON CONFLICT DO NOTHING"
+    )
+    ours = vault_from_settings(None, WorkerSettings().secret_key.get_secret_value())
+    gone = Vault.parse(Vault.generate_entry("gone"))
+    legacy, lost = uuid.uuid4(), uuid.uuid4()
+    held = await admin.create_account()
+    await insert_sealed(
+        pg, legacy, held["user_id"], ours.seal(held["session_string"], aad=legacy.bytes)
+    )
+    await insert_sealed(pg, lost, 4242, gone.seal(held["session_string"], aad=lost.bytes))
+    fresh = await admin.create_account()
+    first = await api.post(
+        "/v1/accounts/import", json={"session_string": fresh["session_string"]}, headers=auth()
+    )
+    assert first.status_code == 201, first.text
+    hashes = dict(
+        await pg.fetch("SELECT id, auth_key_hash FROM accounts WHERE id = ANY($1)", [legacy, lost])
+    )
+    assert hashes[legacy]
+    assert hashes[lost] is None
+    again = await api.post(
+        "/v1/accounts/import", json={"session_string": held["session_string"]}, headers=auth()
+    )
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] == str(legacy)  # the stored session's owner, found by fingerprint

@@ -77,7 +77,9 @@ async def _backfill_once(ctx: JobContext) -> None:
     session stored since carries its fingerprint)."""
     runtime = ctx.state.telegram
     while not runtime.key_hashes_complete:
-        done = await accounts.backfill_key_hashes(runtime.db, runtime.vault)
+        done = await accounts.backfill_key_hashes(
+            runtime.db, runtime.vault, runtime.unfingerprinted
+        )
         runtime.key_hashes_complete = done == 0
 
 

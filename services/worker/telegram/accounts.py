@@ -14,7 +14,7 @@ from typing import Any
 
 from telethon.sessions import StringSession
 
-from services.worker.telegram.vault import Sealed, Vault
+from services.worker.telegram.vault import Sealed, Vault, VaultError
 from shared.db import Pool
 from shared.logs import get_logger
 
@@ -75,19 +75,37 @@ def auth_key_hash(session: str) -> str | None:
     return hashlib.sha256(b"tgflow-auth-key:" + key.key).hexdigest()[:32]
 
 
-async def backfill_key_hashes(db: Pool, vault: Vault, *, limit: int = 1000) -> int:
-    """Fingerprint sessions stored before fingerprints were kept (a bounded batch)."""
+async def backfill_key_hashes(
+    db: Pool, vault: Vault, unreadable: set[uuid.UUID], *, limit: int = 1000
+) -> int:
+    """Fingerprint sessions stored before fingerprints were kept (a bounded batch); how
+    many rows it went through.
+
+    A session this process cannot open (its vault key is not configured, or it is
+    damaged) joins ``unreadable`` and is passed over from then on, so that one such row
+    cannot hold up every import; a process started with the key back fingerprints it.
+    """
     rows = await db.fetch(
         """SELECT id, session_ciphertext, session_wrapped_key, session_key_id FROM accounts
-           WHERE auth_key_hash IS NULL AND session_ciphertext IS NOT NULL LIMIT $1""",
+           WHERE auth_key_hash IS NULL AND session_ciphertext IS NOT NULL
+             AND NOT (id = ANY($2::uuid[]))
+           LIMIT $1""",
         limit,
+        list(unreadable),
     )
     for row in rows:
         sealed = sealed_of(row)
         assert sealed is not None
-        fingerprint = auth_key_hash(vault.open(sealed, aad=row["id"].bytes))
+        try:
+            session = vault.open(sealed, aad=row["id"].bytes)
+        except VaultError as exc:
+            unreadable.add(row["id"])
+            log.warning("session not fingerprinted", account_id=str(row["id"]), error=str(exc))
+            continue
         await db.execute(
-            "UPDATE accounts SET auth_key_hash = $2 WHERE id = $1", row["id"], fingerprint or ""
+            "UPDATE accounts SET auth_key_hash = $2 WHERE id = $1",
+            row["id"],
+            auth_key_hash(session) or "",
         )
     return len(rows)
 

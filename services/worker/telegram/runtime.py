@@ -63,6 +63,7 @@ class TelegramRuntime:
         )
         # Whether every stored session has its auth key fingerprint (see tasks.accounts).
         self.key_hashes_complete = False
+        self.unfingerprinted: set[uuid.UUID] = set()  # sessions this process cannot open
         # Per-tenant call counters, flushed to Redis in batches (not one write per call).
         self._calls: collections.Counter[tuple[str, str]] = collections.Counter()
 
