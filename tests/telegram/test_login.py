@@ -187,3 +187,21 @@ async def test_a_flood_wait_on_a_login_step_answers_429_with_retry_after(
     started = await api.post("/v1/accounts", json={"phone": "+15550004444"}, headers=auth())
     assert started.status_code in (200, 201), started.text
     assert started.json()["next"] == "code"
+
+
+async def test_deleting_an_account_disabled_already_records_it_logged_out(
+    api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
+    account, created = await import_account(api, admin)
+    await admin.add_fault(created["user_id"], "revoke")
+    failed = await run(api, "telegram.get_me", account_id=account["id"])
+    assert failed["error"]["code"] == "auth_key_unregistered"
+    health = (await api.get("/v1/telegram/health", headers=auth())).json()
+    assert health["status"] == "degraded"  # a revoked session is a problem...
+    out = await api.delete(f"/v1/accounts/{account['id']}", headers=auth())
+    assert out.status_code == 200, out.text
+    row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", uuid.UUID(account["id"]))
+    assert (row["state"], row["disabled_reason"]) == ("disabled", "logged_out")
+    assert row["session_ciphertext"] is None
+    health = (await api.get("/v1/telegram/health", headers=auth())).json()
+    assert health["status"] == "ok"  # ...until its owner deletes it

@@ -231,9 +231,14 @@ async def logout(ctx: JobContext, params: AccountIdParams) -> LoginStep:
     confirmed = False
     if account.sealed is not None and account.state is not State.DISABLED:
         confirmed = await _log_out_at_telegram(ctx, account)
+    # An account disabled already (revoked, say) is now one its owner logged out: the
+    # reason says so, and health no longer counts it as a problem.
     await ctx.state.db.execute(
         """UPDATE accounts SET session_ciphertext = NULL, session_wrapped_key = NULL,
-               auth_key_hash = NULL, session_key_id = NULL, updated_at = now() WHERE id = $1""",
+               auth_key_hash = NULL, session_key_id = NULL, updated_at = now(),
+               disabled_reason = CASE WHEN state = 'disabled' THEN 'logged_out'
+                                      ELSE disabled_reason END
+           WHERE id = $1""",
         account.id,
     )
     await accounts.set_state(
