@@ -178,6 +178,7 @@ async def test_channel_join_read_members_and_forward_once(
     account, me = await import_account(api, admin)
     owner = await admin.create_account(username="owner_sb", first_name="Owner")
     members = [(await admin.create_account(first_name=f"M{i}"))["user_id"] for i in range(5)]
+    invited = list(members)
     chat = await admin.create_chat(
         title="News",
         kind="supergroup",
@@ -224,6 +225,19 @@ async def test_channel_join_read_members_and_forward_once(
     assert members[:2] == [u["id"] for u in page["result"]["participants"]][1:]
     assert paged["progress"] == {"pages": 2, "fetched": 4, "total": page["result"]["total"]}
     assert paged["result"]["next_offset"] == (5 if page["result"]["total"] > 5 else None)
+    # A page's users also hold whoever its entries mention (this account's own entry
+    # names its inviter, the owner): every member once, none but members.
+    everyone = await run(
+        api,
+        "telegram.get_participants",
+        account_id=account["id"],
+        peer="@news_sb",
+        limit=100,
+        page_size=2,
+    )
+    walked = [u["id"] for u in everyone["result"]["participants"]]
+    assert sorted(walked) == sorted([owner["user_id"], *invited, me["user_id"]])
+    assert everyone["result"]["total"] == 7
     dialogs = await run(api, "telegram.get_dialogs", account_id=account["id"])
     assert chat["chat_id"] in [d["peer"]["id"] for d in dialogs["result"]["dialogs"]]
     read = await run(api, "telegram.mark_read", account_id=account["id"], peer="@news_sb")

@@ -90,11 +90,17 @@ def get_participants(call: Call, req: Any) -> Any:
         raise forbidden("CHAT_ADMIN_REQUIRED")
     ids = _filtered(world, channel, req.filter)
     page = ids[max(req.offset, 0) : max(req.offset, 0) + max(0, min(req.limit, 200))]
+    participants = [_participant(channel, me, u) for u in page]
+    # As Telegram does, ``users`` holds every user the page mentions: the members, and
+    # also whoever invited one (who need not be on this page, or a member at all).
+    mentioned = dict.fromkeys(
+        [*page, *(p.inviter_id for p in participants if getattr(p, "inviter_id", None))]
+    )
     return types.channels.ChannelParticipants(
         count=len(ids),
-        participants=[_participant(channel, me, u) for u in page],
+        participants=participants,
         chats=[],
-        users=[user_tl(me.id, world.accounts[u]) for u in page],
+        users=[user_tl(me.id, world.accounts[u]) for u in mentioned if u in world.accounts],
     )
 
 

@@ -123,6 +123,14 @@ def _sender(tg: Any, request: Any) -> Any:
     return lambda: tg.client(request)
 
 
+def _member_id(participant: Any) -> int | None:
+    """The user a participant entry is about (banned and left ones name a peer)."""
+    user_id = getattr(participant, "user_id", None)
+    if user_id is None and isinstance(getattr(participant, "peer", None), types.PeerUser):
+        user_id = participant.peer.user_id
+    return user_id if isinstance(user_id, int) else None
+
+
 async def get_participants(ctx: JobContext, params: ParticipantsParams) -> ParticipantsResult:
     """Up to ``limit`` members, one request per page, reporting progress after each."""
     users: list[UserOut] = []
@@ -136,16 +144,20 @@ async def get_participants(ctx: JobContext, params: ParticipantsParams) -> Parti
                 channel, types.ChannelParticipantsSearch(params.search), offset, want, hash=0
             )
             page = await tg.call("channels.getParticipants", _sender(tg, request))
-            fetched = [user_out(u) for u in getattr(page, "users", [])]
+            # ``participants`` is the page; ``users`` also holds whoever those entries
+            # mention (inviters, promoters, banners), members or not.
+            members = getattr(page, "participants", [])
+            known = {u.id: u for u in getattr(page, "users", [])}
+            fetched = [user_out(known[i]) for i in map(_member_id, members) if i in known]
             users += fetched
-            offset += len(fetched)
+            offset += len(members)
             total = int(getattr(page, "count", offset))
             await ctx.report(
                 progress=orjson.dumps(
                     {"pages": page_number, "fetched": len(users), "total": total}
                 ).decode()
             )
-            if not fetched or len(users) >= params.limit or offset >= total:
+            if not members or len(users) >= params.limit or offset >= total:
                 break
     return ParticipantsResult(
         participants=users, total=total, next_offset=offset if offset < total else None
