@@ -170,7 +170,8 @@ class WorkerSettings(BaseAppSettings):
 
     def ensure_safe(self) -> None:
         super().ensure_safe()
-        if not self.is_development and self.vault_keys is None:
+        blank = self.vault_keys is None or not self.vault_keys.get_secret_value().strip()
+        if not self.is_development and blank:  # a blank value would mean the derived dev key
             raise InsecureSettingsError(
                 "TGFLOW_VAULT_KEYS is required outside development (see `tgflow keys generate`)"
             )

@@ -57,6 +57,10 @@ def test_production_requires_vault_keys(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("TGFLOW_SECRET_KEY", "a-real-secret-with-enough-entropy-0123456789")
     with pytest.raises(InsecureSettingsError, match="VAULT_KEYS"):
         WorkerSettings().ensure_safe()
+    for blank in ("", "  "):  # an uncommented `TGFLOW_VAULT_KEYS=` line
+        monkeypatch.setenv("TGFLOW_VAULT_KEYS", blank)
+        with pytest.raises(InsecureSettingsError, match="VAULT_KEYS"):
+            WorkerSettings().ensure_safe()
     monkeypatch.setenv("TGFLOW_VAULT_KEYS", Vault.generate_entry("k1"))
     WorkerSettings().ensure_safe()
 
