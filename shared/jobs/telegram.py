@@ -79,6 +79,8 @@ def _group_peer(value: str) -> str:
     peer = normalize_peer(value)
     if peer == "me" or peer.startswith("+") or peer.isdigit():
         raise ValueError("peer must be a group or channel: @username, a -100... id or a link")
+    if peer.startswith("-") and not peer.startswith("-100"):  # a basic group: no members API
+        raise ValueError("peer must be a supergroup or channel: @username, a -100... id or a link")
     return peer
 
 

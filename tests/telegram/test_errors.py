@@ -57,6 +57,12 @@ def rpc(cls: type[tg.RPCError], **kw: object) -> tg.RPCError:
             None,
         ),
         (
+            TypeError("Cannot cast InputPeerUser to any kind of InputChannel."),
+            Kind.FAIL,
+            "peer_not_a_channel",
+            None,
+        ),
+        (
             rpc(tg.AuthKeyUnregisteredError),
             Kind.DISABLE,
             "auth_key_unregistered",

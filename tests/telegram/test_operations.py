@@ -70,6 +70,8 @@ async def test_validation_disables_dead_idle_sessions_and_cleanup_erases_them(
     assert states == {alive["id"]: ("active", None), dead["id"]: ("disabled", "revoked")}
     kept = await api.post("/v1/telegram/cleanup/sessions", json={}, headers=auth())
     assert kept.json() == {"erased": 0}  # within the 30-day retention
+    bare = await api.post("/v1/telegram/cleanup/sessions", headers=auth())  # no body at all
+    assert bare.json() == {"erased": 0}
     erased = await api.post(
         "/v1/telegram/cleanup/sessions", json={"older_than_days": 0}, headers=auth()
     )

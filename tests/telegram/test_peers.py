@@ -75,6 +75,7 @@ ACCOUNT = str(uuid.uuid4())
         ("telegram.join_chat", {"target": "12345"}, "params.target"),
         ("telegram.get_participants", {"peer": "me"}, "params.peer"),
         ("telegram.get_participants", {"peer": "12345"}, "params.peer"),
+        ("telegram.get_participants", {"peer": "-12345"}, "params.peer"),  # a basic group
         ("telegram.get_participants", {"peer": "@news_sb", "offset": 2**31}, "params.offset"),
     ],
 )

@@ -129,7 +129,8 @@ class CleanupRequest(BaseModel):
 
 
 @router.post("/cleanup/sessions", summary="Erase sessions invalid past the retention period")
-async def cleanup(body: CleanupRequest, state: State, principal: Writer) -> Any:
+async def cleanup(state: State, principal: Writer, body: CleanupRequest | None = None) -> Any:
+    body = body or CleanupRequest()  # no body: the configured retention
     return await control(
         state, principal.tenant, "telegram.cleanup_sessions", body.model_dump(exclude_none=True)
     )

@@ -106,6 +106,9 @@ def map_error(exc: BaseException) -> Mapped:
             return Mapped(Kind.FAIL, "username_not_occupied", text)
         if "entity" in text.lower():
             return Mapped(Kind.FAIL, "peer_not_found", text)
+    if isinstance(exc, TypeError) and "InputChannel" in str(exc):
+        # Telethon could not make the peer a channel (a user, a basic group).
+        return Mapped(Kind.FAIL, "peer_not_a_channel", "The peer is not a supergroup or channel.")
     if isinstance(exc, tg.RPCError):
         return Mapped(Kind.FAIL, code_of(exc), str(exc))
     return Mapped(Kind.FAIL, "telegram_error", f"{type(exc).__name__}: {exc}")
