@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.client import auth_key_id
@@ -40,6 +41,12 @@ async def _connect(rt: TelegramRuntime, account_id: str) -> None:
         pass
 
 
+def shown_connected(account_id: str) -> bool:
+    value = REGISTRY.get_sample_value("tgflow_telegram_account_connected", {"account": account_id})
+    assert value in (None, 1.0)
+    return value == 1.0
+
+
 async def test_unhealthy_clients_are_recycled_and_idle_ones_dropped(
     api: httpx.AsyncClient, admin: SandboxAdmin, fast_upkeep: TelegramRuntime
 ) -> None:
@@ -50,12 +57,16 @@ async def test_unhealthy_clients_are_recycled_and_idle_ones_dropped(
     await admin.add_fault(created["user_id"], "revoke")
     await _connect(rt, healthy["id"])
     assert len(rt.pool.connected()) == 2
+    assert shown_connected(healthy["id"])
+    assert shown_connected(sick["id"])
     await asyncio.sleep(0.3)  # past the health interval, far from idle (2 s)
     before = {
         (a["id"], o): requests_counted(a["id"], o) for a in (healthy, sick) for o in ("ok", "error")
     }
     await rt.pool.maintain()
     assert rt.pool.connected() == [uuid.UUID(healthy["id"])]
+    assert shown_connected(healthy["id"])
+    assert not shown_connected(sick["id"])
     after = {key: requests_counted(*key) - n for key, n in before.items()}  # health checks count
     assert after == {
         (healthy["id"], "ok"): 1,
@@ -66,6 +77,7 @@ async def test_unhealthy_clients_are_recycled_and_idle_ones_dropped(
     await asyncio.sleep(2.1)  # past the idle timeout
     await rt.pool.maintain()
     assert rt.pool.connected() == []
+    assert not shown_connected(healthy["id"])
 
 
 async def test_a_full_pool_evicts_the_least_recently_used_client(

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram
 
 CLIENTS_CONNECTED = Gauge("tgflow_telegram_clients_connected", "Telegram clients connected.")
+ACCOUNT_CONNECTED = Gauge(
+    "tgflow_telegram_account_connected",
+    "1 while this worker holds a connected client for the account (absent otherwise).",
+    ["account"],
+)
 CONNECTS = Counter("tgflow_telegram_connects_total", "Client connects.", ["outcome"])
 DISCONNECTS = Counter("tgflow_telegram_disconnects_total", "Client disconnects.", ["reason"])
 RECONNECTS = Counter("tgflow_telegram_reconnects_total", "Reconnect attempts.", ["account"])
@@ -41,6 +48,14 @@ PRUNED = Counter(
 BUDGET_WAITS = Counter(
     "tgflow_telegram_budget_waits_total", "Sends paced by the send budget.", ["scope"]
 )
+
+
+def account_connected(account_id: str, connected: bool) -> None:
+    if connected:
+        ACCOUNT_CONNECTED.labels(account_id).set(1)
+        return
+    with contextlib.suppress(KeyError):  # never shown as connected
+        ACCOUNT_CONNECTED.remove(account_id)
 
 
 def observe_request(account_id: str, method: str, ok: bool, seconds: float) -> None:

@@ -205,6 +205,7 @@ class ClientPool:
             await self._announce(account.id, entry)
             metrics.CONNECTS.labels("ok").inc()
             metrics.CLIENTS_CONNECTED.set(len(self.connected()))
+            metrics.account_connected(str(account.id), True)
             if quiet:
                 log.debug("telegram client connected to validate", account_id=str(account.id))
             else:
@@ -247,6 +248,7 @@ class ClientPool:
             await self.redis.delete(presence_key(account_id))
         metrics.DISCONNECTS.labels(reason).inc()
         metrics.CLIENTS_CONNECTED.set(len(self.connected()))
+        metrics.account_connected(str(account_id), False)
         log.info("telegram client disconnected", account_id=str(account_id), reason=reason)
         self._record_disconnects([(account_id, entry)], reason)
         return True
@@ -263,6 +265,7 @@ class ClientPool:
             with contextlib.suppress(Exception):
                 await entry.client.disconnect()
             metrics.DISCONNECTS.labels(reason).inc()
+            metrics.account_connected(str(account_id), False)
         self._record_disconnects(doomed, reason)
         if doomed:
             with contextlib.suppress(RedisError, OSError):
@@ -282,7 +285,9 @@ class ClientPool:
         """One pass: drop idle clients, recycle unhealthy ones, refresh presence."""
         now = time.monotonic()
         for account_id, entry in list(self._entries.items()):
-            if entry.client.is_connected():
+            connected = entry.client.is_connected()
+            metrics.account_connected(str(account_id), connected)  # a connection it lost too
+            if connected:
                 with contextlib.suppress(RedisError, OSError):
                     await self._announce(account_id, entry)
             if entry.in_use:
@@ -319,6 +324,7 @@ class ClientPool:
         closed = list(self._entries.items())
         for account_id, entry in closed:
             del self._entries[account_id]
+            metrics.account_connected(str(account_id), False)
             with contextlib.suppress(Exception):
                 await entry.client.disconnect()
             with contextlib.suppress(RedisError, OSError):
