@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 from redis.asyncio import Redis
 
 from services.worker.archiver import GROUP, REJECTED_STREAM, Archiver
 from shared.config import BaseAppSettings
 from shared.db import create_pool
 from shared.queue import ARCHIVE_STREAM
+
+
+@pytest.fixture
+async def archiver(redis: Redis) -> AsyncIterator[Archiver]:
+    """An archiver (consumer ``c1``) on its own Postgres pool, its group made."""
+    pool = await create_pool(BaseAppSettings(), role="test")
+    one = Archiver(redis, pool, "c1")
+    await one.ensure_group()
+    yield one
+    await pool.close()
 
 
 def snapshot(job_id: str, seq: int, status: str) -> dict[str, str]:
@@ -36,20 +48,14 @@ def snapshot(job_id: str, seq: int, status: str) -> dict[str, str]:
 
 
 async def test_highest_seq_wins_whatever_the_order(
-    redis: Redis, pg: asyncpg.Connection[Any]
+    redis: Redis, pg: asyncpg.Connection[Any], archiver: Archiver
 ) -> None:
     job_id = str(uuid.uuid4())
-    pool = await create_pool(BaseAppSettings(), role="test")
-    archiver = Archiver(redis, pool, "c1")
-    await archiver.ensure_group()
-    try:
-        await redis.xadd(ARCHIVE_STREAM, snapshot(job_id, 3, "succeeded"))
-        await archiver.step(block=False)
-        await redis.xadd(ARCHIVE_STREAM, snapshot(job_id, 1, "queued"))
-        await redis.xadd(ARCHIVE_STREAM, snapshot(job_id, 2, "running"))
-        await archiver.step(block=False)
-    finally:
-        await pool.close()
+    await redis.xadd(ARCHIVE_STREAM, snapshot(job_id, 3, "succeeded"))
+    await archiver.step(block=False)
+    await redis.xadd(ARCHIVE_STREAM, snapshot(job_id, 1, "queued"))
+    await redis.xadd(ARCHIVE_STREAM, snapshot(job_id, 2, "running"))
+    await archiver.step(block=False)
     row = await pg.fetchrow("SELECT status, seq, result FROM jobs WHERE id = $1", uuid.UUID(job_id))
     assert (row["status"], row["seq"]) == ("succeeded", 3)
     assert await redis.xlen(ARCHIVE_STREAM) == 0  # acknowledged and deleted
@@ -76,7 +82,7 @@ async def test_entries_of_a_dead_archiver_are_claimed(
 
 
 async def test_every_field_arrives_as_the_hash_held_it(
-    redis: Redis, pg: asyncpg.Connection[Any]
+    redis: Redis, pg: asyncpg.Connection[Any], archiver: Archiver
 ) -> None:
     """Times to the microsecond, JSON as values, absent fields as NULL or their default;
     one batch holds several jobs."""
@@ -106,15 +112,9 @@ async def test_every_field_arrives_as_the_hash_held_it(
         "timeout": "12.5",
         "priority": "high",
     }
-    pool = await create_pool(BaseAppSettings(), role="test")
-    archiver = Archiver(redis, pool, "c1")
-    await archiver.ensure_group()
-    try:
-        await redis.xadd(ARCHIVE_STREAM, {"job": orjson.dumps(fields).decode()})
-        await redis.xadd(ARCHIVE_STREAM, snapshot(bare, 1, "queued"))
-        assert await archiver.step(block=False) == 2
-    finally:
-        await pool.close()
+    await redis.xadd(ARCHIVE_STREAM, {"job": orjson.dumps(fields).decode()})
+    await redis.xadd(ARCHIVE_STREAM, snapshot(bare, 1, "queued"))
+    assert await archiver.step(block=False) == 2
     row = await pg.fetchrow(
         "SELECT *, (extract(epoch FROM started_at) * 1000000)::bigint AS started_us, "
         "(extract(epoch FROM finished_at) * 1000000)::bigint AS finished_us "
@@ -152,7 +152,7 @@ async def _cjson(redis: Redis, fields: dict[str, str]) -> str:
 
 
 async def test_nul_characters_are_archived_as_replacement_characters(
-    redis: Redis, pg: asyncpg.Connection[Any]
+    redis: Redis, pg: asyncpg.Connection[Any], archiver: Archiver
 ) -> None:
     """U+0000 in a result, an error message or a plain field must not stop the archive."""
     bad, good = str(uuid.uuid4()), str(uuid.uuid4())
@@ -160,15 +160,9 @@ async def test_nul_characters_are_archived_as_replacement_characters(
     fields["result"] = orjson.dumps({"text": "a\x00b", "k\x00": ["\x00"]}).decode()
     fields["error"] = orjson.dumps({"code": "x", "message": "bad\x00byte"}).decode()
     fields["trace_id"] = "t\x00"
-    pool = await create_pool(BaseAppSettings(), role="test")
-    archiver = Archiver(redis, pool, "c1")
-    await archiver.ensure_group()
-    try:
-        await redis.xadd(ARCHIVE_STREAM, {"job": await _cjson(redis, fields)})
-        await redis.xadd(ARCHIVE_STREAM, snapshot(good, 1, "queued"))
-        assert await archiver.step(block=False) == 2
-    finally:
-        await pool.close()
+    await redis.xadd(ARCHIVE_STREAM, {"job": await _cjson(redis, fields)})
+    await redis.xadd(ARCHIVE_STREAM, snapshot(good, 1, "queued"))
+    assert await archiver.step(block=False) == 2
     row = await pg.fetchrow(
         "SELECT result, error_message, trace_id FROM jobs WHERE id = $1", uuid.UUID(bad)
     )
@@ -179,20 +173,14 @@ async def test_nul_characters_are_archived_as_replacement_characters(
 
 
 async def test_a_row_postgres_refuses_is_set_aside_and_the_rest_archived(
-    redis: Redis, pg: asyncpg.Connection[Any]
+    redis: Redis, pg: asyncpg.Connection[Any], archiver: Archiver
 ) -> None:
     bad, good = str(uuid.uuid4()), str(uuid.uuid4())
     broken = orjson.loads(snapshot(bad, 1, "queued")["job"])
     broken["params"] = "{not json"
-    pool = await create_pool(BaseAppSettings(), role="test")
-    archiver = Archiver(redis, pool, "c1")
-    await archiver.ensure_group()
-    try:
-        await redis.xadd(ARCHIVE_STREAM, {"job": orjson.dumps(broken).decode()})
-        await redis.xadd(ARCHIVE_STREAM, snapshot(good, 3, "succeeded"))
-        assert await archiver.step(block=False) == 2
-    finally:
-        await pool.close()
+    await redis.xadd(ARCHIVE_STREAM, {"job": orjson.dumps(broken).decode()})
+    await redis.xadd(ARCHIVE_STREAM, snapshot(good, 3, "succeeded"))
+    assert await archiver.step(block=False) == 2
     assert await pg.fetchval("SELECT status FROM jobs WHERE id = $1", uuid.UUID(good)) == (
         "succeeded"
     )
