@@ -235,11 +235,11 @@ async def test_channel_join_read_members_and_forward_once(
         limit=100,
         page_size=2,
     )
-    user = await run(api, "telegram.get_participants", account_id=account["id"], peer="@owner_sb")
-    assert user["error"]["code"] == "peer_not_a_channel"  # a user's @username
     walked = [u["id"] for u in everyone["result"]["participants"]]
     assert sorted(walked) == sorted([owner["user_id"], *invited, me["user_id"]])
     assert everyone["result"]["total"] == 7
+    user = await run(api, "telegram.get_participants", account_id=account["id"], peer="@owner_sb")
+    assert user["error"]["code"] == "peer_not_a_channel"  # a user's @username
     dialogs = await run(api, "telegram.get_dialogs", account_id=account["id"])
     assert chat["chat_id"] in [d["peer"]["id"] for d in dialogs["result"]["dialogs"]]
     read = await run(api, "telegram.mark_read", account_id=account["id"], peer="@news_sb")
