@@ -113,6 +113,9 @@ class Held:
     task: asyncio.Task[None]
     fence_at: float  # monotonic: past this without a renewal, stop using the shard
     leaving: bool = False
+    # Drained and being disconnected: nothing may connect its accounts any more (not even
+    # validation or recovery, which the drain does not stop), though the lease is ours.
+    releasing: bool = False
 
 
 def _preference(owner: str, shard: int) -> bytes:
@@ -150,7 +153,7 @@ class ShardManager:
     def usable(self, shard: int) -> bool:
         """Whether this worker may use the shard's clients right now."""
         held = self.held.get(shard)
-        return held is not None and time.monotonic() < held.fence_at
+        return held is not None and not held.releasing and time.monotonic() < held.fence_at
 
     def may_use(self, account_id: uuid.UUID) -> bool:
         return self.usable(shard_of(account_id, self.count))
@@ -266,6 +269,7 @@ class ShardManager:
             await self._take(shard)
 
     async def _take(self, shard: int) -> None:
+        asked = time.monotonic()  # the lease's time runs from when Redis may have set it
         token = int(
             await self._acquire(
                 keys=[shard_lease_key(shard), FENCE_KEY, STATE_KEY],
@@ -274,7 +278,6 @@ class ShardManager:
         )
         if not token:
             return
-        granted = time.monotonic()
         if self._closing:  # shutting down meanwhile: give it straight back
             await self._release(
                 keys=[shard_lease_key(shard), STATE_KEY], args=[f"{self.owner}|{token}", shard]
@@ -288,7 +291,7 @@ class ShardManager:
             value=f"{self.owner}|{token}",
             consumer=consumer,
             task=task,
-            fence_at=granted + self.ttl - self.margin,
+            fence_at=asked + self.ttl - self.margin,
         )
         metrics.SHARD_CHANGES.labels("acquired").inc()
         log.info("shard acquired", shard=shard, token=token)
@@ -309,6 +312,9 @@ class ShardManager:
         try:
             await held.consumer.drain(grace)
             await asyncio.gather(held.task, return_exceptions=True)
+            # From here no new connection: one already under way has its pool entry, so
+            # the disconnect below closes it too, before the lease is given up.
+            held.releasing = True
             await self._disconnect(shard, "handoff")
         finally:
             fenced = self.held.get(shard) is not held  # then the lease is not ours to release
