@@ -18,9 +18,12 @@ from services.sandbox.client import auth_key_id
 from services.sandbox.server import Sandbox
 from services.worker.main import build_shards, close_state, open_state
 from services.worker.telegram import accounts
+from services.worker.telegram.upkeep import _disconnect as listener_disconnect
+from services.worker.telegram.upkeep import validate_idle_sessions
 from shared.config import WorkerSettings
 from shared.errors import Deferral
 from shared.jobs.routing import shard_lease_key
+from tests.helpers import eventually
 from tests.telegram.conftest import close_runtime, insert_sealed, open_runtime
 
 
@@ -89,3 +92,77 @@ async def test_a_background_connect_during_a_hand_off_is_refused_not_left_open(
         await close_state(state)
     key = auth_key_id(sessions[-1])
     assert [o for o in await admin.overlaps() if o["auth_key_id"] == key] == []
+
+
+async def test_upkeep_goes_on_when_clients_close_under_its_requests(
+    sandbox: Sandbox, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
+    """Telethon cancels a request whose client is disconnected under it. A hand-off that
+    does so to a health check and to a validation ends neither loop, and a requested
+    disconnect waits for the health check it meets."""
+    settings = WorkerSettings(
+        sandbox_dc=f"127.0.0.1:{sandbox.mtproto_port}",
+        instance_name="leaving",
+        telegram_shards=1,
+        shard_lease_seconds=30,
+        shard_handoff_seconds=0.2,
+        telegram_idle_seconds=4.0,
+        telegram_health_seconds=0.4,
+        telegram_validate_seconds=1.0,
+    )
+    state = await open_state(settings, "leaving")
+    shards = build_shards(state)
+    assert shards is not None
+    rt = state.telegram
+    await pg.execute(
+        "INSERT INTO tenants (id, name) VALUES ('acme', 'acme') ON CONFLICT DO NOTHING"
+    )
+    ids, users = [], []
+    for _ in range(3):
+        created = await admin.create_account()
+        account_id = uuid.uuid4()
+        sealed = rt.vault.seal(created["session_string"], aad=account_id.bytes)
+        await insert_sealed(pg, account_id, created["user_id"], sealed)
+        ids.append(account_id)
+        users.append(created["user_id"])
+    checked, asked_off, validated = ids
+    stop = asyncio.Event()
+    try:
+        await shards._take(0)
+        for account_id in (checked, asked_off):
+            account = await accounts.load(rt.db, account_id)
+            assert account is not None
+            async with rt.pool.lease(account):
+                pass
+        await pg.execute(  # only the third account is due for validation
+            "UPDATE accounts SET validated_at = now() WHERE id = ANY($1)", [checked, asked_off]
+        )
+        for user in users:  # Telegram takes half a second over each check
+            await admin.add_fault(user, "delay", method="users.getUsers", seconds=0.5)
+        loops = [
+            asyncio.create_task(rt.pool.run_maintenance(stop)),
+            asyncio.create_task(validate_idle_sessions(rt, stop)),
+        ]
+        while rt.pool._entries[asked_off].in_use == 0:  # its health check is under way
+            await asyncio.sleep(0.01)
+        await listener_disconnect(rt, str(asked_off))  # DELETE .../connections/{id}
+        assert rt.pool.holds(asked_off)  # it waits for the check...
+
+        async def gone() -> bool:
+            return not rt.pool.holds(asked_off)
+
+        await eventually(gone, timeout=2)  # ...then goes
+
+        def in_flight(account_id: uuid.UUID) -> bool:  # connected, a request under way
+            entry = rt.pool._entries.get(account_id)
+            return entry is not None and entry.in_use > 0 and entry.client.is_connected()
+
+        while not (in_flight(validated) and in_flight(checked)):
+            await asyncio.sleep(0.01)  # a validation and a health check wait for answers
+        shards._start_handoff(0)  # closes both under their requests
+        await asyncio.sleep(1.5)
+        assert [loop.done() for loop in loops] == [False, False]
+    finally:
+        stop.set()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await close_state(state)

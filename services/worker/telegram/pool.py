@@ -28,7 +28,7 @@ from services.worker.telegram.accounts import Account
 from services.worker.telegram.client import WorkerClient, api_credentials, client_options
 from services.worker.telegram.session import BoundedSession
 from services.worker.telegram.vault import Vault
-from shared.aio import sleep_unless
+from shared.aio import raise_if_cancelling, sleep_unless
 from shared.config import WorkerSettings
 from shared.db import Pool
 from shared.errors import Deferral, PermanentFailure
@@ -185,15 +185,25 @@ class ClientPool:
                 )
             entry.quiet = True  # a new connection: on record once a job leases it
             try:
-                await asyncio.wait_for(
-                    entry.client.connect(), self.settings.telegram_request_timeout
-                )
+                try:
+                    await asyncio.wait_for(
+                        entry.client.connect(), self.settings.telegram_request_timeout
+                    )
+                except asyncio.CancelledError as cancelled:  # disconnected while connecting
+                    raise_if_cancelling()
+                    raise ConnectionError("The client was closed while connecting.") from cancelled
             except (OSError, TimeoutError, ConnectionError) as exc:
                 metrics.CONNECTS.labels("error").inc()
                 # A connect that timed out may leave Telethon "connected" to a DC that
                 # never answered: close it, so no job sends on it.
                 with contextlib.suppress(Exception):
                     await entry.client.disconnect()
+                if not self.may_connect(account.id):  # closed by a hand-off or a fence
+                    raise Deferral(
+                        "shard_moved",
+                        "The account's shard is moving to another worker.",
+                        utcnow() + timedelta(seconds=1),
+                    ) from exc
                 delay = self.connection_lost(account.id)
                 raise Deferral(
                     "reconnecting",
@@ -298,27 +308,46 @@ class ClientPool:
                 await self._health_check(account_id, entry)
 
     async def _health_check(self, account_id: uuid.UUID, entry: Entry) -> None:
+        """One cheap request on an idle client; a failure recycles it.
+
+        The check holds the client like a job does, so a requested disconnect waits for
+        it to end; a disconnect that will not wait (a hand-off, a fence) cancels the
+        request under it, which counts as a failed check, not as the end of upkeep.
+        """
         entry.last_health = time.monotonic()
         if not entry.client.is_connected():
             return
         method, account = "users.getUsers", str(account_id)
         start = time.perf_counter()
+        entry.in_use += 1
         try:  # traced by the client like any request
             request = GetUsersRequest([types.InputUserSelf()])
             await asyncio.wait_for(entry.client(request), self.settings.telegram_request_timeout)
-        except Exception as exc:  # any failure: start over with a fresh connection
-            metrics.observe_request(account, method, False, time.perf_counter() - start)
-            log.warning("health check failed", account_id=account, error=type(exc).__name__)
+        except (Exception, asyncio.CancelledError) as exc:  # start over with a new connection
+            raise_if_cancelling()
+            failed: BaseException | None = exc
+        else:
+            failed = None
+        finally:
+            entry.in_use -= 1
+        ok = failed is None
+        metrics.observe_request(account, method, ok, time.perf_counter() - start)
+        if not ok:
+            log.warning("health check failed", account_id=account, error=type(failed).__name__)
             await self.drop(account_id, reason="unhealthy")
-            return
-        metrics.observe_request(account, method, True, time.perf_counter() - start)
+        elif entry.retired:  # a disconnect was asked for while the check ran
+            await self.drop(account_id, reason="retired")
 
     async def run_maintenance(self, stop: asyncio.Event) -> None:
         interval = min(
             30.0, self.settings.telegram_idle_seconds / 4, self.settings.telegram_health_seconds / 2
         )
         while not await sleep_unless(stop, interval):
-            await self.maintain()
+            try:
+                await self.maintain()
+            except Exception as exc:  # upkeep goes on: the next pass tries again
+                raise_if_cancelling()
+                log.warning("client pool upkeep failed", error=type(exc).__name__)
 
     async def close(self) -> None:
         closed = list(self._entries.items())

@@ -200,6 +200,15 @@ class TelegramRuntime:
         await self.pool.close()
 
 
+class ClosedUnderRequest(ConnectionError):
+    """Telethon cancelled a request because its client was disconnected under it (a
+    hand-off, a fence, a requested disconnect): a lost connection, not the caller being
+    cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__("The connection was closed during the request.")
+
+
 class AccountSession:
     """One job's use of one account's client."""
 
@@ -232,9 +241,19 @@ class AccountSession:
         start = time.perf_counter()
         account_id = str(self.account.id)
         try:  # each MTProto request inside makes its own span (client.WorkerClient)
-            async with asyncio.timeout(self.runtime.settings.telegram_request_timeout):
-                result = await request()
+            try:
+                async with asyncio.timeout(self.runtime.settings.telegram_request_timeout):
+                    result = await request()
+            except asyncio.CancelledError as cancelled:
+                raise_if_cancelling()  # this task's own cancellation goes through as it is
+                raise ClosedUnderRequest from cancelled
         except Exception as exc:
+            if isinstance(exc, ClosedUnderRequest) and not self.runtime.pool.may_connect(
+                self.account.id
+            ):
+                later = utcnow() + timedelta(seconds=1)
+                moved = "The account's shard moved meanwhile."
+                raise Deferral("shard_moved", moved, later) from exc
             metrics.observe_request(account_id, method, False, time.perf_counter() - start)
             mapped = map_error(exc)
             waited = mapped.kind is Kind.DEFER  # a flood or slow mode wait
