@@ -130,6 +130,34 @@ async def test_since_and_limit_choose_the_messages(
     assert future["error"]["code"] == "no_messages"
 
 
+async def test_a_message_of_several_lines_counts_once(
+    providers: Configure, sandbox: Sandbox, model: SandboxAdmin
+) -> None:
+    async with stack(sandbox) as api:
+        me = await model.create_account(username="lines_sb", first_name="Lines")
+        await model.create_chat(
+            title="Lines",
+            username="lines_chat",
+            creator_id=me["user_id"],
+            messages=[{"text": "first\nsecond\nthird"}, {"text": "then one line"}],
+        )
+        response = await api.post(
+            "/v1/accounts/import", json={"session_string": me["session_string"]}, headers=auth()
+        )
+        account_id = response.json()["id"]
+        job = await _run(api, "ai.summarize_chat", account_id=account_id, peer="@lines_chat")
+        history = await _run(
+            api, "telegram.get_history", account_id=account_id, peer="@lines_chat", limit=10
+        )
+    assert job["status"] == "succeeded", job
+    ids = [m["id"] for m in history["result"]["messages"]]  # newest first
+    assert job["result"]["messages"] == 2
+    assert (job["result"]["first_message_id"], job["result"]["last_message_id"]) == (
+        ids[-1],
+        ids[0],
+    )
+
+
 @pytest.mark.parametrize("wait", [None, 0.0], ids=["waiting", "deferring"])
 async def test_reply_is_written_and_sent_once(
     providers: Configure,

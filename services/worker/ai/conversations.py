@@ -69,8 +69,11 @@ def _line(message: MessageOut, marked: bool = False) -> str:
     return f"{'>> ' if marked else ''}[{when}] {message.sender_id or '?'}: {text}"
 
 
-def _fit(system: str, lines: list[str], spec: ModelSpec, params: ChatParams) -> list[ChatMessage]:
-    """The conversation for the model, dropping the oldest lines until it fits."""
+def _fit(
+    system: str, lines: list[str], spec: ModelSpec, params: ChatParams
+) -> tuple[list[ChatMessage], int]:
+    """The conversation for the model, dropping the oldest lines until it fits, and how
+    many lines (messages: one may hold several newlines) it kept."""
     room = spec.context_tokens - (params.max_tokens or 0)
     while lines:
         messages = [
@@ -78,7 +81,7 @@ def _fit(system: str, lines: list[str], spec: ModelSpec, params: ChatParams) -> 
             ChatMessage(role="user", content="\n".join(lines)),
         ]
         if prompt_tokens(messages, spec) <= room:
-            return messages
+            return messages, len(lines)
         lines = lines[max(1, len(lines) // 10) :]
     raise PermanentFailure("prompt_too_long", "Not even the newest message fits the model.")
 
@@ -129,8 +132,7 @@ async def summarize_chat(
     history = await _history(chain, params)
     if not history:
         raise PermanentFailure("no_messages", "The chat has no messages to summarise.")
-    chat = _fit(STYLES[params.style], [_line(m) for m in reversed(history)], spec, params)
-    covered = chat[1].content.count("\n") + 1
+    chat, covered = _fit(STYLES[params.style], [_line(m) for m in reversed(history)], spec, params)
     answer = await chain.step("summary", COMPLETE, _complete(params, provider, model, chat))
     return SummarizeChatResult(
         summary=answer.text,
@@ -159,7 +161,7 @@ async def reply(ai: AiRuntime, ctx: JobContext, params: ReplyParams) -> ReplyRes
         raise PermanentFailure("message_not_found", f"No message {params.message_id} there.")
     lines = [_line(m, m.id == params.message_id) for m in reversed(page.messages)]
     system = REPLY_SYSTEM + (f"\n{params.instructions}" if params.instructions else "")
-    chat = _fit(system, lines, spec, params)
+    chat, _ = _fit(system, lines, spec, params)
     answer = await chain.step("reply", COMPLETE, _complete(params, provider, model, chat))
     text = answer.text.strip()[:MAX_REPLY_CHARS]
     if not text:
