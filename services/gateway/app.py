@@ -32,6 +32,7 @@ from shared.jobs import REGISTRY
 from shared.logs import get_logger
 from shared.queue import JobStore
 from shared.redis_client import create_redis
+from shared.text import RefuseControlCharacters
 
 log = get_logger(__name__)
 
@@ -116,6 +117,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(workers.router)
     errors.install(app, tags=set(REGISTRY))
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RefuseControlCharacters)
     app.add_middleware(Metrics)
     app.add_middleware(ServerSpans)
     return app

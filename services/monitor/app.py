@@ -19,6 +19,7 @@ from services.monitor.http import ApiError, error_response, json_response
 from shared import metrics
 from shared.config import MonitorSettings
 from shared.logs import get_logger
+from shared.text import RefuseControlCharacters
 
 log = get_logger(__name__)
 KEY_HEADER = "x-tgflow-monitor-key"
@@ -97,6 +98,7 @@ def build_app(engine: Engine, settings: MonitorSettings) -> Starlette:
             Exception: unexpected,
         },
     )
+    app.add_middleware(RefuseControlCharacters)
     if not is_loopback(settings.monitor_host):
         app.add_middleware(RequireKey, key=settings.monitor_api_key())
     return app

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shared.text import nul_at
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -51,6 +53,14 @@ async def body_model(request: Request, model: type[M]) -> M:
 
 
 def validate(model: type[M], data: Any) -> M:
+    """``data`` as ``model``, or a 422; a NUL anywhere in it is refused (PostgreSQL, where
+    silences, acknowledgements and notes are kept, cannot store it)."""
+    where = nul_at(data)
+    if where is not None:
+        where = where or "body"
+        message = "Text may not contain the NUL character (U+0000)."
+        details = [{"field": where, "message": message, "type": "invalid_character"}]
+        raise ApiError(422, "invalid_character", message, details)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -206,3 +206,20 @@ async def test_health_routes_need_no_token() -> None:
     assert metrics.status_code == 200
     assert 'tgflow_http_requests_total{method="GET",route="/v1/jobs",status="200"}' in metrics.text
     assert "tgflow_db_pool_size" in metrics.text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/jobs?type=a%00b",
+        "/v1/dead-letters?error_code=%00",
+        "/v1/ai/usage?provider=a%00",
+        "/v1/monitoring/alerts/%00",
+        "/v1/jobs/%0a",
+    ],
+)
+async def test_a_control_character_in_the_url_is_400(path: str) -> None:
+    async with gateway_client() as client:
+        response = await client.get(path, headers=auth())
+    assert response.status_code == 400, response.text
+    assert error_of(response)["code"] == "invalid_character"

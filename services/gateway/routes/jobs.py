@@ -28,6 +28,7 @@ from shared.jobs.contract import ParamsRejected
 from shared.jobs.envelope import Envelope, to_micros, utcnow
 from shared.jobs.record import JobRecord
 from shared.telemetry import inject_context
+from shared.text import nul_at
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -81,30 +82,11 @@ def check_params(body: SubmitOptions, state: State) -> None:
         ) from None
 
 
-def _nul_at(value: Any, path: str) -> str | None:
-    """The path of the first string in ``value`` (keys included) holding U+0000."""
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if "\x00" in key:
-                return path
-            found = _nul_at(item, f"{path}.{key}")
-            if found:
-                return found
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            found = _nul_at(item, f"{path}.{i}")
-            if found:
-                return found
-    return None
-
-
 def check_characters(env: Envelope, index: int | None = None) -> None:
     """Refuse U+0000 in params or the idempotency key: PostgreSQL can keep it in neither
     text nor JSON, so such a job could never be archived as it was sent."""
     prefix = "" if index is None else f"jobs.{index}."
-    found = _nul_at(env.params, "params")
+    found = nul_at(env.params, "params")
     if found is None and env.idempotency_key and "\x00" in env.idempotency_key:
         found = "idempotency_key"
     if found is not None:

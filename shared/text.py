@@ -1,0 +1,71 @@
+"""Characters PostgreSQL cannot store, and URLs that carry control characters."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+def nul_at(value: Any, path: str = "") -> str | None:
+    """The dotted path (under ``path``) of the first string in ``value``, keys included,
+    holding U+0000, which PostgreSQL keeps in neither text nor JSON."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in str(key):
+                return path
+            found = nul_at(item, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = nul_at(item, f"{path}.{i}" if path else str(i))
+            if found:
+                return found
+    return None
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 0x20 or c == "\x7f" for c in text)
+
+
+class RefuseControlCharacters:
+    """Answer ``400 invalid_character`` to a request whose path or query string holds a
+    control character (U+0000 to U+001F, U+007F), percent-encoded or not: no id, filter
+    or name this service takes contains one, and passed on they reach PostgreSQL (which
+    refuses U+0000) or an HTTP client (which refuses a URL with them) as a 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            query = scope.get("query_string", b"").decode("latin-1")
+            where = None
+            if _has_control(scope["path"]):
+                where = "path"
+            elif query and _has_control(unquote(query.replace("+", " "))):
+                where = "query string"
+            if where is not None:
+                await _refuse(send, f"The {where} holds a control character.")
+                return
+        await self.app(scope, receive, send)
+
+
+async def _refuse(send: Send, message: str) -> None:
+    body = orjson.dumps({"error": {"code": "invalid_character", "message": message}})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 400,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
