@@ -85,7 +85,11 @@ def _verify(secret: str, token: str) -> tuple[Principal, float]:
         subject=str(claims.get("sub", "")),
         token_id=str(claims["jti"]),
     )
-    return principal, float(claims["exp"])
+    try:
+        expires = float(claims["exp"])
+    except (OverflowError, TypeError, ValueError):  # 10**400 passes PyJWT's own check
+        raise InvalidToken("token carries no valid expiry") from None
+    return principal, expires
 
 
 class TokenVerifier:

@@ -31,8 +31,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         micros, _, job_id = raw.partition(":")
         return from_micros(int(micros)), uuid.UUID(job_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidCursor(cursor) from exc
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidCursor(cursor) from exc  # (a time past datetime's range overflows)
 
 
 async def get_job(db: Pool, tenant: str, job_id: uuid.UUID) -> JobRecord | None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self, Union
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -22,6 +23,22 @@ from shared.jobs.record import JobRecord, JobView
 from shared.jobs.routing import Priority
 
 
+def _a_storable_time(value: datetime) -> datetime:
+    """A time PostgreSQL and date arithmetic can both take: in UTC between the years 2
+    and 9998 (``0001-01-01T00:00+23:59`` is a year-0 time, and a default window a month
+    wide must not run off either end)."""
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is out of range") from None
+    if not 2 <= utc.year <= 9998:
+        raise ValueError("the time must fall between the years 2 and 9998")
+    return value
+
+
+QueryTime = Annotated[AwareDatetime, AfterValidator(_a_storable_time)]
+
+
 class SubmitOptions(BaseModel):
     """Fields every job submission accepts besides its type and params."""
 
@@ -33,7 +50,9 @@ class SubmitOptions(BaseModel):
         max_length=255,
         description="Submitting the same key again returns the same job.",
     )
-    defer_seconds: float | None = Field(default=None, ge=0, description="Start after a delay.")
+    defer_seconds: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="Start after a delay."
+    )
     run_at: AwareDatetime | None = Field(default=None, description="Start at a time (with zone).")
     timeout_seconds: float | None = Field(
         default=None, gt=0, description="Lower the job type's timeout for this job."

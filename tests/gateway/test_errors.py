@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
+import uuid
 from typing import Any
 
 import jwt
@@ -142,8 +145,9 @@ async def test_expired_or_foreign_tokens_are_401() -> None:
     foreign = jwt.encode(
         {**claims, "iat": now, "exp": now + 60}, "another-secret-that-is-long-enough-for-hs256"
     )
+    endless = jwt.encode({**claims, "iat": now, "exp": 10**400}, DEFAULT_SECRET)
     async with gateway_client() as client:
-        for bad in (expired, foreign):
+        for bad in (expired, foreign, endless):
             response = await client.get("/v1/jobs", headers={"Authorization": f"Bearer {bad}"})
             assert response.status_code == 401
             assert error_of(response)["code"] == "invalid_token"
@@ -223,3 +227,70 @@ async def test_a_control_character_in_the_url_is_400(path: str) -> None:
         response = await client.get(path, headers=auth())
     assert response.status_code == 400, response.text
     assert error_of(response)["code"] == "invalid_character"
+
+
+def _cursor(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        (
+            "GET",
+            f"/v1/jobs?cursor={_cursor('9' * 21 + ':' + str(uuid.UUID(int=0)))}",
+            None,
+            400,
+            "invalid_cursor",
+        ),
+        (
+            "GET",
+            f"/v1/dead-letters?cursor={_cursor('-' + '9' * 17 + ':' + str(uuid.UUID(int=0)))}",
+            None,
+            400,
+            "invalid_cursor",
+        ),
+        ("GET", "/v1/dead-letters?since=0001-01-01T00:00:00%2B23:59", None, 422, "invalid_request"),
+        ("GET", "/v1/ai/usage?until=0001-01-01T00:00:00Z", None, 422, "invalid_request"),
+        ("POST", "/v1/jobs", {**ECHO, "defer_seconds": 1e12}, 422, "defer_too_long"),
+        (
+            "POST",
+            "/v1/jobs",
+            {"type": "system.echo", "params": {"data": 2**64}},
+            422,
+            "invalid_params",
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            {"type": "system.echo", "params": {"data": -(2**63) - 1}},
+            422,
+            "invalid_params",
+        ),
+    ],
+)
+async def test_numbers_and_times_out_of_range_are_4xx(
+    method: str, path: str, body: Any, status: int, code: str, redis: Any
+) -> None:
+    async with gateway_client() as client:
+        response = await client.request(method, path, json=body, headers=auth())
+    assert response.status_code == status, response.text
+    assert error_of(response)["code"] == code
+    assert await redis.zcard("tgflow:queue:control") == 0
+
+
+async def test_params_json_cannot_carry_are_422() -> None:
+    nested: Any = "x"
+    for _ in range(255):
+        nested = {"k": nested}
+    bodies = [
+        b'{"type": "system.echo", "params": {"data": {"\\ud800": "\\ud800"}}}',
+        json.dumps({"type": "system.echo", "params": {"data": nested}}).encode(),
+    ]
+    async with gateway_client() as client:
+        for raw in bodies:
+            response = await client.post(
+                "/v1/jobs", content=raw, headers={**auth(), "Content-Type": "application/json"}
+            )
+            assert response.status_code == 422, response.text
+            assert error_of(response)["code"] == "invalid_params"

@@ -111,6 +111,12 @@ async def test_a_finished_job_sends_its_final_event_and_ends() -> None:
             f"/v1/jobs/{job_id}/events", headers={**auth(), "Last-Event-ID": seen}
         )
         assert again.status_code == 204  # EventSource stops reconnecting
+        # Not an ASCII number ("²" is a digit to str.isdigit): read as no id at all.
+        odd = await client.get(
+            f"/v1/jobs/{job_id}/events", headers={**auth(), "Last-Event-ID": b"\xb2"}
+        )
+        assert odd.status_code == 200
+        assert "event: finished" in odd.text
     assert job["status"] == "succeeded"
 
 

@@ -6,10 +6,11 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 
 from services.gateway.deps import Reader, State
 from services.gateway.errors import ApiError
+from services.gateway.schemas import QueryTime
 from shared.jobs.envelope import utcnow
 
 router = APIRouter(prefix="/v1/ai", tags=["ai"])
@@ -63,8 +64,8 @@ class UsageReport(BaseModel):
 async def ai_usage(
     state: State,
     principal: Reader,
-    since: Annotated[AwareDatetime | None, Query(description="Default: 30 days ago.")] = None,
-    until: Annotated[AwareDatetime | None, Query(description="Default: now.")] = None,
+    since: Annotated[QueryTime | None, Query(description="Default: 30 days ago.")] = None,
+    until: Annotated[QueryTime | None, Query(description="Default: now.")] = None,
     provider: str | None = None,
     model: str | None = None,
 ) -> UsageReport:

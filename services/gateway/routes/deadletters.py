@@ -13,14 +13,14 @@ from typing import Annotated, Self
 
 from fastapi import APIRouter, Query
 from prometheus_client import Counter
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.gateway import repository
 from services.gateway.deps import Reader, State, Writer
 from services.gateway.errors import ApiError
 from services.gateway.routes.accounts import check_accounts
 from services.gateway.routes.jobs import find_job
-from services.gateway.schemas import JobOut, JobPage
+from services.gateway.schemas import JobOut, JobPage, QueryTime
 from shared.jobs import REGISTRY, JobStatus
 from shared.jobs.envelope import Envelope, utcnow
 from shared.jobs.record import JobRecord
@@ -51,8 +51,8 @@ class DeadLetterFilter(BaseModel):
     error_code: str | None = Field(
         default=None, min_length=1, max_length=200, description="The final error's code."
     )
-    since: AwareDatetime | None = Field(default=None, description="Dead-lettered at or after.")
-    until: AwareDatetime | None = Field(default=None, description="Dead-lettered before.")
+    since: QueryTime | None = Field(default=None, description="Dead-lettered at or after.")
+    until: QueryTime | None = Field(default=None, description="Dead-lettered before.")
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -146,8 +146,8 @@ async def list_dead_letters(
     principal: Reader,
     type: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     error_code: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: QueryTime | None = None,
+    until: QueryTime | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
 ) -> JobPage:

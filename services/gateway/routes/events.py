@@ -48,7 +48,7 @@ def frame(event: JobEvent) -> str:
 def _last_seen(header: str | None) -> int:
     """Last-Event-ID as a seq; anything else means "from the start"."""
     value = (header or "").strip()
-    return int(value) if value.isdigit() else 0
+    return int(value) if value.isascii() and value.isdigit() else 0  # not "²", say
 
 
 class _Slot:

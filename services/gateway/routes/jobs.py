@@ -4,6 +4,7 @@ import uuid
 from datetime import timedelta
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Body, Query, Response
 from prometheus_client import Counter
 
@@ -83,9 +84,20 @@ def check_params(body: SubmitOptions, state: State) -> None:
 
 
 def check_characters(env: Envelope, index: int | None = None) -> None:
-    """Refuse U+0000 in params or the idempotency key: PostgreSQL can keep it in neither
-    text nor JSON, so such a job could never be archived as it was sent."""
+    """Refuse params the job's records cannot hold as sent: U+0000 (in params or the
+    idempotency key; PostgreSQL keeps it in neither text nor JSON), and what JSON cannot
+    carry (integers past 64 bits, lone surrogates, nesting past 254 levels)."""
     prefix = "" if index is None else f"jobs.{index}."
+    try:
+        orjson.dumps(env.params)
+    except orjson.JSONEncodeError as exc:
+        message = f"The params cannot be stored as JSON ({exc})."
+        raise ApiError(
+            422,
+            "invalid_params",
+            message,
+            [{"field": prefix + "params", "message": message, "type": "unstorable"}],
+        ) from None
     found = nul_at(env.params, "params")
     if found is None and env.idempotency_key and "\x00" in env.idempotency_key:
         found = "idempotency_key"
@@ -103,8 +115,8 @@ def envelope_of(body: SubmitOptions, tenant: str, max_defer: int) -> Envelope:
     job_type = REGISTRY[body.type]  # type: ignore[attr-defined]
     now = utcnow()
     run_at = now
-    if body.defer_seconds is not None:
-        run_at = now + timedelta(seconds=body.defer_seconds)
+    if body.defer_seconds is not None:  # (bounded first: a huge one overflows timedelta)
+        run_at = now + timedelta(seconds=min(body.defer_seconds, max_defer + 1))
     elif body.run_at is not None:
         run_at = max(now, body.run_at)
     if run_at - now > timedelta(seconds=max_defer):
