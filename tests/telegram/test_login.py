@@ -79,6 +79,10 @@ async def test_login_with_two_factor_password(
             )
         )
 
+    early = await api.post(  # before the code step asked for it
+        f"/v1/accounts/{account_id}/login/password", json={"password": "x"}, headers=auth()
+    )
+    assert (early.status_code, early.json()["error"]["code"]) == (409, "password_not_expected")
     await slow_user()
     step = await api.post(
         f"/v1/accounts/{account_id}/login/code", json={"code": CODE}, headers=auth()

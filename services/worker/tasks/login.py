@@ -204,6 +204,10 @@ async def login_code(ctx: JobContext, params: LoginCodeParams) -> LoginStep:
 
 async def login_password(ctx: JobContext, params: LoginPasswordParams) -> LoginStep:
     row = await _pending(ctx, params.account_id)
+    if not row["login_needs_password"]:  # the code step has not asked for one
+        raise PermanentFailure(
+            "password_not_expected", "The login waits for its code, not for a password."
+        )
     secret = ctx.state.settings.secret_key.get_secret_value()
     password = await transit.take(ctx.state.redis, secret, params.password_ref)
     if password is None:
