@@ -1,7 +1,9 @@
-"""Characters PostgreSQL cannot store, and URLs that carry control characters."""
+"""Input PostgreSQL (or date arithmetic) cannot take: NUL characters, control characters
+in URLs, and times outside the years 2-9998."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -27,6 +29,19 @@ def nul_at(value: Any, path: str = "") -> str | None:
             if found:
                 return found
     return None
+
+
+def storable_time(value: datetime) -> datetime:
+    """``value`` if PostgreSQL and date arithmetic can both take it: in UTC between the
+    years 2 and 9998 (``0001-01-01T00:00+23:59`` is a year-0 time, and a window a month
+    wide must not run off either end); else a ValueError, for a validator."""
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is out of range") from None
+    if not 2 <= utc.year <= 9998:
+        raise ValueError("the time must fall between the years 2 and 9998")
+    return value
 
 
 def _has_control(text: str) -> bool:

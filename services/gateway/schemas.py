@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal, Self, Union
 
 from pydantic import (
@@ -21,22 +21,9 @@ from shared.delivery.webhooks import MAX_URL_LENGTH, WebhookState, url_problem
 from shared.jobs import REGISTRY, JobStatus
 from shared.jobs.record import JobRecord, JobView
 from shared.jobs.routing import Priority
+from shared.text import storable_time
 
-
-def _a_storable_time(value: datetime) -> datetime:
-    """A time PostgreSQL and date arithmetic can both take: in UTC between the years 2
-    and 9998 (``0001-01-01T00:00+23:59`` is a year-0 time, and a default window a month
-    wide must not run off either end)."""
-    try:
-        utc = value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("the time is out of range") from None
-    if not 2 <= utc.year <= 9998:
-        raise ValueError("the time must fall between the years 2 and 9998")
-    return value
-
-
-QueryTime = Annotated[AwareDatetime, AfterValidator(_a_storable_time)]
+QueryTime = Annotated[AwareDatetime, AfterValidator(storable_time)]
 
 
 class SubmitOptions(BaseModel):

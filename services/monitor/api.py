@@ -6,9 +6,16 @@ Served by the monitor under /v1/monitoring; the gateway proxies the same paths.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -22,8 +29,11 @@ from services.monitor.rules.durations import Duration, format_duration
 from services.monitor.rules.model import Severity
 from services.monitor.silences import Silence
 from shared.ids import uuid7
+from shared.text import storable_time
 
 MAX_SILENCE = 366 * 86_400.0
+MAX_WINDOW = 3660 * 86_400.0  # statistics look back at most ten years
+StorableTime = Annotated[AwareDatetime, AfterValidator(storable_time)]
 
 
 def alert_json(a: Alert, now: float) -> dict[str, Any]:
@@ -61,14 +71,14 @@ class ActiveQuery(_Strict):
 
 class HistoryQuery(_Strict):
     limit: int = Field(default=100, ge=1, le=1000)
-    before: AwareDatetime | None = None
+    before: StorableTime | None = None
     rule: str | None = None
     severity: Severity | None = None
     state: AlertState | None = None
 
 
 class StatisticsQuery(_Strict):
-    window: Duration = 7 * 86_400.0
+    window: Duration = Field(default=7 * 86_400.0, le=MAX_WINDOW)
 
 
 class Actor(_Strict):
@@ -82,8 +92,8 @@ class SilenceAlert(Actor):
 
 class NewSilence(_Strict):
     matchers: list[Any] = Field(min_length=1, max_length=50)
-    starts_at: AwareDatetime | None = None
-    ends_at: AwareDatetime | None = None
+    starts_at: StorableTime | None = None
+    ends_at: StorableTime | None = None
     duration: Duration | None = Field(default=None, gt=0, le=MAX_SILENCE)
     created_by: str = Field(default="api", min_length=1, max_length=200)
     comment: str = Field(default="", max_length=2000)

@@ -117,6 +117,14 @@ async def test_alert_actions_history_and_statistics(
     assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_character")
     r = await client.get("/v1/monitoring/alerts/%01")
     assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_character")
+    # Times and windows no date arithmetic can take are refused, not a 500.
+    for path, params in [
+        ("/v1/monitoring/alerts/history", {"before": "0001-01-01T00:00:00+23:59"}),
+        ("/v1/monitoring/alerts/history", {"before": "9999-12-31T23:59:59-23:59"}),
+        ("/v1/monitoring/alerts/statistics", {"window": "99999999999999999999d"}),
+    ]:
+        r = await client.get(path, params=params)
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_request"), params
 
     # A resolved alert's condition still holds: the next evaluation opens a new episode.
     await cycle_at(engine, clock, 60)
@@ -174,6 +182,7 @@ async def test_silences_through_the_api(
         ),
         ({"matchers": ['svc="a"'], "ends_at": "2001-01-01T00:00:00Z"}, "after"),
         ({"matchers": ['svc="a"'], "ends_at": "2031-01-01T00:00:00"}, "timezone"),
+        ({"matchers": ['svc="a"'], "starts_at": "9999-12-31T23:59:59-23:59"}, "range"),
     ]
     for body, message in bad:
         r = await client.post("/v1/monitoring/silences", json=body)
