@@ -140,13 +140,24 @@ class SendMessageParams(PeerParams):
         sent = text
         if mode is not None:
             try:
-                sent, _ = (markdown if mode == "markdown" else html).parse(text)
+                sent, entities = (markdown if mode == "markdown" else html).parse(text)
             except Exception as exc:  # Telethon's parsers fail on some markup, not cleanly
                 raise PydanticCustomError(
                     "markup_invalid",
                     "text's {mode} markup cannot be parsed ({error})",
                     {"mode": mode, "error": type(exc).__name__},
                 ) from None
+            for entity in entities:  # ids in links (tg://user?id=, emoji-id) are 64-bit
+                url = getattr(entity, "url", None) or ""
+                mentioned = url.removeprefix("tg://user?id=") if url.startswith("tg://") else ""
+                named = int(mentioned) if mentioned.lstrip("-").isdigit() else None
+                for value in (named, getattr(entity, "document_id", None)):
+                    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+                        raise PydanticCustomError(
+                            "markup_invalid",
+                            "text's {mode} markup names an id past 64 bits",
+                            {"mode": mode},
+                        )
             if not sent.strip():
                 raise PydanticCustomError(
                     "message_empty",

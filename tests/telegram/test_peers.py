@@ -98,6 +98,9 @@ async def test_params_that_cannot_work_are_422_before_any_worker(
         ("<a href>x</a>", "html", "markup_invalid"),  # attributes without values
         ("<pre><code class>x</code></pre>", "html", "markup_invalid"),
         ("<tg-emoji emoji-id>x</tg-emoji>", "html", "markup_invalid"),
+        ('<tg-emoji emoji-id="99999999999999999999999">x</tg-emoji>', "html", "markup_invalid"),
+        ('<a href="tg://user?id=99999999999999999999999">x</a>', "html", "markup_invalid"),
+        ("[x](tg://user?id=99999999999999999999999)", "markdown", "markup_invalid"),
     ],
 )
 async def test_text_telegram_would_refuse_is_422_with_its_reason(
