@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -17,6 +18,8 @@ from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.client import auth_key_id
 from services.sandbox.server import Sandbox
 from services.worker.main import build_shards, close_state, open_state
+from services.worker.shards import ShardManager
+from services.worker.state import WorkerState
 from services.worker.telegram import accounts
 from services.worker.telegram.upkeep import _disconnect as listener_disconnect
 from services.worker.telegram.upkeep import validate_idle_sessions
@@ -27,35 +30,55 @@ from tests.helpers import eventually
 from tests.telegram.conftest import close_runtime, insert_sealed, open_runtime
 
 
-async def test_a_background_connect_during_a_hand_off_is_refused_not_left_open(
-    sandbox: Sandbox, admin: SandboxAdmin, pg: asyncpg.Connection[Any], redis: Redis
-) -> None:
+@dataclass
+class Leaving:
+    """A worker's state holding the one shard, with accounts stored for it."""
+
+    state: WorkerState
+    shards: ShardManager
+    ids: list[uuid.UUID]
+    sessions: list[str]
+    users: list[int]
+
+
+async def leaving_worker(
+    sandbox: Sandbox, admin: SandboxAdmin, pg: asyncpg.Connection[Any], n: int, **extra: Any
+) -> Leaving:
     settings = WorkerSettings(
         sandbox_dc=f"127.0.0.1:{sandbox.mtproto_port}",
         instance_name="leaving",
         telegram_shards=1,
         shard_lease_seconds=30,
         shard_handoff_seconds=0.2,
+        **extra,
     )
     state = await open_state(settings, "leaving")
     shards = build_shards(state)
     assert shards is not None
-    rt = state.telegram
     await pg.execute(
         "INSERT INTO tenants (id, name) VALUES ('acme', 'acme') ON CONFLICT DO NOTHING"
     )
-    ids, sessions, users = [], [], []
-    for _ in range(21):
+    made = Leaving(state, shards, [], [], [])
+    for _ in range(n):
         created = await admin.create_account()
         account_id = uuid.uuid4()
-        sealed = rt.vault.seal(created["session_string"], aad=account_id.bytes)
+        sealed = state.telegram.vault.seal(created["session_string"], aad=account_id.bytes)
         await insert_sealed(pg, account_id, created["user_id"], sealed)
-        ids.append(account_id)
-        sessions.append(created["session_string"])
-        users.append(created["user_id"])
+        made.ids.append(account_id)
+        made.sessions.append(created["session_string"])
+        made.users.append(created["user_id"])
+    await shards._take(0)
+    return made
+
+
+async def test_a_background_connect_during_a_hand_off_is_refused_not_left_open(
+    sandbox: Sandbox, admin: SandboxAdmin, pg: asyncpg.Connection[Any], redis: Redis
+) -> None:
+    made = await leaving_worker(sandbox, admin, pg, 21)
+    state, shards, rt = made.state, made.shards, made.state.telegram
+    ids, sessions, users = made.ids, made.sessions, made.users
     *others, late = ids
     try:
-        await shards._take(0)
         for account_id in others:  # connected clients: the hand-off closes them one by one
             account = await accounts.load(rt.db, account_id)
             assert account is not None
@@ -100,35 +123,20 @@ async def test_upkeep_goes_on_when_clients_close_under_its_requests(
     """Telethon cancels a request whose client is disconnected under it. A hand-off that
     does so to a health check and to a validation ends neither loop, and a requested
     disconnect waits for the health check it meets."""
-    settings = WorkerSettings(
-        sandbox_dc=f"127.0.0.1:{sandbox.mtproto_port}",
-        instance_name="leaving",
-        telegram_shards=1,
-        shard_lease_seconds=30,
-        shard_handoff_seconds=0.2,
+    made = await leaving_worker(
+        sandbox,
+        admin,
+        pg,
+        3,
         telegram_idle_seconds=4.0,
         telegram_health_seconds=0.4,
         telegram_validate_seconds=1.0,
     )
-    state = await open_state(settings, "leaving")
-    shards = build_shards(state)
-    assert shards is not None
-    rt = state.telegram
-    await pg.execute(
-        "INSERT INTO tenants (id, name) VALUES ('acme', 'acme') ON CONFLICT DO NOTHING"
-    )
-    ids, users = [], []
-    for _ in range(3):
-        created = await admin.create_account()
-        account_id = uuid.uuid4()
-        sealed = rt.vault.seal(created["session_string"], aad=account_id.bytes)
-        await insert_sealed(pg, account_id, created["user_id"], sealed)
-        ids.append(account_id)
-        users.append(created["user_id"])
+    state, shards, rt = made.state, made.shards, made.state.telegram
+    ids, users = made.ids, made.users
     checked, asked_off, validated = ids
     stop = asyncio.Event()
     try:
-        await shards._take(0)
         for account_id in (checked, asked_off):
             account = await accounts.load(rt.db, account_id)
             assert account is not None
