@@ -202,7 +202,8 @@ class Deliverer:
                 error = f"timed out after {self.settings.webhook_timeout:g}s"
             except Blocked as exc:
                 error = str(exc)
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
+                # (a host name no client can encode fails before any request is made)
                 error = f"{type(exc).__name__}: {exc}"
             LATENCY.observe(time.perf_counter() - start)
             if code is not None:

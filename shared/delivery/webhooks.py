@@ -127,6 +127,14 @@ def delivery_id(job_id: str) -> str:
     return str(uuid.uuid5(_DELIVERY_NAMESPACE, f"{job_id}:{EVENT_FINISHED}"))
 
 
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def url_problem(url: str, *, allow_private: bool) -> str | None:
     """Why ``url`` cannot be a webhook URL, or None if it can.
 
@@ -147,6 +155,11 @@ def url_problem(url: str, *, allow_private: bool) -> str | None:
     host = parts.hostname
     if not host:
         return "it names no host"
+    if not _is_ip_literal(host):
+        try:  # what the HTTP client will do with it: empty labels, labels over 63, ...
+            host.encode("idna")
+        except UnicodeError:
+            return "its host name is not a valid DNS name"
     if allow_private:
         return None
     if host == "localhost" or host.endswith(".localhost"):

@@ -130,6 +130,9 @@ async def test_a_claim_is_leased_and_a_stale_claimer_cannot_settle(
         ("http://foo.localhost/h", False, False),
         ("javascript:alert(1)", True, False),
         ("https://example.com/\n", True, False),
+        ("http://a..b/h", True, False),  # an empty label: no client can send there
+        ("http://" + "a" * 64 + ".example.com/h", True, False),  # a label over 63
+        ("https://bücher.example/h", False, True),
     ],
 )
 def test_url_rules(url: str, allow_private: bool, ok: bool) -> None:
