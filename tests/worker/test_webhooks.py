@@ -94,13 +94,26 @@ async def test_an_attempt_cut_off_by_a_dead_claimer_is_made_again(
     assert [h["x-tgflow-attempt"] for h, _ in receiver.requests] == ["2"]
 
 
+@pytest.mark.parametrize(
+    ("url", "allow_private", "error"),
+    [
+        ("http://127.0.0.1:9/hook", True, "ConnectError"),  # nothing listens on port 9
+        # Stored before hosts were checked at submit: resolving it cannot even begin.
+        ("http://a..b/hook", False, "UnicodeError"),
+    ],
+)
 async def test_an_unreachable_receiver_is_retried_then_given_up(
-    redis: Redis, store: JobStore
+    redis: Redis, store: JobStore, url: str, allow_private: bool, error: str
 ) -> None:
-    env = envelope("http://127.0.0.1:9/hook")  # nothing listens on the discard port
+    env = envelope(url)
     await store.submit(env)
     await store.cancel(await _record(store, env.id), to_micros(utcnow()))
-    settings = {**WORKER, "webhook_max_attempts": 2, "webhook_backoff_seconds": 0.05}
+    settings = {
+        **WORKER,
+        "webhook_max_attempts": 2,
+        "webhook_backoff_seconds": 0.05,
+        "webhook_allow_private": allow_private,
+    }
     async with gateway_client() as client, running_worker(**settings):
 
         async def failed() -> dict[str, Any] | None:
@@ -111,7 +124,7 @@ async def test_an_unreachable_receiver_is_retried_then_given_up(
         state = await eventually(failed)
     assert state["attempts"] == 2
     assert state["last_status_code"] is None
-    assert "ConnectError" in state["last_error"]
+    assert error in state["last_error"]
 
 
 async def test_private_addresses_are_refused_at_delivery(redis: Redis, store: JobStore) -> None:
