@@ -345,7 +345,8 @@ class SummarizeChatResult(BaseModel):
 
 
 class ReplyParams(ChatParams):
-    message_id: int = Field(ge=1, le=INT32_MAX, description="The message to answer.")
+    # (its history is read from message_id + 1 down, itself an MTProto int)
+    message_id: int = Field(ge=1, le=INT32_MAX - 1, description="The message to answer.")
     context: int = Field(default=20, ge=1, le=100, description="Messages read up to it.")
     instructions: str | None = Field(default=None, max_length=4000)
     send: bool = Field(default=False, description="Send the reply with telegram.send_message.")

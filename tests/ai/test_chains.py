@@ -229,6 +229,17 @@ async def test_chains_check_the_model_at_the_gateway(providers: Configure, job_t
     assert response.json()["error"]["code"] == "unknown_model"
 
 
+async def test_a_reply_to_a_message_id_whose_history_cannot_be_read_is_422() -> None:
+    """Its history is read from message_id + 1 down, which must be an MTProto int too."""
+    params = {"account_id": str(uuid.uuid4()), "peer": "@island_trip", "message_id": 2**31 - 1}
+    async with gateway_client() as api:
+        response = await api.post(
+            "/v1/jobs", json={"type": "ai.reply", "params": params}, headers=auth()
+        )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["details"][0]["field"] == "params.message_id"
+
+
 def test_child_ids_are_stable_per_parent_and_step() -> None:
     parent = str(uuid.uuid4())
     assert child_id(parent, "summary") == child_id(parent, "summary")
