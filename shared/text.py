@@ -3,6 +3,7 @@ in URLs, and times outside the years 2-9998."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
@@ -28,6 +29,25 @@ def nul_at(value: Any, path: str = "") -> str | None:
             found = nul_at(item, f"{path}.{i}" if path else str(i))
             if found:
                 return found
+    return None
+
+
+def non_finite_at(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first infinite or NaN number in ``value``: JSON has none,
+    and a JSON encoder writes them as null, so they would be stored changed."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, item in items:
+        found = non_finite_at(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
     return None
 
 

@@ -285,6 +285,8 @@ async def test_params_json_cannot_carry_are_422() -> None:
         nested = {"k": nested}
     bodies = [
         b'{"type": "system.echo", "params": {"data": {"\\ud800": "\\ud800"}}}',
+        b'{"type": "system.echo", "params": {"data": [1, 1e400]}}',  # infinity: not JSON
+        b'{"type": "system.echo", "params": {"data": {"x": NaN}}}',
         json.dumps({"type": "system.echo", "params": {"data": nested}}).encode(),
     ]
     async with gateway_client() as client:

@@ -29,7 +29,7 @@ from shared.jobs.contract import ParamsRejected
 from shared.jobs.envelope import Envelope, to_micros, utcnow
 from shared.jobs.record import JobRecord
 from shared.telemetry import inject_context
-from shared.text import nul_at
+from shared.text import non_finite_at, nul_at
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -86,7 +86,8 @@ def check_params(body: SubmitOptions, state: State) -> None:
 def check_characters(env: Envelope, index: int | None = None) -> None:
     """Refuse params the job's records cannot hold as sent: U+0000 (in params or the
     idempotency key; PostgreSQL keeps it in neither text nor JSON), and what JSON cannot
-    carry (integers past 64 bits, lone surrogates, nesting past 254 levels)."""
+    carry (integers past 64 bits, lone surrogates, nesting past 254 levels, infinities
+    and NaN, which an encoder would write as null)."""
     prefix = "" if index is None else f"jobs.{index}."
     try:
         orjson.dumps(env.params)
@@ -98,6 +99,15 @@ def check_characters(env: Envelope, index: int | None = None) -> None:
             message,
             [{"field": prefix + "params", "message": message, "type": "unstorable"}],
         ) from None
+    infinite = non_finite_at(env.params, "params")
+    if infinite is not None:
+        message = "Numbers must be finite (JSON has no infinity or NaN)."
+        raise ApiError(
+            422,
+            "invalid_params",
+            message,
+            [{"field": prefix + infinite, "message": message, "type": "finite_number"}],
+        )
     found = nul_at(env.params, "params")
     if found is None and env.idempotency_key and "\x00" in env.idempotency_key:
         found = "idempotency_key"
