@@ -89,36 +89,26 @@ def check_characters(env: Envelope, index: int | None = None) -> None:
     carry (integers past 64 bits, lone surrogates, nesting past 254 levels, infinities
     and NaN, which an encoder would write as null)."""
     prefix = "" if index is None else f"jobs.{index}."
+
+    def refuse(code: str, kind: str, field: str, message: str) -> ApiError:
+        detail = {"field": prefix + field, "message": message, "type": kind}
+        return ApiError(422, code, message, [detail])
+
     try:
         orjson.dumps(env.params)
     except orjson.JSONEncodeError as exc:
         message = f"The params cannot be stored as JSON ({exc})."
-        raise ApiError(
-            422,
-            "invalid_params",
-            message,
-            [{"field": prefix + "params", "message": message, "type": "unstorable"}],
-        ) from None
+        raise refuse("invalid_params", "unstorable", "params", message) from None
     infinite = non_finite_at(env.params, "params")
     if infinite is not None:
         message = "Numbers must be finite (JSON has no infinity or NaN)."
-        raise ApiError(
-            422,
-            "invalid_params",
-            message,
-            [{"field": prefix + infinite, "message": message, "type": "finite_number"}],
-        )
+        raise refuse("invalid_params", "finite_number", infinite, message)
     found = nul_at(env.params, "params")
     if found is None and env.idempotency_key and "\x00" in env.idempotency_key:
         found = "idempotency_key"
     if found is not None:
         message = "Text may not contain the NUL character (U+0000)."
-        raise ApiError(
-            422,
-            "invalid_character",
-            message,
-            [{"field": prefix + found, "message": message, "type": "invalid_character"}],
-        )
+        raise refuse("invalid_character", "invalid_character", found, message)
 
 
 def envelope_of(body: SubmitOptions, tenant: str, max_defer: int) -> Envelope:
