@@ -16,10 +16,28 @@ from tests.helpers import auth, eventually, wait_for_status
 from tests.telegram.conftest import import_account
 
 
-async def run(api: httpx.AsyncClient, job_type: str, **params: Any) -> dict[str, Any]:
+async def submit(api: httpx.AsyncClient, job_type: str, **params: Any) -> str:
     response = await api.post("/v1/jobs", json={"type": job_type, "params": params}, headers=auth())
     assert response.status_code == 202, response.text
-    return await wait_for_status(api, response.json()["id"], {"succeeded", "failed"}, timeout=15)
+    job_id: str = response.json()["id"]
+    return job_id
+
+
+async def run(api: httpx.AsyncClient, job_type: str, **params: Any) -> dict[str, Any]:
+    """Submit a job and wait for it to succeed or fail."""
+    job_id = await submit(api, job_type, **params)
+    return await wait_for_status(api, job_id, {"succeeded", "failed"}, timeout=15)
+
+
+async def deferred_as(api: httpx.AsyncClient, job_id: str, code: str) -> dict[str, Any]:
+    """The job once it waits (deferred, or retried) with error ``code``."""
+
+    async def waiting() -> dict[str, Any] | None:
+        job: dict[str, Any] = (await api.get(f"/v1/jobs/{job_id}", headers=auth())).json()
+        return job if job["error"] and job["error"]["code"] == code else None
+
+    found: dict[str, Any] = await eventually(waiting, timeout=10)
+    return found
 
 
 async def test_get_me_send_and_read_back(api: httpx.AsyncClient, admin: SandboxAdmin) -> None:
@@ -85,21 +103,10 @@ async def test_flood_wait_defers_and_is_shared(
     await admin.add_fault(
         created["user_id"], "flood_wait", method="messages.sendMessage", seconds=4, times=1
     )
-    response = await api.post(
-        "/v1/jobs",
-        json={
-            "type": "telegram.send_message",
-            "params": {"account_id": account["id"], "peer": "me", "text": "after the wait"},
-        },
-        headers=auth(),
+    job_id = await submit(
+        api, "telegram.send_message", account_id=account["id"], peer="me", text="after the wait"
     )
-    job_id = response.json()["id"]
-
-    async def deferred() -> Any:
-        body = (await api.get(f"/v1/jobs/{job_id}", headers=auth())).json()
-        return body if body["error"] and body["error"]["code"] == "flood_wait" else None
-
-    waiting = await eventually(deferred, timeout=10)
+    waiting = await deferred_as(api, job_id, "flood_wait")
     assert waiting["status"] in ("queued", "running")
     assert await redis.exists(f"tgflow:flood:{account['id']}:messages.sendMessage")
     done = await wait_for_status(api, job_id, {"succeeded", "failed"}, timeout=15)
@@ -276,13 +283,8 @@ async def test_a_flood_on_a_channel_method_holds_that_method_only(
     await admin.add_fault(
         created["user_id"], "flood_wait", method="channels.getMessages", seconds=30, times=1
     )
-    held = await api.post(
-        "/v1/jobs",
-        json={
-            "type": "telegram.get_messages",
-            "params": {"account_id": account["id"], "peer": "@news_sb", "ids": [1]},
-        },
-        headers=auth(),
+    held = await submit(
+        api, "telegram.get_messages", account_id=account["id"], peer="@news_sb", ids=[1]
     )
     flood = f"tgflow:flood:{account['id']}:channels.getMessages"
 
@@ -300,7 +302,7 @@ async def test_a_flood_on_a_channel_method_holds_that_method_only(
         ids=[sent["result"]["message_id"]],
     )
     assert [m["text"] for m in mine["result"]["messages"]] == ["x"]
-    waiting = (await api.get(f"/v1/jobs/{held.json()['id']}", headers=auth())).json()
+    waiting = (await api.get(f"/v1/jobs/{held}", headers=auth())).json()
     assert waiting["error"]["code"] == "flood_wait"
 
 
@@ -418,34 +420,19 @@ async def test_slow_mode_holds_its_chat_and_lets_the_accounts_other_chats_flow(
         created["user_id"], "slowmode_wait", method="messages.sendMessage", seconds=60, times=1
     )
 
-    async def submit(peer: str, text: str) -> str:
-        body = {"account_id": account["id"], "peer": peer, "text": text}
-        response = await api.post(
-            "/v1/jobs", json={"type": "telegram.send_message", "params": body}, headers=auth()
+    async def send(peer: str, text: str) -> str:
+        return await submit(
+            api, "telegram.send_message", account_id=account["id"], peer=peer, text=text
         )
-        job_id: str = response.json()["id"]
-        return job_id
 
-    slow = await submit("@frank_sb", "to the slow chat")
-
-    async def deferred() -> Any:
-        body = (await api.get(f"/v1/jobs/{slow}", headers=auth())).json()
-        return body if body["error"] and body["error"]["code"] == "slow_mode_wait" else None
-
-    await eventually(deferred, timeout=10)
+    slow = await send("@frank_sb", "to the slow chat")
+    await deferred_as(api, slow, "slow_mode_wait")
     assert not await redis.exists(f"tgflow:flood:{account['id']}:messages.sendMessage")
     assert await redis.exists(f"tgflow:flood:{account['id']}:slowmode:{frank['user_id']}")
-    elsewhere = await wait_for_status(
-        api, await submit("me", "elsewhere"), {"succeeded"}, timeout=10
-    )
+    elsewhere = await wait_for_status(api, await send("me", "elsewhere"), {"succeeded"}, timeout=10)
     assert elsewhere["attempts"] == 1
-    again = await submit("https://t.me/frank_sb", "again to the slow chat")
-
-    async def held() -> Any:
-        body = (await api.get(f"/v1/jobs/{again}", headers=auth())).json()
-        return body if body["error"] and body["error"]["code"] == "flood_wait" else None
-
-    await eventually(held, timeout=10)  # deferred by the gate, without a network call
+    again = await send("https://t.me/frank_sb", "again to the slow chat")
+    await deferred_as(api, again, "flood_wait")  # deferred by the gate, no network call
     texts = [m["text"] for m in await admin.messages(created["user_id"], frank["user_id"])]
     assert texts == []
 
@@ -472,14 +459,8 @@ async def test_the_accounts_flood_state_follows_its_longest_running_flood(
     account, created = await import_account(api, admin)
 
     async def deferred_by_flood(job_type: str, **params: Any) -> None:
-        body = {"type": job_type, "params": {"account_id": account["id"], **params}}
-        job_id = (await api.post("/v1/jobs", json=body, headers=auth())).json()["id"]
-
-        async def waiting() -> Any:
-            job = (await api.get(f"/v1/jobs/{job_id}", headers=auth())).json()
-            return job["error"] and job["error"]["code"] == "flood_wait"
-
-        await eventually(waiting, timeout=10)
+        job_id = await submit(api, job_type, account_id=account["id"], **params)
+        await deferred_as(api, job_id, "flood_wait")
 
     async def flood_left() -> tuple[str, float]:
         body = (await api.get(f"/v1/accounts/{account['id']}", headers=auth())).json()
