@@ -42,6 +42,14 @@ def mtproto_name(request: Any) -> str:
     return known
 
 
+class ClosedUnderRequest(ConnectionError):
+    """Telethon cancels a request (or a connect) whose client is disconnected under it
+    (a hand-off, a fence): a lost connection, not the caller being cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__("The client was closed while a request or connect was under way.")
+
+
 class _Discard(asyncio.Queue[Any]):
     """Where Telethon's sender puts updates and its own results' updates: dropped."""
 

@@ -25,7 +25,12 @@ from telethon.tl.functions.users import GetUsersRequest
 
 from services.worker.telegram import accounts, metrics
 from services.worker.telegram.accounts import Account
-from services.worker.telegram.client import WorkerClient, api_credentials, client_options
+from services.worker.telegram.client import (
+    ClosedUnderRequest,
+    WorkerClient,
+    api_credentials,
+    client_options,
+)
 from services.worker.telegram.session import BoundedSession
 from services.worker.telegram.vault import Vault
 from shared.aio import raise_if_cancelling, sleep_unless
@@ -191,7 +196,7 @@ class ClientPool:
                     )
                 except asyncio.CancelledError as cancelled:  # disconnected while connecting
                     raise_if_cancelling()
-                    raise ConnectionError("The client was closed while connecting.") from cancelled
+                    raise ClosedUnderRequest from cancelled
             except (OSError, TimeoutError, ConnectionError) as exc:
                 metrics.CONNECTS.labels("error").inc()
                 # A connect that timed out may leave Telethon "connected" to a DC that

@@ -19,6 +19,7 @@ from telethon import TelegramClient
 
 from services.worker.telegram import accounts, metrics
 from services.worker.telegram.accounts import Account, State
+from services.worker.telegram.client import ClosedUnderRequest
 from services.worker.telegram.errors import Kind, Mapped, map_error
 from services.worker.telegram.limits import Limits, SendBudget
 from services.worker.telegram.pool import ClientPool
@@ -198,15 +199,6 @@ class TelegramRuntime:
     async def close(self) -> None:
         await self.flush_counts()
         await self.pool.close()
-
-
-class ClosedUnderRequest(ConnectionError):
-    """Telethon cancelled a request because its client was disconnected under it (a
-    hand-off, a fence, a requested disconnect): a lost connection, not the caller being
-    cancelled."""
-
-    def __init__(self) -> None:
-        super().__init__("The connection was closed during the request.")
 
 
 class AccountSession:
