@@ -217,3 +217,23 @@ async def test_a_crowd_of_long_flood_waits_does_not_starve_a_reconnecting_accoun
     back = [await rounds.once() for _ in range(3)]
     assert back == [0, 0, 1]  # pages of 5: 12 of theirs first, then this one
     assert await pg.fetchval("SELECT state FROM accounts WHERE id = $1", account_id) == "active"
+
+
+async def test_back_from_reconnecting_into_a_flood_wait_still_running(
+    api: httpx.AsyncClient,
+    admin: SandboxAdmin,
+    runtime: TelegramRuntime,
+    pg: asyncpg.Connection[Any],
+) -> None:
+    account, _ = await import_account(api, admin)
+    account_id = uuid.UUID(account["id"])
+    await pg.execute(
+        "UPDATE accounts SET state = 'reconnecting', flood_until = now() + interval '1 hour'"
+        " WHERE id = $1",
+        account_id,
+    )
+    async with runtime.session("acme", account_id) as tg:
+        await tg.call("users.getUsers", tg.client.get_me)
+    row = await pg.fetchrow("SELECT state, flood_until FROM accounts WHERE id = $1", account_id)
+    assert row["state"] == "flood_wait"  # not active: sends would still be held
+    assert (await _states(pg, account["id"]))[-1] == ("reconnecting", "flood_wait")

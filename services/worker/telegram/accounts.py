@@ -16,6 +16,7 @@ from telethon.sessions import StringSession
 
 from services.worker.telegram.vault import Sealed, Vault, VaultError
 from shared.db import Pool
+from shared.jobs.envelope import utcnow
 from shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -175,7 +176,9 @@ async def set_state(
     never shortens it, and it stays through a spell of ``reconnecting`` (it is cleared
     only on the way back to ``active``). An account already in ``flood_wait`` that meets
     a longer flood has its end moved later (no state change, so no event: the caller
-    records the flood itself).
+    records the flood itself). An account asked back to ``active`` from ``flood_wait`` or
+    ``reconnecting`` while that end is still ahead goes to (or stays in) ``flood_wait``:
+    the row read here, not a caller's cached copy, decides.
     """
     async with db.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
@@ -184,6 +187,13 @@ async def set_state(
         if row is None:
             return False
         before, running = State(row["state"]), row["flood_until"]
+        if (
+            state is State.ACTIVE
+            and before in (State.FLOOD_WAIT, State.RECONNECTING)
+            and running is not None
+            and running > utcnow()
+        ):
+            state = State.FLOOD_WAIT  # back, but a long flood wait is still running
         if flood_until is None:
             if state is not State.ACTIVE:
                 flood_until = running

@@ -254,23 +254,21 @@ class AccountSession:
         metrics.observe_request(account_id, method, True, time.perf_counter() - start)
         self.runtime.count(self.account.tenant, method, "ok")
         self.runtime.pool.connection_ok(self.account.id)
-        if self.account.state in (State.FLOOD_WAIT, State.RECONNECTING):
-            await self._settle()
+        if self._may_be_back():
+            # Active again, or in the long flood wait still running (set_state decides).
+            await accounts.set_state(self.runtime.db, self.account, State.ACTIVE)
+            self.runtime.forget(self.account.id)
         return result
 
-    async def _settle(self) -> None:
-        """A call went through: the account is active again, unless a long flood wait
-        (on another method) is still running, in which case it is in that flood wait."""
-        account, now = self.account, utcnow()
-        if account.flood_until is not None and account.flood_until > now:
-            if account.state is State.RECONNECTING:
-                await accounts.set_state(
-                    self.runtime.db, account, State.FLOOD_WAIT, flood_until=account.flood_until
-                )
-                self.runtime.forget(account.id)
-            return
-        await accounts.set_state(self.runtime.db, account, State.ACTIVE)
-        self.runtime.forget(account.id)
+    def _may_be_back(self) -> bool:
+        """After a call went through: reconnecting, or in a flood wait that (as far as
+        this worker's copy of the row knows) has ended. A flood wait still running
+        costs no write per call."""
+        account = self.account
+        if account.state is State.RECONNECTING:
+            return True
+        running = account.flood_until is not None and account.flood_until > utcnow()
+        return account.state is State.FLOOD_WAIT and not running
 
     async def take_send_budget(self, peer: str, method: str) -> None:
         """Before a send: defer on a flood wait for ``method``, or when over budget."""
