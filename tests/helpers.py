@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -77,11 +78,34 @@ async def wait_for_status(
     return result
 
 
+def _ephemeral_range() -> range:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(n) for n in f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port free now, for a server started later, chosen outside the ephemeral range.
+
+    The kernel's own choice (binding port 0) comes from the range outgoing connections
+    use too, so a client connecting meanwhile could take it before the server listens
+    (seen as "Address already in use" when ``tgflow up`` started its sandbox).
+    """
+    ephemeral = _ephemeral_range()
+    for _ in range(200):
+        port = random.randrange(20_000, 65_000)
+        if port in ephemeral:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port outside the ephemeral range")
 
 
 class Proc:
