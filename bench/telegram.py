@@ -1,6 +1,7 @@
 """Telegram runtime benchmark against the sandbox DC, with a bare Telethon baseline.
 
     .venv/bin/python bench/telegram.py [--accounts 1000] [--send-accounts 100] [--sends 2000]
+                                       [--dc-latency-ms 0]
 
 1. Memory: a fresh process opens the worker's ClientPool and connects N accounts (stored
    sealed in Postgres, as a worker would find them), each making one users.getUsers call;
@@ -11,7 +12,8 @@
    from the first job created to the last finished;
    then the same M sends made by a bare Telethon loop (K clients in one process, each
    sending its share in sequence) in the same run. Send budgets are raised for the run:
-   they are a pacing policy, not overhead.
+   they are a pacing policy, not overhead. The sandbox answers at once; with
+   --dc-latency-ms it holds every sendMessage answer that long for both, as a DC does.
 3. Where the cores went: CPU milliseconds per send of every process that took part
    (gateway, worker, sandbox, Redis, Postgres, this script's HTTP client; for the bare
    loop, its clients and the sandbox). The host's cores are shared by all of them.
@@ -40,15 +42,7 @@ from services.sandbox.admin_client import SandboxAdmin  # noqa: E402
 from shared.auth import mint_token  # noqa: E402
 from shared.config import DEFAULT_SECRET  # noqa: E402
 from shared.db import migrate  # noqa: E402
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.helpers import free_port  # noqa: E402  (outside the ephemeral range)
 
 
 def spawn(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -396,6 +390,15 @@ async def main(args: argparse.Namespace) -> None:
         await wait_http(f"{admin_url}/admin/server")
         async with SandboxAdmin(admin_url) as admin:
             created = [await admin.create_account() for _ in range(args.accounts)]
+            if args.dc_latency_ms:
+                # Telegram answers a send after tens of milliseconds, not at once.
+                for account in created[: args.send_accounts]:
+                    await admin.add_fault(
+                        account["user_id"],
+                        "delay",
+                        method="messages.sendMessage",
+                        seconds=args.dc_latency_ms / 1000,
+                    )
         sessions = [(c["user_id"], c["session_string"]) for c in created]
         ids = await store_accounts(env, sessions)
         connected, per_account_mib, took = await bench_memory(env, ids)
@@ -411,7 +414,10 @@ async def main(args: argparse.Namespace) -> None:
         bare, bare_cpu = await bench_bare(
             [s for _, s in sessions[: args.send_accounts]], args.sends, sandbox.pid
         )
-        print(f"sends over {args.send_accounts} accounts, {args.sends} messages:")
+        latency = (
+            f", DC answering sends after {args.dc_latency_ms:g} ms" if args.dc_latency_ms else ""
+        )
+        print(f"sends over {args.send_accounts} accounts, {args.sends} messages{latency}:")
         print(
             f"  tgflow jobs, one per POST (HTTP -> queue -> worker -> sandbox): {pipeline:6.0f} /s"
         )
@@ -438,5 +444,12 @@ if __name__ == "__main__":
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--send-accounts", type=int, default=100)
     parser.add_argument("--sends", type=int, default=2000)
+    parser.add_argument(
+        "--dc-latency-ms",
+        type=float,
+        default=0.0,
+        help="hold every messages.sendMessage answer this long, for both tgflow and the "
+        "bare loop (the sandbox otherwise answers at once, unlike a real DC)",
+    )
     add_service_args(parser, 7)
     asyncio.run(main(parser.parse_args()))

@@ -250,7 +250,15 @@ class AdminApi:
             body = await parse_body(request, ConfigIn)
             if body.auth_key_duplicated is not None:
                 self.core.settings.auth_key_duplicated = body.auth_key_duplicated
-        return JSONResponse({"auth_key_duplicated": self.core.settings.auth_key_duplicated})
+            if body.random_id_duplicate is not None:
+                self.core.settings.random_id_duplicate = body.random_id_duplicate
+        settings = self.core.settings
+        return JSONResponse(
+            {
+                "auth_key_duplicated": settings.auth_key_duplicated,
+                "random_id_duplicate": settings.random_id_duplicate,
+            }
+        )
 
     async def reset(self, _request: Request) -> Response:
         self.core.reset()

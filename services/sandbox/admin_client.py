@@ -82,6 +82,9 @@ class SandboxAdmin:
     async def set_auth_key_duplicated(self, enabled: bool) -> None:
         await self._call("POST", "/admin/config", json={"auth_key_duplicated": enabled})
 
+    async def set_random_id_duplicate(self, enabled: bool) -> None:
+        await self._call("POST", "/admin/config", json={"random_id_duplicate": enabled})
+
     async def add_ai_fault(self, kind: str, **fields: Any) -> int:
         fault_id: int = (
             await self._call("POST", "/admin/ai/faults", json={"kind": kind, **fields})

@@ -103,6 +103,7 @@ class FaultIn(_Strict):
 
 class ConfigIn(_Strict):
     auth_key_duplicated: bool | None = None
+    random_id_duplicate: bool | None = None
 
 
 class AiFaultIn(_Strict):

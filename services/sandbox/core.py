@@ -32,6 +32,9 @@ class Settings:
     auth_key_duplicated: bool = False
     # Any key seen on two live connections is treated as duplicated when the
     # setting is on; Telegram also requires different IPs, but tests share one.
+    random_id_duplicate: bool = False
+    # A send repeating a random_id already used answers RANDOM_ID_DUPLICATE instead
+    # of the original message (Telegram has been seen to do either).
 
 
 class Core:
@@ -84,3 +87,4 @@ class Core:
         self.faults.clear()
         self.ledger.clear()
         self.settings.auth_key_duplicated = False
+        self.settings.random_id_duplicate = False

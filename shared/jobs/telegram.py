@@ -179,9 +179,14 @@ class SendMessageParams(PeerParams):
 
 
 class SendMessageResult(BaseModel):
-    message_id: int
+    # None only when Telegram refused a re-run's resend (the message exists) and the
+    # chat did not show which message it was (see resend_refused).
+    message_id: int | None
     random_id: int
     date: datetime | None = None
+    # True when an earlier attempt had sent the message and Telegram refused to name it
+    # again (RANDOM_ID_DUPLICATE): delivered once, found by reading the chat.
+    resend_refused: bool = False
 
 
 class GetHistoryParams(PeerParams):

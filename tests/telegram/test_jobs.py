@@ -12,7 +12,9 @@ import pytest
 from redis.asyncio import Redis
 
 from services.sandbox.admin_client import SandboxAdmin
-from tests.helpers import auth, eventually, wait_for_status
+from services.sandbox.server import Sandbox
+from services.worker.tasks import telegram as telegram_tasks
+from tests.helpers import auth, eventually, gateway_client, running_worker, wait_for_status
 from tests.telegram.conftest import import_account
 
 
@@ -93,6 +95,85 @@ async def test_send_is_exactly_once_when_the_connection_drops_after_executing(
         )
     )
     assert row["random_id"] == sent["result"]["random_id"]
+
+
+async def test_a_refused_resend_reports_the_message_the_first_attempt_sent(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    # Telegram may answer a repeated random_id with RANDOM_ID_DUPLICATE rather than
+    # with the original message: the job still succeeds, naming the one message.
+    account, created = await import_account(api, admin)
+    friend = await admin.create_account(username="friend_sb")
+    await admin.set_random_id_duplicate(True)
+    await admin.post_message(friend["user_id"], created["user_id"], "only once")  # theirs
+    await admin.add_fault(created["user_id"], "drop_after", method="messages.sendMessage", times=1)
+    sent = await run(
+        api, "telegram.send_message", account_id=account["id"], peer="@friend_sb", text="only once"
+    )
+    assert sent["status"] == "succeeded", sent
+    stored = await admin.messages(created["user_id"], friend["user_id"])
+    ours = [m for m in stored if m["out"]]
+    assert [(m["id"], m["random_id"]) for m in ours] == [
+        (sent["result"]["message_id"], sent["result"]["random_id"])
+    ]
+    assert sent["result"]["resend_refused"] is True
+    assert len(stored) == 2
+
+
+async def test_a_refused_resend_names_no_message_it_cannot_tell_apart(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    account, created = await import_account(api, admin)
+    await admin.set_random_id_duplicate(True)
+    await admin.post_message(created["user_id"], created["user_id"], "same words")  # earlier
+    await admin.add_fault(created["user_id"], "drop_after", method="messages.sendMessage", times=1)
+    sent = await run(
+        api, "telegram.send_message", account_id=account["id"], peer="me", text="same words"
+    )
+    assert sent["status"] == "succeeded", sent
+    assert sent["result"]["resend_refused"] is True
+    assert sent["result"]["message_id"] is None  # two candidates: neither is named
+    stored = await admin.messages(created["user_id"])
+    assert [m["random_id"] for m in stored] == [None, sent["result"]["random_id"]]
+
+
+async def test_a_refused_resend_whose_message_is_out_of_reach_succeeds_without_sending(
+    sandbox: Sandbox, admin: SandboxAdmin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(telegram_tasks, "SENT_SCAN", 2)
+    dc = f"127.0.0.1:{sandbox.mtproto_port}"
+    async with (
+        gateway_client() as api,
+        running_worker(worker_poll_delay=0.05, sandbox_dc=dc, telegram_request_timeout=1),
+    ):
+        account, created = await import_account(api, admin)
+        friend = await admin.create_account(username="friend_sb")
+        await admin.set_random_id_duplicate(True)
+        # The DC stores the message and holds the answer past the request's timeout
+        # (a retry comes at once: no 2 s sleep after the server's error either).
+        await admin.add_fault(
+            created["user_id"], "delay_after", method="messages.sendMessage", seconds=3
+        )
+        job_id = await submit(
+            api,
+            "telegram.send_message",
+            account_id=account["id"],
+            peer="@friend_sb",
+            text="lost in the chat",
+        )
+
+        async def stored() -> Any:
+            return await admin.messages(created["user_id"], friend["user_id"])
+
+        await eventually(stored)
+        for text in ("one", "two"):  # newer than ours: the scan of 2 misses it
+            await admin.post_message(friend["user_id"], created["user_id"], text)
+        job = await wait_for_status(api, job_id, {"succeeded", "failed"}, timeout=20)
+    assert job["status"] == "succeeded", job
+    assert job["result"]["resend_refused"] is True
+    assert job["result"]["message_id"] is None
+    texts = [m["text"] for m in await admin.messages(created["user_id"], friend["user_id"])]
+    assert sorted(texts) == ["lost in the chat", "one", "two"]
 
 
 async def test_flood_wait_defers_and_is_shared(

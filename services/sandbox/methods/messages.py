@@ -5,7 +5,7 @@ from typing import Any
 from telethon.tl import functions, types
 
 from services.sandbox import messaging, queries
-from services.sandbox.errors import bad_request
+from services.sandbox.errors import RpcFail, bad_request
 from services.sandbox.formatting import stored_entities
 from services.sandbox.peers import input_peer
 from services.sandbox.render import channel_tl, message_tl
@@ -43,6 +43,8 @@ def send_message(call: Call, req: Any) -> Any:
         silent=bool(req.silent),
     )
     sent = messaging.send(world, me, peer, draft, req.random_id)
+    if sent.duplicate and call.core.settings.random_id_duplicate:
+        raise RpcFail(500, "RANDOM_ID_DUPLICATE")
     channel = _channel_of(world, peer)
     if channel is None:
         return messaging.short_sent(sent)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
-from telethon import types, utils
+from telethon import errors, types, utils
 from telethon.tl.functions.contacts import ResolvePhoneRequest
 from telethon.tl.functions.messages import SendMessageRequest
 from telethon.tl.functions.users import GetUsersRequest
@@ -24,6 +25,9 @@ from shared.jobs.telegram import (
     UserOut,
     invite_hash,
 )
+from shared.logs import get_logger
+
+log = get_logger(__name__)
 
 
 async def get_me(ctx: JobContext, params: AccountParams) -> UserOut:
@@ -107,9 +111,16 @@ def peer_key(peer: Any) -> str:
     return str(utils.get_peer_id(peer))
 
 
+# How far back in the chat a re-run looks for the message its earlier attempt sent, and
+# how far the DC's clock may run behind this host's when comparing dates.
+SENT_SCAN = 100
+CLOCK_SKEW = timedelta(seconds=60)
+
+
 async def send_message(ctx: JobContext, params: SendMessageParams) -> SendMessageResult:
     """Send with a random_id fixed by the job id: a re-run resends the same one, and
-    Telegram answers with the message it already has instead of a second one."""
+    Telegram answers with the message it already has instead of a second one, or
+    refuses the resend (``RANDOM_ID_DUPLICATE``), in which case the chat is read for it."""
     random_id = random_id_for(ctx.job_id)
     ctx.annotate(random_id=random_id)
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
@@ -135,11 +146,49 @@ async def send_message(ctx: JobContext, params: SendMessageParams) -> SendMessag
             silent=params.silent or None,
             no_webpage=not params.link_preview or None,
         )
-        result = await tg.call(
-            "messages.sendMessage", lambda: tg.client(request), flood_checked=True, peer=chat
-        )
+
+        async def send() -> Any:
+            try:
+                return await tg.client(request)
+            except errors.RandomIdDuplicateError:
+                return None  # an earlier attempt of this job stored the message
+
+        result = await tg.call("messages.sendMessage", send, flood_checked=True, peer=chat)
+        if result is None:
+            message_id, date = await _sent_before(ctx, tg, peer, text)
+            return SendMessageResult(
+                message_id=message_id, random_id=random_id, date=date, resend_refused=True
+            )
     message_id, date = _sent_message(result, random_id)
     return SendMessageResult(message_id=message_id, random_id=random_id, date=date)
+
+
+async def _sent_before(
+    ctx: JobContext, tg: AccountSession, peer: Any, text: str
+) -> tuple[int | None, Any]:
+    """The message an earlier attempt of this job sent, which Telegram refused to name
+    on the resend. Telegram does not show a message's random_id, so it is found by its
+    text: the one message this account sent to the chat with that text since the job
+    was created (give or take the DCs' clock), among the chat's latest ``SENT_SCAN``.
+    None when there is no such message or more than one (another job or person sent
+    the same text meanwhile): naming a message that may not be this job's would be
+    worse than naming none."""
+    since = ctx.envelope.created_at - CLOCK_SKEW
+    history = await tg.call(
+        "messages.getHistory", lambda: tg.client.get_messages(peer, limit=SENT_SCAN)
+    )
+    mine = [
+        m
+        for m in history
+        if isinstance(m, types.Message)
+        and m.out
+        and m.date >= since
+        and m.message in (text, text.strip())
+    ]
+    if len(mine) != 1:
+        log.warning("sent message not identified", candidates=len(mine))
+        return None, None
+    return mine[0].id, mine[0].date
 
 
 def _sent_message(result: Any, random_id: int) -> tuple[int, Any]:

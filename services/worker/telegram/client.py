@@ -20,7 +20,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
-from telethon import TelegramClient
+from telethon import TelegramClient, errors
 from telethon._updates.entitycache import EntityCache
 from telethon.sessions import StringSession
 
@@ -82,6 +82,62 @@ class _BoundedEntities(EntityCache):  # type: ignore[misc]
             del self.hash_map[key]
 
 
+# Server-side errors after which Telethon's request loop sleeps 2 s before raising,
+# even on its last try (telethon/client/users.py, UserMethods._call).
+_SLEPT_ON = (
+    errors.ServerError,
+    errors.RpcCallFailError,
+    errors.RpcMcgetFailError,
+    errors.InterdcCallErrorError,
+    errors.TimedOutError,
+    errors.InterdcCallRichErrorError,
+)
+
+
+class _Answered(Exception):
+    """One of those errors, carried past Telethon's request loop unslept."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _RaiseAtOnce:
+    """The sender as Telethon's request loop sees it: a single request's server error
+    comes out wrapped, so the loop raises it at once instead of sleeping 2 s first. The
+    job's retry policy decides when to try again; the sleep only held a job slot (and
+    outlasted any request timeout under 2 s)."""
+
+    def __init__(self, sender: Any) -> None:
+        self.sender = sender
+
+    def send(self, request: Any, ordered: bool = False) -> Any:
+        inner = self.sender.send(request, ordered=ordered)
+        if isinstance(inner, list):  # several at once: Telethon's own handling
+            return inner
+        outer = inner.get_loop().create_future()
+
+        def settle(done: asyncio.Future[Any]) -> None:
+            if outer.done():
+                return
+            if done.cancelled():
+                outer.cancel()
+                return
+            error = done.exception()
+            if error is None:
+                outer.set_result(done.result())
+            else:
+                outer.set_exception(_Answered(error) if isinstance(error, _SLEPT_ON) else error)
+
+        def forward_cancel(done: asyncio.Future[Any]) -> None:
+            if done.cancelled():
+                inner.cancel()
+
+        inner.add_done_callback(settle)
+        outer.add_done_callback(forward_cancel)
+        return outer
+
+
 class WorkerClient(TelegramClient):  # type: ignore[misc]
     """A TelegramClient that traces each MTProto request and keeps no update state.
 
@@ -121,7 +177,12 @@ class WorkerClient(TelegramClient):  # type: ignore[misc]
                 "tgflow.account.id": self.account_id,
             },
         ):
-            return await super()._call(sender, request, ordered, flood_sleep_threshold)
+            try:
+                return await super()._call(
+                    _RaiseAtOnce(sender), request, ordered, flood_sleep_threshold
+                )
+            except _Answered as answered:
+                raise answered.error from None
 
 
 def client_options(settings: WorkerSettings) -> dict[str, Any]:
