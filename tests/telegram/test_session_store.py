@@ -11,7 +11,9 @@ from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.server import Sandbox
 from services.worker.telegram import accounts
 from services.worker.telegram.session import BoundedSession
+from tests.helpers import auth, eventually
 from tests.telegram.conftest import close_runtime, import_account, open_runtime
+from tests.telegram.test_jobs import run
 
 
 def _user(user_id: int, username: str | None = None, phone: str | None = None) -> types.User:
@@ -93,3 +95,64 @@ async def test_listing_more_dialogs_than_the_bound_leaves_the_clients_map_bounde
     finally:
         await close_runtime(rt)
     assert [m["text"] for m in await admin.messages(newest.id, created["user_id"])][-1] == "back"
+
+
+def test_a_new_store_takes_over_what_the_last_one_had_seen() -> None:
+    old = BoundedSession(limit=3)
+    old.process_entities([_user(1, "one"), _user(2, phone="15550002"), _user(3)])
+    new = BoundedSession(limit=3)
+    new.process_entities([_user(4)])
+    new.adopt(old.rows())  # older than what the new store saw itself: first to go
+    assert len(new) == 3
+    assert new.get_entity_rows_by_id(4) == (4, 28)
+    assert new.get_entity_rows_by_id(1) is None
+    assert new.get_entity_rows_by_phone("15550002") == (2, 14)
+
+
+async def test_numeric_ids_still_work_after_the_client_is_dropped(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    account, created = await import_account(api, admin)
+    carol = await admin.create_account(username="carol_sb", first_name="Carol")
+    await run(api, "telegram.resolve", account_id=account["id"], peer="@carol_sb")
+    dropped = await api.delete(f"/v1/telegram/connections/{account['id']}", headers=auth())
+    assert dropped.status_code == 202, dropped.text
+
+    async def disconnected() -> bool:
+        path = f"/v1/telegram/connections/{account['id']}"
+        return (await api.get(path, headers=auth())).json()["connected"] is False
+
+    await eventually(disconnected)
+    sent = await run(
+        api,
+        "telegram.send_message",
+        account_id=account["id"],
+        peer=str(carol["user_id"]),
+        text="hi",
+    )
+    assert sent["status"] == "succeeded", sent
+    assert [m["text"] for m in await admin.messages(carol["user_id"], created["user_id"])] == ["hi"]
+
+
+async def test_a_numeric_id_never_seen_here_is_found_among_the_accounts_chats(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    account, created = await import_account(api, admin)
+    owner = await admin.create_account(first_name="Owner")
+    chat = await admin.create_chat(
+        title="Club",
+        kind="supergroup",
+        creator_id=owner["user_id"],
+        members=[created["user_id"]],
+        messages=[{"text": "welcome"}],
+    )
+    marked = f"-100{chat['chat_id']}"  # no username, never resolved by this worker
+    history = await run(api, "telegram.get_history", account_id=account["id"], peer=marked)
+    assert history["status"] == "succeeded", history
+    assert [m["text"] for m in history["result"]["messages"]][:1] == ["welcome"]
+    stranger = await admin.create_account(first_name="Stranger")  # in no chat of ours
+    missing = await run(
+        api, "telegram.get_history", account_id=account["id"], peer=str(stranger["user_id"])
+    )
+    assert missing["status"] == "failed"
+    assert missing["error"]["code"] == "peer_not_found"

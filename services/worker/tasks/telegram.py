@@ -53,6 +53,9 @@ def user_out(user: Any) -> UserOut:
 # Phones resolved per account (contacts.resolvePhone is tightly limited by Telegram, and
 # a user's phone is usually hidden, so Telethon's entity cache cannot find it again).
 PHONE_PEERS_MAX = 10_000
+# Chats read to find a numeric id the client does not know (once per account per
+# DIALOG_SCAN_SECONDS, see TelegramRuntime.may_scan_dialogs).
+DIALOGS_SCAN = 200
 
 
 def _lookup(peer: str) -> tuple[str, Any]:
@@ -92,6 +95,16 @@ async def input_peer(tg: AccountSession, peer: str) -> Any:
             phones.popitem(last=False)
         return found
     method, value = _lookup(peer)
+    try:
+        return await tg.call(method, lambda: tg.client.get_input_entity(value))
+    except PermanentFailure as failure:
+        if failure.code != "peer_not_found" or not isinstance(value, int):
+            raise
+        if not tg.runtime.may_scan_dialogs(tg.account.id):
+            raise
+    # A numeric id this worker has not seen for the account (its client was made on
+    # another worker, or before a restart): the account's chats are where it would be.
+    await tg.call("messages.getDialogs", lambda: tg.client.get_dialogs(limit=DIALOGS_SCAN))
     return await tg.call(method, lambda: tg.client.get_input_entity(value))
 
 

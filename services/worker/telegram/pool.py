@@ -31,7 +31,7 @@ from services.worker.telegram.client import (
     api_credentials,
     client_options,
 )
-from services.worker.telegram.session import BoundedSession
+from services.worker.telegram.session import BoundedSession, Row
 from services.worker.telegram.vault import Vault
 from shared.aio import raise_if_cancelling, sleep_unless
 from shared.config import WorkerSettings
@@ -81,6 +81,10 @@ class ClientPool:
         self._creating: dict[uuid.UUID, asyncio.Lock] = {}
         self._failures: dict[uuid.UUID, int] = {}  # connection failures since the last connect
         self._retry_at: dict[uuid.UUID, float] = {}  # no new connection before (monotonic)
+        # What the clients dropped lately had seen (ids, access hashes, usernames), by
+        # account, least recently dropped first: a client made again for the account
+        # starts with it, so a numeric id that worked before an idle drop still does.
+        self._kept_entities: OrderedDict[uuid.UUID, list[Row]] = OrderedDict()
         # Whether this worker may connect an account now (it holds the account's shard).
         self.may_connect: Callable[[uuid.UUID], bool] = lambda _account_id: True
 
@@ -144,6 +148,9 @@ class ClientPool:
         )
         if not pin_dc(session, self.settings):  # the stored address is never trusted
             raise PermanentFailure("session_invalid", "The stored session names an unknown DC.")
+        kept = self._kept_entities.pop(account.id, None)
+        if kept:
+            session.adopt(kept)
         return WorkerClient(
             session, self.api_id, self.api_hash, account_id=str(account.id), **self.options
         )
@@ -257,6 +264,7 @@ class ClientPool:
         if entry is None or entry.in_use:
             return False
         del self._entries[account_id]
+        self._keep_entities(account_id, entry, reason)
         with contextlib.suppress(Exception):
             await entry.client.disconnect()
         with contextlib.suppress(RedisError, OSError):
@@ -268,6 +276,18 @@ class ClientPool:
         self._record_disconnects([(account_id, entry)], reason)
         return True
 
+    def _keep_entities(self, account_id: uuid.UUID, entry: Entry, reason: str) -> None:
+        """Keep a dropped client's entities for the account's next client (not after a
+        logout: what the account had seen goes with its session)."""
+        session = entry.client.session
+        if reason == "logout" or not isinstance(session, BoundedSession):
+            self._kept_entities.pop(account_id, None)
+            return
+        self._kept_entities[account_id] = session.rows()
+        self._kept_entities.move_to_end(account_id)
+        while len(self._kept_entities) > self.settings.telegram_max_clients:
+            self._kept_entities.popitem(last=False)
+
     async def drop_matching(self, match: Callable[[uuid.UUID], bool], *, reason: str) -> int:
         """Disconnect and forget every client whose account matches, in use or not.
 
@@ -277,6 +297,7 @@ class ClientPool:
         doomed = [(k, e) for k, e in self._entries.items() if match(k)]
         for account_id, entry in doomed:
             del self._entries[account_id]
+            self._keep_entities(account_id, entry, reason)
             with contextlib.suppress(Exception):
                 await entry.client.disconnect()
             metrics.DISCONNECTS.labels(reason).inc()

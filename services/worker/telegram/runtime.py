@@ -35,6 +35,8 @@ from shared.telegram_keys import stats_key
 log = get_logger(__name__)
 T = TypeVar("T")
 ACCOUNT_CACHE_SECONDS = 2.0
+DIALOG_SCAN_SECONDS = 600.0
+DIALOG_SCANS_KEPT = 10_000
 # Failures of tgflow's own stores: the worker's to classify (deferred), not Telegram's.
 PASS_THROUGH = (PermanentFailure, RetryableFailure, RedisError, PostgresError, InterfaceError)
 
@@ -62,6 +64,8 @@ class TelegramRuntime:
         self.phone_peers: collections.OrderedDict[tuple[uuid.UUID, str], Any] = (
             collections.OrderedDict()
         )
+        # When each account's chats were last read to find an unknown numeric id.
+        self._dialog_scans: collections.OrderedDict[uuid.UUID, float] = collections.OrderedDict()
         # Whether every stored session has its auth key fingerprint (see tasks.accounts).
         self.key_hashes_complete = False
         self.unfingerprinted: set[uuid.UUID] = set()  # sessions this process cannot open
@@ -88,6 +92,20 @@ class TelegramRuntime:
         del self._loading[account_id]
         if not failed and (account := done.result()) is not None:
             self._accounts[account_id] = (time.monotonic(), account)
+
+    def may_scan_dialogs(self, account_id: uuid.UUID) -> bool:
+        """Whether a job may read the account's chats now to find a numeric id: at most
+        once per DIALOG_SCAN_SECONDS, so ids that are in no chat cost one read, not one
+        per job."""
+        now = time.monotonic()
+        last = self._dialog_scans.get(account_id)
+        if last is not None and now - last < DIALOG_SCAN_SECONDS:
+            return False
+        self._dialog_scans[account_id] = now
+        self._dialog_scans.move_to_end(account_id)
+        while len(self._dialog_scans) > DIALOG_SCANS_KEPT:
+            self._dialog_scans.popitem(last=False)
+        return True
 
     def forget(self, account_id: uuid.UUID) -> None:
         self._accounts.pop(account_id, None)

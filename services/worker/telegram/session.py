@@ -32,14 +32,32 @@ class BoundedSession(StringSession):  # type: ignore[misc]
     def __len__(self) -> int:
         return len(self._rows)
 
+    def rows(self) -> list[Row]:
+        """Every stored entity, least recently seen first."""
+        return list(self._rows.values())
+
+    def adopt(self, rows: list[Row]) -> None:
+        """Take over the entities a previous client of the account had seen, as if seen
+        before anything this one has seen itself."""
+        own = list(self._rows.values())
+        for row in [*rows, *own]:
+            self._remember(row)
+        self._trim()
+
     def process_entities(self, tlo: Any) -> None:
         for row in self._entities_to_rows(tlo):
-            self._forget(row[0])
-            self._rows[row[0]] = row
-            if row[2]:
-                self._by_username[row[2]] = row[0]
-            if row[3]:
-                self._by_phone[row[3]] = row[0]
+            self._remember(row)
+        self._trim()
+
+    def _remember(self, row: Row) -> None:
+        self._forget(row[0])
+        self._rows[row[0]] = row
+        if row[2]:
+            self._by_username[row[2]] = row[0]
+        if row[3]:
+            self._by_phone[row[3]] = row[0]
+
+    def _trim(self) -> None:
         while len(self._rows) > self.limit:
             self._forget(next(iter(self._rows)))
 
