@@ -97,26 +97,32 @@ async def test_send_is_exactly_once_when_the_connection_drops_after_executing(
     assert row["random_id"] == sent["result"]["random_id"]
 
 
+async def refused_resend(
+    api: httpx.AsyncClient, admin: SandboxAdmin, account: dict[str, Any], peer: str, text: str
+) -> dict[str, Any]:
+    """A send whose answer is lost once, and whose resend the DC refuses as a repeated
+    random_id (as Telegram may, rather than answering with the original message)."""
+    await admin.set_random_id_duplicate(True)
+    user_id = account["tg_user_id"]
+    await admin.add_fault(user_id, "drop_after", method="messages.sendMessage", times=1)
+    sent = await run(api, "telegram.send_message", account_id=account["id"], peer=peer, text=text)
+    assert sent["status"] == "succeeded", sent  # the message exists: delivered once
+    assert sent["result"]["resend_refused"] is True
+    return sent
+
+
 async def test_a_refused_resend_reports_the_message_the_first_attempt_sent(
     api: httpx.AsyncClient, admin: SandboxAdmin
 ) -> None:
-    # Telegram may answer a repeated random_id with RANDOM_ID_DUPLICATE rather than
-    # with the original message: the job still succeeds, naming the one message.
     account, created = await import_account(api, admin)
     friend = await admin.create_account(username="friend_sb")
-    await admin.set_random_id_duplicate(True)
     await admin.post_message(friend["user_id"], created["user_id"], "only once")  # theirs
-    await admin.add_fault(created["user_id"], "drop_after", method="messages.sendMessage", times=1)
-    sent = await run(
-        api, "telegram.send_message", account_id=account["id"], peer="@friend_sb", text="only once"
-    )
-    assert sent["status"] == "succeeded", sent
+    sent = await refused_resend(api, admin, account, "@friend_sb", "only once")
     stored = await admin.messages(created["user_id"], friend["user_id"])
     ours = [m for m in stored if m["out"]]
     assert [(m["id"], m["random_id"]) for m in ours] == [
         (sent["result"]["message_id"], sent["result"]["random_id"])
     ]
-    assert sent["result"]["resend_refused"] is True
     assert len(stored) == 2
 
 
@@ -124,14 +130,8 @@ async def test_a_refused_resend_names_no_message_it_cannot_tell_apart(
     api: httpx.AsyncClient, admin: SandboxAdmin
 ) -> None:
     account, created = await import_account(api, admin)
-    await admin.set_random_id_duplicate(True)
     await admin.post_message(created["user_id"], created["user_id"], "same words")  # earlier
-    await admin.add_fault(created["user_id"], "drop_after", method="messages.sendMessage", times=1)
-    sent = await run(
-        api, "telegram.send_message", account_id=account["id"], peer="me", text="same words"
-    )
-    assert sent["status"] == "succeeded", sent
-    assert sent["result"]["resend_refused"] is True
+    sent = await refused_resend(api, admin, account, "me", "same words")
     assert sent["result"]["message_id"] is None  # two candidates: neither is named
     stored = await admin.messages(created["user_id"])
     assert [m["random_id"] for m in stored] == [None, sent["result"]["random_id"]]
