@@ -24,6 +24,7 @@ _PRIVATE_POST = re.compile(r"c/([0-9]{1,15})(?:/[0-9]{1,10})?")
 _PUBLIC = re.compile(r"(?:s/)?([A-Za-z][A-Za-z0-9_]{3,31})(?:/[0-9]{1,10})?")
 INT32_MAX = 2**31 - 1  # message ids and offsets are MTProto ints
 INT64_MAX = 2**63 - 1
+CHANNEL_MARK = 10**12  # a channel's marked id is -(CHANNEL_MARK + id): telethon.utils.get_peer_id
 INVITE_PREFIX = "https://t.me/+"
 TEXT_MAX = 4096  # what Telegram takes: UTF-16 code units of the text once markup is parsed
 TEXT_MAX_WRITTEN = 65_536  # what a job may carry, markup included
@@ -34,7 +35,8 @@ def normalize_peer(value: str) -> str:
     numeric id, ``+phone`` or an invite link ``https://t.me/+hash``.
 
     t.me links (also telegram.me, telegram.dog, www.) become what they name: a public
-    chat or its post -> @username, a private post ``t.me/c/123/45`` -> ``-100123``,
+    chat or its post -> @username, a private post ``t.me/c/123/45`` -> the channel's
+    marked id ``-1000000000123`` (``-(10**12 + 123)``, as Telethon marks channels),
     ``t.me/+15551234567`` -> the phone, ``t.me/+hash`` and ``t.me/joinchat/hash`` -> the
     invite link. Anything else is refused.
     """
@@ -56,8 +58,8 @@ def normalize_peer(value: str) -> str:
             return path
         if invite := _INVITE.fullmatch(path):
             return INVITE_PREFIX + invite.group(1)
-        if post := _PRIVATE_POST.fullmatch(path):
-            return f"-100{post.group(1)}"
+        if (post := _PRIVATE_POST.fullmatch(path)) and int(post.group(1)):
+            return str(-(CHANNEL_MARK + int(post.group(1))))
         if public := _PUBLIC.fullmatch(path):
             return "@" + public.group(1).lower()
     raise ValueError("peer must be 'me', @username, a numeric id, a t.me link or +phone")
@@ -79,7 +81,7 @@ def _group_peer(value: str) -> str:
     peer = normalize_peer(value)
     if peer == "me" or peer.startswith("+") or peer.isdigit():
         raise ValueError("peer must be a group or channel: @username, a -100... id or a link")
-    if peer.startswith("-") and not peer.startswith("-100"):  # a basic group: no members API
+    if peer.startswith("-") and int(peer) > -CHANNEL_MARK:  # a basic group: no members API
         raise ValueError("peer must be a supergroup or channel: @username, a -100... id or a link")
     return peer
 

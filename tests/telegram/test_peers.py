@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 from redis.asyncio import Redis
+from telethon import types, utils
 
 from shared.jobs.telegram import normalize_peer
 from tests.helpers import auth
@@ -26,7 +27,13 @@ from tests.helpers import auth
         ("https://www.t.me/news_sb", "@news_sb"),
         ("https://telegram.dog/news_sb?single", "@news_sb"),
         ("telegram.me/s/news_sb", "@news_sb"),
-        ("https://t.me/c/1234567/45", "-1001234567"),
+        # A private link names a channel by its bare id: the peer is its marked id,
+        # -(10**12 + id), whatever the id's length.
+        ("https://t.me/c/1234567/45", "-1000001234567"),
+        ("t.me/c/123/45", "-1000000000123"),
+        ("t.me/c/5", "-1000000000005"),
+        ("https://t.me/c/1234567890/7", "-1001234567890"),
+        ("t.me/c/123456789012345", "-124456789012345"),
         ("t.me/+15550001133", "+15550001133"),
         ("+15550001133", "+15550001133"),
         ("https://t.me/+AbCdEf_123", "https://t.me/+AbCdEf_123"),
@@ -41,11 +48,27 @@ def test_every_spelling_of_a_peer_becomes_one(given: str, normal: str) -> None:
 
 @pytest.mark.parametrize(
     "given",
-    ["0", "-0", "9223372036854775808", "not a peer!", "t.me/", "t.me/c/x", "https://example.com/a"],
+    [
+        "0",
+        "-0",
+        "9223372036854775808",
+        "not a peer!",
+        "t.me/",
+        "t.me/c/x",
+        "t.me/c/0",
+        "https://example.com/a",
+    ],
 )
 def test_what_names_no_peer_is_refused(given: str) -> None:
     with pytest.raises(ValueError, match="peer"):
         normalize_peer(given)
+
+
+@pytest.mark.parametrize("channel_id", [5, 123, 1234567, 1234567890, 123456789012345])
+def test_a_private_link_names_the_channel_telethon_reads_from_its_id(channel_id: int) -> None:
+    peer = normalize_peer(f"https://t.me/c/{channel_id}/45")
+    assert utils.resolve_id(int(peer)) == (channel_id, types.PeerChannel)
+    assert int(peer) == utils.get_peer_id(types.PeerChannel(channel_id))
 
 
 ACCOUNT = str(uuid.uuid4())
@@ -76,6 +99,7 @@ ACCOUNT = str(uuid.uuid4())
         ("telegram.get_participants", {"peer": "me"}, "params.peer"),
         ("telegram.get_participants", {"peer": "12345"}, "params.peer"),
         ("telegram.get_participants", {"peer": "-12345"}, "params.peer"),  # a basic group
+        ("telegram.get_participants", {"peer": "-1001234567"}, "params.peer"),  # basic too
         ("telegram.get_participants", {"peer": "@news_sb", "offset": 2**31}, "params.offset"),
     ],
 )
