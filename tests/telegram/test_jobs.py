@@ -459,10 +459,14 @@ async def test_phones_and_phone_links_resolve_and_own_messages_have_a_sender(
     assert nobody["status"] == "failed"
     assert nobody["error"]["code"] == "phone_not_occupied"
     # Resolved once, the phone is in the worker's cache: a flood on resolving phones
-    # (which would defer the job for ten minutes) is never met.
+    # (which would defer the job for ten minutes) is never met, by a resolve or a send.
     await admin.add_fault(
         created["user_id"], "flood_wait", method="contacts.resolvePhone", seconds=600, times=1
     )
+    for spelling in ("+15550001133", "https://t.me/+15550001133"):
+        cached = await run(api, "telegram.resolve", account_id=account["id"], peer=spelling)
+        assert cached["status"] == "succeeded", cached
+        assert cached["result"]["peer"] == resolved["result"]["peer"]
     again = await run(
         api, "telegram.send_message", account_id=account["id"], peer="+15550001133", text="2"
     )

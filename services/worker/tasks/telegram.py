@@ -69,6 +69,13 @@ def _lookup(peer: str) -> tuple[str, Any]:
 
 
 async def _user_by_phone(tg: AccountSession, phone: str) -> Any:
+    """The user with ``phone``, asked of Telegram once per account and phone: later
+    lookups (a resolve or any job naming the phone) take the worker's answer."""
+    phones = tg.runtime.phone_peers
+    key = (tg.account.id, phone)
+    if (known := phones.get(key)) is not None:  # resolved before: no network call
+        phones.move_to_end(key)
+        return known
     found = await tg.call(
         "contacts.resolvePhone", lambda: tg.client(ResolvePhoneRequest(phone.lstrip("+")))
     )
@@ -76,6 +83,9 @@ async def _user_by_phone(tg: AccountSession, phone: str) -> Any:
     user = next((u for u in found.users if u.id == user_id), None)
     if user is None:
         raise PermanentFailure("phone_not_occupied", "No user has this phone number.")
+    phones[key] = user
+    if len(phones) > PHONE_PEERS_MAX:
+        phones.popitem(last=False)
     return user
 
 
@@ -84,16 +94,7 @@ async def input_peer(tg: AccountSession, peer: str) -> Any:
     if peer == "me":  # Saved Messages: nothing to resolve
         return types.InputPeerSelf()
     if peer.startswith("+"):
-        phones = tg.runtime.phone_peers
-        key = (tg.account.id, peer)
-        if (known := phones.get(key)) is not None:  # resolved before: no network call
-            phones.move_to_end(key)
-            return known
-        found = utils.get_input_peer(await _user_by_phone(tg, peer))
-        phones[key] = found
-        if len(phones) > PHONE_PEERS_MAX:
-            phones.popitem(last=False)
-        return found
+        return utils.get_input_peer(await _user_by_phone(tg, peer))
     method, value = _lookup(peer)
     try:
         return await tg.call(method, lambda: tg.client.get_input_entity(value))

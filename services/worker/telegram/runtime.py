@@ -60,7 +60,7 @@ class TelegramRuntime:
         # Account rows read per job: cached briefly, dropped on every local state change.
         self._accounts: dict[uuid.UUID, tuple[float, Account]] = {}
         self._loading: dict[uuid.UUID, asyncio.Future[Account | None]] = {}
-        # (account, +phone) -> its InputPeerUser, least recently used first (see input_peer).
+        # (account, +phone) -> its User, least recently used first (see tasks' _user_by_phone).
         self.phone_peers: collections.OrderedDict[tuple[uuid.UUID, str], Any] = (
             collections.OrderedDict()
         )
