@@ -346,6 +346,33 @@ async def test_channel_join_read_members_and_forward_once(
     assert len(saved) == 2
 
 
+async def test_joining_a_chat_the_account_is_in_already_succeeds_with_the_chat(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    account, me = await import_account(api, admin)
+    owner = await admin.create_account(first_name="Owner")
+    chat = await admin.create_chat(
+        title="Private", kind="channel", creator_id=owner["user_id"], invite_hash="privhash1"
+    )
+    expected = {"id": chat["chat_id"], "kind": "channel", "username": None, "title": "Private"}
+    await run(api, "telegram.get_me", account_id=account["id"])  # connected
+    # The join executes, the answer is lost, and Telethon's resend meets
+    # USER_ALREADY_PARTICIPANT: the join happened, so the job succeeds.
+    await admin.add_fault(me["user_id"], "drop_after", method="messages.importChatInvite", times=1)
+    joined = await run(
+        api, "telegram.join_chat", account_id=account["id"], target="https://t.me/+privhash1"
+    )
+    assert joined["status"] == "succeeded", joined
+    assert joined["result"]["peer"] == expected
+    dialogs = await run(api, "telegram.get_dialogs", account_id=account["id"])
+    assert [d["peer"] for d in dialogs["result"]["dialogs"]] == [expected]
+    # Joining again, by either spelling of the invite, is the same success.
+    for target in ("t.me/joinchat/privhash1", "https://t.me/+privhash1"):
+        again = await run(api, "telegram.join_chat", account_id=account["id"], target=target)
+        assert again["status"] == "succeeded", again
+        assert again["result"] == joined["result"]
+
+
 async def test_a_flood_on_a_channel_method_holds_that_method_only(
     api: httpx.AsyncClient, admin: SandboxAdmin, redis: Redis
 ) -> None:

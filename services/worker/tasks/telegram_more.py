@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from telethon import types
+from telethon import errors, types
 from telethon.tl.functions.channels import GetParticipantsRequest, JoinChannelRequest
-from telethon.tl.functions.messages import ForwardMessagesRequest, ImportChatInviteRequest
+from telethon.tl.functions.messages import (
+    CheckChatInviteRequest,
+    ForwardMessagesRequest,
+    ImportChatInviteRequest,
+)
 
 from services.worker.context import JobContext
 from services.worker.tasks.telegram import input_peer, method_for, peer_key, peer_out, user_out
-from services.worker.telegram.runtime import message_out, random_id_for
+from services.worker.telegram.runtime import AccountSession, message_out, random_id_for
 from shared.errors import PermanentFailure
 from shared.jobs.telegram import (
     DialogsParams,
@@ -66,20 +71,47 @@ async def get_dialogs(ctx: JobContext, params: DialogsParams) -> DialogsResult:
 
 
 async def join_chat(ctx: JobContext, params: JoinChatParams) -> ResolveResult:
+    """Join, or find the account a member already: both succeed with the chat."""
     invite = invite_hash(params.target)
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
-        if invite is not None:
-            request: Any = ImportChatInviteRequest(invite)
-            updates = await tg.call("messages.importChatInvite", lambda: tg.client(request))
-        else:
+        if invite is None:
             channel = await input_peer(tg, params.target)
             updates = await tg.call(
                 "channels.joinChannel", lambda: tg.client(JoinChannelRequest(channel))
             )
+        else:
+            updates = await tg.call("messages.importChatInvite", _importer(tg, invite))
+            if updates is None:
+                return ResolveResult(peer=peer_out(await _member_of(tg, invite)))
     chats = getattr(updates, "chats", [])
     if not chats:
         raise PermanentFailure("unexpected_response", "Joining returned no chat.")
     return ResolveResult(peer=peer_out(chats[0]))
+
+
+def _importer(tg: AccountSession, invite: str) -> Callable[[], Awaitable[Any]]:
+    """messages.importChatInvite, None when the account is in the chat already: joined
+    before, or by this very request when Telethon resent it after a dropped connection."""
+
+    async def join() -> Any:
+        try:
+            return await tg.client(ImportChatInviteRequest(invite))
+        except errors.UserAlreadyParticipantError:
+            return None
+
+    return join
+
+
+async def _member_of(tg: AccountSession, invite: str) -> Any:
+    """The chat of an invite the account is a member of (Telegram names it then)."""
+    found = await tg.call(
+        "messages.checkChatInvite", lambda: tg.client(CheckChatInviteRequest(invite))
+    )
+    if not isinstance(found, types.ChatInviteAlready):
+        raise PermanentFailure(
+            "unexpected_response", "Telegram refused the join as a member's but did not agree."
+        )
+    return found.chat
 
 
 async def forward_messages(ctx: JobContext, params: ForwardParams) -> ForwardResult:
