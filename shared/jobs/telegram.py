@@ -204,6 +204,11 @@ class MessageOut(BaseModel):
     text: str
     reply_to: int | None
     media: str | None
+    action: str | None = Field(
+        default=None,
+        description="A service message's action (chat_add_user, channel_create, ...), its "
+        "text empty; null for other messages.",
+    )
 
 
 class MessagesResult(BaseModel):

@@ -150,7 +150,9 @@ async def test_a_message_of_several_lines_counts_once(
             api, "telegram.get_history", account_id=account_id, peer="@lines_chat", limit=10
         )
     assert job["status"] == "succeeded", job
-    ids = [m["id"] for m in history["result"]["messages"]]  # newest first
+    messages = history["result"]["messages"]  # newest first, the creation last
+    ids = [m["id"] for m in messages if m["action"] is None]
+    assert messages[-1]["action"] == "channel_create"  # shown in history, not summarised
     assert job["result"]["messages"] == 2
     assert (job["result"]["first_message_id"], job["result"]["last_message_id"]) == (
         ids[-1],

@@ -283,7 +283,28 @@ async def test_channel_join_read_members_and_forward_once(
         api, "telegram.get_history", account_id=account["id"], peer="@news_sb", limit=10
     )
     posts = history["result"]["messages"]
-    assert [m["text"] for m in posts] == ["post 2", "post 1", "post 0"]
+    # The chat's first message is the service message of its creation: shown, textless,
+    # so that a page is as long as Telegram's and paging by offset_id reaches it.
+    assert [(m["text"], m["action"]) for m in posts] == [
+        ("post 2", None),
+        ("post 1", None),
+        ("post 0", None),
+        ("", "channel_create"),
+    ]
+    posts = posts[:3]
+    last = await run(
+        api,
+        "telegram.get_history",
+        account_id=account["id"],
+        peer="@news_sb",
+        limit=1,
+        offset_id=posts[-1]["id"],
+    )
+    assert [(m["id"], m["action"]) for m in last["result"]["messages"]] == [(1, "channel_create")]
+    service = await run(
+        api, "telegram.get_messages", account_id=account["id"], peer="@news_sb", ids=[1]
+    )
+    assert service["result"]["messages"] == last["result"]["messages"]
     by_id = await run(
         api,
         "telegram.get_messages",

@@ -113,11 +113,17 @@ async def _history(chain: Chain, params: SummarizeChatParams) -> list[MessageOut
             ),
         )
         fresh = [m for m in page.messages if _after(m.date, params.since)]
-        found += fresh
+        found += _readable(fresh)
         if len(page.messages) < want or len(fresh) < len(page.messages):
             break
         offset = page.messages[-1].id
     return found[: params.limit]
+
+
+def _readable(messages: list[MessageOut]) -> list[MessageOut]:
+    """What a model is shown: messages, not service messages (a join, the chat's
+    creation), which history pages include but which have no text to read."""
+    return [m for m in messages if m.action is None]
 
 
 def _after(when: datetime | None, since: datetime | None) -> bool:
@@ -157,9 +163,10 @@ async def reply(ai: AiRuntime, ctx: JobContext, params: ReplyParams) -> ReplyRes
             offset_id=params.message_id + 1,
         ),
     )
-    if not any(m.id == params.message_id for m in page.messages):
+    readable = _readable(page.messages)
+    if not any(m.id == params.message_id for m in readable):
         raise PermanentFailure("message_not_found", f"No message {params.message_id} there.")
-    lines = [_line(m, m.id == params.message_id) for m in reversed(page.messages)]
+    lines = [_line(m, m.id == params.message_id) for m in reversed(readable)]
     system = REPLY_SYSTEM + (f"\n{params.instructions}" if params.instructions else "")
     chat, _ = _fit(system, lines, spec, params)
     answer = await chain.step("reply", COMPLETE, _complete(params, provider, model, chat))

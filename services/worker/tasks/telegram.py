@@ -11,7 +11,12 @@ from telethon.tl.functions.messages import SendMessageRequest
 from telethon.tl.functions.users import GetUsersRequest
 
 from services.worker.context import JobContext
-from services.worker.telegram.runtime import AccountSession, message_out, random_id_for
+from services.worker.telegram.runtime import (
+    MESSAGES,
+    AccountSession,
+    message_out,
+    random_id_for,
+)
 from shared.errors import PermanentFailure
 from shared.jobs.telegram import (
     AccountParams,
@@ -232,7 +237,7 @@ async def get_history(ctx: JobContext, params: GetHistoryParams) -> MessagesResu
         )
         own = tg.account.tg_user_id
     return MessagesResult.model_validate(
-        {"messages": [message_out(m, own) for m in messages if isinstance(m, types.Message)]}
+        {"messages": [message_out(m, own) for m in messages if isinstance(m, MESSAGES)]}
     )
 
 

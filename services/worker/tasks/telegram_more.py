@@ -17,7 +17,12 @@ from telethon.tl.functions.messages import (
 
 from services.worker.context import JobContext
 from services.worker.tasks.telegram import input_peer, method_for, peer_key, peer_out, user_out
-from services.worker.telegram.runtime import AccountSession, message_out, random_id_for
+from services.worker.telegram.runtime import (
+    MESSAGES,
+    AccountSession,
+    message_out,
+    random_id_for,
+)
 from shared.errors import PermanentFailure
 from shared.jobs.telegram import (
     DialogsParams,
@@ -46,7 +51,7 @@ async def get_messages(ctx: JobContext, params: GetMessagesParams) -> MessagesRe
         )
         own = tg.account.tg_user_id
     return MessagesResult.model_validate(
-        {"messages": [message_out(m, own) for m in found if isinstance(m, types.Message)]}
+        {"messages": [message_out(m, own) for m in found if isinstance(m, MESSAGES)]}
     )
 
 

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 from asyncpg import InterfaceError, PostgresError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from telethon import TelegramClient
+from telethon import TelegramClient, types
 
 from services.worker.telegram import accounts, metrics
 from services.worker.telegram.accounts import Account, State
@@ -312,12 +313,23 @@ def _flooded(method: str, until: datetime) -> Deferral:
     return Deferral("flood_wait", f"{method} is in a flood wait for this account.", until)
 
 
+# What message_out shows: messages and service messages. A MessageEmpty (an id with no
+# message, or None from Telethon for one) is left out.
+MESSAGES = (types.Message, types.MessageService)
+
+
 def message_out(message: Any, own_user_id: int | None = None) -> dict[str, Any]:
     """A message as job results show it; ``own_user_id`` is the sender of outgoing
-    private messages, which Telegram sends without a sender."""
+    private messages, which Telegram sends without a sender. A service message (a
+    ``MessageService``: someone joined, the chat was created) has no text and names
+    its action (``MessageActionChatAddUser`` -> ``chat_add_user``)."""
     media = None
     if message.media is not None:
         media = type(message.media).__name__.removeprefix("MessageMedia").lower()
+    action = None
+    if message.action is not None:
+        name = type(message.action).__name__.removeprefix("MessageAction")
+        action = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
     return {
         "id": message.id,
         "date": message.date,
@@ -325,4 +337,5 @@ def message_out(message: Any, own_user_id: int | None = None) -> dict[str, Any]:
         "text": message.message or "",
         "reply_to": message.reply_to_msg_id,
         "media": media,
+        "action": action,
     }
