@@ -484,6 +484,61 @@ async def test_text_goes_as_written_unless_a_parse_mode_is_asked_for(
         assert len(stored[sent["result"]["message_id"]].encode("utf-16-le")) == 2 * 4096
 
 
+async def test_a_flood_on_resolving_a_mention_defers_the_send(
+    api: httpx.AsyncClient, admin: SandboxAdmin, redis: Redis
+) -> None:
+    account, created = await import_account(api, admin)
+    await admin.create_account(username="carol_sb", first_name="Carol")
+    await admin.add_fault(
+        created["user_id"], "flood_wait", method="contacts.resolveUsername", seconds=30, times=1
+    )
+    job_id = await submit(
+        api,
+        "telegram.send_message",
+        account_id=account["id"],
+        peer="me",
+        text="[hi](@carol_sb)",
+        parse_mode="markdown",
+    )
+    waiting = await deferred_as(api, job_id, "flood_wait")
+    assert waiting["status"] != "failed"
+    assert await redis.exists(f"tgflow:flood:{account['id']}:contacts.resolveUsername")
+    assert await admin.messages(created["user_id"]) == []
+
+
+async def test_mentions_are_found_like_any_peer_and_a_mention_of_nobody_stays_text(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox
+) -> None:
+    account, created = await import_account(api, admin)
+    carol = await admin.create_account(username="carol_sb", first_name="Carol")
+    dana = await admin.create_account(phone="+15550001133", first_name="Dana")
+    owner = await admin.create_account(first_name="Owner")
+    await admin.create_chat(
+        title="News", kind="channel", creator_id=owner["user_id"], username="news_sb"
+    )
+    text = (
+        f"[a](+15550001133) [b](tg://user?id={dana['user_id']}) [c](@carol_sb) "
+        "[d](@nobody_sb) [e](@news_sb) [f](+1) **g**"
+    )
+    sent = await run(
+        api,
+        "telegram.send_message",
+        account_id=account["id"],
+        peer="me",
+        text=text,
+        parse_mode="markdown",
+    )
+    assert sent["status"] == "succeeded", sent
+    stored = sandbox.core.world.accounts[created["user_id"]].box[sent["result"]["message_id"]]
+    assert stored.text == "a b c d e f g"
+    assert [(type(e).__name__, e.offset, getattr(e, "user_id", None)) for e in stored.entities] == [
+        ("MessageEntityMentionName", 0, dana["user_id"]),
+        ("MessageEntityMentionName", 2, dana["user_id"]),
+        ("MessageEntityMentionName", 4, carol["user_id"]),
+        ("MessageEntityBold", 12, None),
+    ]
+
+
 async def test_phones_and_phone_links_resolve_and_own_messages_have_a_sender(
     api: httpx.AsyncClient, admin: SandboxAdmin
 ) -> None:

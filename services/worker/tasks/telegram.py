@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
 from telethon import errors, types, utils
+from telethon.extensions import html, markdown
 from telethon.tl.functions.contacts import ResolvePhoneRequest
 from telethon.tl.functions.messages import SendMessageRequest
 from telethon.tl.functions.users import GetUsersRequest
@@ -29,6 +31,7 @@ from shared.jobs.telegram import (
     SendMessageResult,
     UserOut,
     invite_hash,
+    normalize_peer,
 )
 from shared.logs import get_logger
 
@@ -114,6 +117,69 @@ async def input_peer(tg: AccountSession, peer: str) -> Any:
     return await tg.call(method, lambda: tg.client.get_input_entity(value))
 
 
+# A link Telethon's client turns into a mention (``[hi](@name)``, ``+phone``,
+# ``tg://user?id=``), matched as its _parse_message_text does.
+_MENTION_URL = re.compile(r"@|\+|tg://user\?id=(\d+)")
+# What finding a mentioned user can fail with when there is no such user: the link is
+# dropped and its text stays, as Telethon's client does.
+NO_SUCH_USER = frozenset(
+    {
+        "username_not_occupied",
+        "username_invalid",
+        "peer_not_found",
+        "peer_id_invalid",
+        "user_id_invalid",
+        "phone_not_occupied",
+        "phone_number_invalid",
+    }
+)
+
+
+async def parse_text(tg: AccountSession, text: str, mode: str | None) -> tuple[str, list[Any]]:
+    """The text as sent and its entities. The markup is parsed as Telethon's client
+    parses it, but without the network: each mention's user is then found like any
+    peer (``input_peer``: cached, flood-gated, its errors mapped). A mention of no user
+    (no such username, phone or id, or a chat) keeps its text and loses its link."""
+    if mode is None:  # the text goes as written (Telethon's own default is markdown)
+        return text, []
+    try:
+        sent, parsed = (markdown if mode == "markdown" else html).parse(text)
+    except Exception as exc:  # the gateway refuses such markup; a requeue may not
+        raise PermanentFailure(
+            "markup_invalid", f"The text's markup cannot be parsed ({type(exc).__name__})."
+        ) from None
+    if not sent.strip():
+        raise PermanentFailure("message_empty", "The text is empty once its markup is parsed.")
+    entities: list[Any] = []
+    for entity in parsed:
+        if not entity.length:  # Telegram no longer takes empty entities
+            continue
+        url = entity.url if isinstance(entity, types.MessageEntityTextUrl) else ""
+        if (found := _MENTION_URL.match(url)) is None:
+            entities.append(entity)
+        elif (user := await _mentioned(tg, found.group(1) or url)) is not None:
+            entities.append(types.InputMessageEntityMentionName(entity.offset, entity.length, user))
+    return sent, entities
+
+
+async def _mentioned(tg: AccountSession, target: str) -> Any | None:
+    """The InputUser a mention names, None when it names no user."""
+    try:
+        spelled = normalize_peer(target)
+    except ValueError:  # names no peer at all
+        return None
+    try:
+        peer = await input_peer(tg, spelled)
+    except PermanentFailure as failure:
+        if failure.code in NO_SUCH_USER:
+            return None
+        raise
+    try:
+        return utils.get_input_user(peer)
+    except TypeError:  # a chat, not a user
+        return None
+
+
 def method_for(method: str, peer: Any) -> str:
     """The MTProto method Telethon sends for ``peer``: for a channel its ``channels.``
     twin (``messages.getMessages`` -> ``channels.getMessages``), so that flood state,
@@ -145,17 +211,8 @@ async def send_message(ctx: JobContext, params: SendMessageParams) -> SendMessag
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
         peer = await input_peer(tg, params.peer)
         chat = peer_key(peer)
-        await tg.take_send_budget(chat, "messages.sendMessage")
-        try:  # no parse mode: the text goes as written (Telethon's default is markdown)
-            text, entities = await tg.client._parse_message_text(params.text, params.parse_mode)
-        except ValueError:
-            raise PermanentFailure(
-                "message_empty", "The text is empty once its markup is parsed."
-            ) from None
-        except Exception as exc:  # the gateway refuses such markup; a requeue may not
-            raise PermanentFailure(
-                "markup_invalid", f"The text's markup cannot be parsed ({type(exc).__name__})."
-            ) from None
+        text, entities = await parse_text(tg, params.text, params.parse_mode)
+        await tg.take_send_budget(chat, "messages.sendMessage")  # once ready to send
         request = SendMessageRequest(
             peer=peer,
             message=text,
