@@ -252,11 +252,14 @@ class AdminApi:
                 self.core.settings.auth_key_duplicated = body.auth_key_duplicated
             if body.random_id_duplicate is not None:
                 self.core.settings.random_id_duplicate = body.random_id_duplicate
+            if body.participants_listed is not None:
+                self.core.settings.participants_listed = body.participants_listed
         settings = self.core.settings
         return JSONResponse(
             {
                 "auth_key_duplicated": settings.auth_key_duplicated,
                 "random_id_duplicate": settings.random_id_duplicate,
+                "participants_listed": settings.participants_listed,
             }
         )
 

@@ -104,6 +104,7 @@ class FaultIn(_Strict):
 class ConfigIn(_Strict):
     auth_key_duplicated: bool | None = None
     random_id_duplicate: bool | None = None
+    participants_listed: int | None = Field(default=None, ge=0)
 
 
 class AiFaultIn(_Strict):

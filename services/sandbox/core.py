@@ -24,6 +24,9 @@ class LiveConnection(Protocol):
     def abort(self, reason: str) -> None: ...
 
 
+PARTICIPANTS_LISTED = 10_000
+
+
 @dataclass
 class Settings:
     dc_id: int = 2
@@ -35,6 +38,9 @@ class Settings:
     random_id_duplicate: bool = False
     # A send repeating a random_id already used answers RANDOM_ID_DUPLICATE instead
     # of the original message (Telegram has been seen to do either).
+    participants_listed: int = PARTICIPANTS_LISTED
+    # How far channels.getParticipants lists a chat's members: past it, pages come
+    # back empty while count still gives the whole chat, as Telegram's do (10,000).
 
 
 class Core:
@@ -88,3 +94,4 @@ class Core:
         self.ledger.clear()
         self.settings.auth_key_duplicated = False
         self.settings.random_id_duplicate = False
+        self.settings.participants_listed = PARTICIPANTS_LISTED

@@ -55,6 +55,7 @@ async def test_accounts_are_distinct_and_listed(
         ("POST", "/admin/chats", {"title": "t", "creator_id": 5}, 404),
         ("POST", "/admin/chats", {"title": "", "creator_id": 5}, 422),
         ("POST", "/admin/config", {"auth_key_duplicated": "maybe"}, 422),
+        ("POST", "/admin/config", {"participants_listed": -1}, 422),
         ("POST", "/admin/ai/faults", {"kind": "meteor"}, 422),
         ("POST", "/admin/ai/config", {"latency_ms": -5}, 422),
         ("GET", "/admin/nowhere", None, 404),

@@ -209,7 +209,11 @@ async def test_auth_key_duplicated_when_enabled(
 ) -> None:
     alice = await new_account()
     response = await admin.post("/admin/config", json={"auth_key_duplicated": True})
-    assert response.json() == {"auth_key_duplicated": True, "random_id_duplicate": False}
+    assert response.json() == {
+        "auth_key_duplicated": True,
+        "random_id_duplicate": False,
+        "participants_listed": 10_000,
+    }
     first = new_client(alice["session_string"])
     await first.connect()
     second = new_client(alice["session_string"])

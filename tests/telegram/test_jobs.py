@@ -394,6 +394,44 @@ async def test_joining_a_chat_the_account_is_in_already_succeeds_with_the_chat(
         assert again["result"] == joined["result"]
 
 
+async def test_members_past_what_telegram_lists_end_the_paging(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    # Telegram lists at most 10,000 members of a chat but counts them all: past that,
+    # pages come back empty, and next_offset must not send a client round again.
+    account, me = await import_account(api, admin)
+    owner = await admin.create_account(first_name="Owner")
+    members = [(await admin.create_account(first_name=f"M{i}"))["user_id"] for i in range(4)]
+    await admin.create_chat(
+        title="Crowd",
+        kind="supergroup",
+        creator_id=owner["user_id"],
+        username="crowd_sb",
+        members=[me["user_id"], *members],
+    )
+    await admin.set_participants_listed(4)
+    walked = await run(
+        api,
+        "telegram.get_participants",
+        account_id=account["id"],
+        peer="@crowd_sb",
+        limit=100,
+        page_size=2,
+    )
+    assert walked["status"] == "succeeded", walked
+    result = walked["result"]
+    assert (len(result["participants"]), result["total"], result["next_offset"]) == (4, 6, None)
+    past = await run(
+        api, "telegram.get_participants", account_id=account["id"], peer="@crowd_sb", offset=4
+    )
+    assert (past["result"]["participants"], past["result"]["next_offset"]) == ([], None)
+    # Within what Telegram lists, a page cut short by the limit still says where to go on.
+    first = await run(
+        api, "telegram.get_participants", account_id=account["id"], peer="@crowd_sb", limit=3
+    )
+    assert first["result"]["next_offset"] == 3
+
+
 async def test_a_flood_on_a_channel_method_holds_that_method_only(
     api: httpx.AsyncClient, admin: SandboxAdmin, redis: Redis
 ) -> None:

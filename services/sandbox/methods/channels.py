@@ -89,7 +89,8 @@ def get_participants(call: Call, req: Any) -> Any:
     if not channel.megagroup and me.id != channel.creator_id:
         raise forbidden("CHAT_ADMIN_REQUIRED")
     ids = _filtered(world, channel, req.filter)
-    page = ids[max(req.offset, 0) : max(req.offset, 0) + max(0, min(req.limit, 200))]
+    listed = ids[: call.core.settings.participants_listed]  # count still gives them all
+    page = listed[max(req.offset, 0) : max(req.offset, 0) + max(0, min(req.limit, 200))]
     participants = [_participant(channel, me, u) for u in page]
     # As Telegram does, ``users`` holds every user the page mentions: the members, and
     # also whoever invited one (who need not be on this page, or a member at all).

@@ -169,10 +169,15 @@ def _member_id(participant: Any) -> int | None:
 
 
 async def get_participants(ctx: JobContext, params: ParticipantsParams) -> ParticipantsResult:
-    """Up to ``limit`` members, one request per page, reporting progress after each."""
+    """Up to ``limit`` members, one request per page, reporting progress after each.
+
+    An empty page ends the listing, whatever ``count`` says: Telegram lists at most
+    10,000 of a chat's members but counts them all, so an offset past what it lists
+    would otherwise be handed back as ``next_offset`` for ever."""
     users: list[UserOut] = []
     total = 0
     offset = params.offset
+    ended = False
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
         channel = await input_peer(tg, params.peer)
         for page_number in itertools.count(1):
@@ -194,8 +199,9 @@ async def get_participants(ctx: JobContext, params: ParticipantsParams) -> Parti
                     {"pages": page_number, "fetched": len(users), "total": total}
                 ).decode()
             )
-            if not members or len(users) >= params.limit or offset >= total:
+            ended = not members or offset >= total
+            if ended or len(users) >= params.limit:
                 break
     return ParticipantsResult(
-        participants=users, total=total, next_offset=offset if offset < total else None
+        participants=users, total=total, next_offset=None if ended else offset
     )
