@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 
 DISCONNECT_CHANNEL = "tgflow:tg:disconnect"
+# An account's session was replaced: its owner drops the old client and logs the key out.
+REPLACED_CHANNEL = "tgflow:tg:replaced"
 PRESENCE_TTL = 90  # seconds; workers refresh it at least every 30
 
 

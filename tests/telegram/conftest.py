@@ -10,6 +10,7 @@ import asyncpg
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+from telethon.sessions import StringSession
 
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.server import Sandbox
@@ -88,6 +89,24 @@ async def insert_sealed(
         sealed.wrapped_key,
         sealed.key_id,
     )
+
+
+def signed_in(sandbox: Sandbox, session: str) -> bool:
+    """Whether the sandbox DC has the session's auth key logged in to an account."""
+    key = StringSession(session).auth_key
+    assert key is not None
+    record = sandbox.core.keys.get(key.key_id)
+    return record is not None and record.user_id is not None
+
+
+async def stored_session(pg: asyncpg.Connection[Any], account_id: str) -> str:
+    """The session tgflow stores for an account, opened."""
+    row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", uuid.UUID(account_id))
+    vault = vault_from_settings(None, WorkerSettings().secret_key.get_secret_value())
+    sealed = Sealed(
+        row["session_key_id"], bytes(row["session_wrapped_key"]), bytes(row["session_ciphertext"])
+    )
+    return vault.open(sealed, aad=row["id"].bytes)
 
 
 def requests_counted(account_id: object, outcome: str, method: str = "users.getUsers") -> float:

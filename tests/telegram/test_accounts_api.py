@@ -18,8 +18,9 @@ from services.sandbox.client import auth_key_id, make_client, sandbox_session
 from services.sandbox.server import Sandbox
 from services.worker.telegram.vault import Vault, vault_from_settings
 from shared.config import WorkerSettings
-from tests.helpers import auth, wait_for_status
-from tests.telegram.conftest import import_account, insert_sealed
+from tests.helpers import auth, eventually, wait_for_status
+from tests.telegram.conftest import import_account, insert_sealed, signed_in
+from tests.telegram.test_jobs import run
 
 
 async def test_import_validates_and_stores_the_session_sealed(
@@ -189,6 +190,45 @@ async def test_a_new_session_of_a_known_user_is_sealed_for_its_existing_account(
     )
     job = await wait_for_status(api, me.json()["id"], {"succeeded", "failed"}, timeout=15)
     assert job["status"] == "succeeded", job
+
+
+async def test_importing_a_session_that_replaces_a_connected_one_logs_the_old_key_out(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, pg: asyncpg.Connection[Any]
+) -> None:
+    """The account's worker drops its client of the old key and logs that key out, so no
+    other tenant can adopt a key still connected for this account."""
+    first, created = await import_account(api, admin, phone="+15550009878")
+    old = created["session_string"]
+    held = await run(api, "telegram.get_me", account_id=first["id"])  # the old key connected
+    assert held["status"] == "succeeded", held
+    client = make_client(sandbox_session(2, "127.0.0.1", sandbox.mtproto_port))
+    await client.connect()
+    try:
+        await client.send_code_request("+15550009878")
+        await client.sign_in("+15550009878", "22222")
+        second_session = client.session.save()
+    finally:
+        await client.disconnect()
+    again = await api.post(
+        "/v1/accounts/import", json={"session_string": second_session}, headers=auth()
+    )
+    assert again.json()["id"] == first["id"], again.text
+
+    async def old_key_logged_out() -> bool:
+        return not signed_in(sandbox, old)
+
+    await eventually(old_key_logged_out)
+    elsewhere = await api.post(
+        "/v1/accounts/import", json={"session_string": old}, headers=auth("other")
+    )
+    assert elsewhere.status_code == 422, elsewhere.text
+    assert elsewhere.json()["error"]["code"] == "session_invalid"
+    me = await run(api, "telegram.get_me", account_id=first["id"])
+    assert me["status"] == "succeeded", me
+    out = await api.delete(f"/v1/accounts/{first['id']}", headers=auth())
+    assert out.status_code == 200, out.text
+    assert not signed_in(sandbox, second_session)
+    assert await admin.overlaps() == []
 
 
 async def test_sessions_stored_before_fingerprints_are_matched_and_an_unreadable_one_is_passed_over(

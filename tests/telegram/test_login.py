@@ -11,8 +11,9 @@ import httpx
 
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.client import make_client, register_sandbox_key
-from tests.helpers import auth, wait_for_status
-from tests.telegram.conftest import import_account
+from services.sandbox.server import Sandbox
+from tests.helpers import auth, eventually, wait_for_status
+from tests.telegram.conftest import import_account, signed_in, stored_session
 from tests.telegram.test_jobs import run
 
 CODE = "22222"  # the sandbox's login code: the DC id five times
@@ -55,6 +56,76 @@ async def test_logging_in_a_known_user_again_renews_that_account(
     assert await pg.fetchval("SELECT count(*) FROM accounts") == 1
     me = await run(api, "telegram.get_me", account_id=first["id"])
     assert me["status"] == "succeeded", me
+
+
+async def test_a_login_replacing_a_connected_session_logs_the_old_key_out(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, pg: asyncpg.Connection[Any]
+) -> None:
+    """The worker that has the account's old key connected drops that client and logs the
+    key out (nobody else may connect it, and nobody would ever sign it out otherwise); its
+    jobs go on with the new session, and deleting the account logs out the stored one."""
+    first, created = await import_account(api, admin, phone="+15550002223")
+    old = created["session_string"]
+    held = await run(api, "telegram.get_me", account_id=first["id"])  # the old key connected
+    assert held["status"] == "succeeded", held
+    started = await api.post("/v1/accounts", json={"phone": "+15550002223"}, headers=auth())
+    pending = started.json()["account_id"]
+    done = await api.post(f"/v1/accounts/{pending}/login/code", json={"code": CODE}, headers=auth())
+    assert done.json()["account_id"] == first["id"], done.text
+    new = await stored_session(pg, first["id"])
+
+    async def old_key_logged_out() -> bool:
+        return not signed_in(sandbox, old)
+
+    await eventually(old_key_logged_out)
+    event = await eventually(
+        lambda: pg.fetchrow(
+            "SELECT details FROM account_events WHERE account_id = $1"
+            " AND kind = 'session_replaced'",
+            uuid.UUID(first["id"]),
+        )
+    )
+    assert json.loads(event["details"]) == {"confirmed_by_telegram": True}
+    assert await pg.fetchval("SELECT count(*) FROM replaced_sessions") == 0
+    me = await run(api, "telegram.get_me", account_id=first["id"])
+    assert me["status"] == "succeeded", me
+    out = await api.delete(f"/v1/accounts/{first['id']}", headers=auth())
+    assert out.status_code == 200, out.text
+    assert not signed_in(sandbox, new)
+    assert await admin.overlaps() == []
+
+
+async def test_logout_right_after_a_login_replaced_a_busy_session_logs_out_the_stored_one(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, pg: asyncpg.Connection[Any]
+) -> None:
+    """A job still holds the client of the replaced key when the account is deleted: the
+    logout waits for it and logs out the session tgflow stores, not the old one; the old
+    key is logged out once the job lets go of it."""
+    first, created = await import_account(api, admin, phone="+15550002224")
+    old = created["session_string"]
+    await admin.add_fault(created["user_id"], "delay", method="users.getUsers", seconds=3, times=1)
+    busy = await api.post(
+        "/v1/jobs",
+        json={"type": "telegram.get_me", "params": {"account_id": first["id"]}},
+        headers=auth(),
+    )
+    await wait_for_status(api, busy.json()["id"], {"running"}, timeout=10)
+    started = await api.post("/v1/accounts", json={"phone": "+15550002224"}, headers=auth())
+    pending = started.json()["account_id"]
+    done = await api.post(f"/v1/accounts/{pending}/login/code", json={"code": CODE}, headers=auth())
+    assert done.json()["account_id"] == first["id"], done.text
+    new = await stored_session(pg, first["id"])
+    out = await api.delete(f"/v1/accounts/{first['id']}", headers=auth())
+    assert out.status_code == 200, out.text
+    assert not signed_in(sandbox, new)
+
+    async def old_key_logged_out() -> bool:
+        return not signed_in(sandbox, old)
+
+    await eventually(old_key_logged_out)
+    job = await wait_for_status(api, busy.json()["id"], {"succeeded", "failed"}, timeout=15)
+    assert job["status"] == "succeeded", job
+    assert await admin.overlaps() == []
 
 
 async def test_login_with_two_factor_password(

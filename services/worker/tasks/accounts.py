@@ -7,7 +7,7 @@ import asyncio
 from telethon.sessions import StringSession
 
 from services.worker.context import JobContext
-from services.worker.telegram import accounts
+from services.worker.telegram import accounts, replaced
 from services.worker.telegram.client import new_client
 from services.worker.telegram.errors import Kind, map_error
 from shared import transit
@@ -51,6 +51,11 @@ async def import_session(ctx: JobContext, params: ImportParams) -> AccountOut:
             fingerprint,
         )
         if holder is None:
+            if await _being_logged_out(ctx, fingerprint):
+                raise PermanentFailure(
+                    "session_in_use",
+                    "A newer session of its account replaced this one; it is being logged out.",
+                )
             return await _validate_and_store(ctx, session)
         if holder["tenant_id"] != ctx.tenant:
             raise PermanentFailure(
@@ -70,6 +75,15 @@ async def import_session(ctx: JobContext, params: ImportParams) -> AccountOut:
             await transit.drop(redis, params.session_ref)
         if await redis.get(lock) == ctx.job_id:
             await redis.delete(lock)
+
+
+async def _being_logged_out(ctx: JobContext, fingerprint: str) -> bool:
+    """Whether the key is an account's replaced session, which its account's owner may
+    still have connected until it has logged it out (``telegram.replaced``)."""
+    found = await ctx.state.db.fetchval(
+        "SELECT 1 FROM replaced_sessions WHERE auth_key_hash = $1 LIMIT 1", fingerprint
+    )
+    return found is not None
 
 
 async def _backfill_once(ctx: JobContext) -> None:
@@ -111,4 +125,6 @@ async def _validate_and_store(ctx: JobContext, given: str) -> AccountOut:
         session=session,
         me=accounts.me_fields(me, client.session.dc_id),
     )
-    return AccountOut(account_id=stored, tg_user_id=me.id, username=me.username, state="active")
+    if stored.replaced:  # the account's owner logs the old session out
+        await replaced.announce(ctx.state.redis, stored.id)
+    return AccountOut(account_id=stored.id, tg_user_id=me.id, username=me.username, state="active")

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 from telethon import TelegramClient
@@ -17,7 +18,7 @@ from telethon import errors as tg
 from telethon.sessions import StringSession
 
 from services.worker.context import JobContext
-from services.worker.telegram import accounts
+from services.worker.telegram import accounts, replaced
 from services.worker.telegram.accounts import DisabledReason, State
 from services.worker.telegram.client import new_client
 from services.worker.telegram.errors import Kind, map_error
@@ -33,6 +34,7 @@ from shared.jobs.accounts import (
     LoginStartParams,
     LoginStep,
 )
+from shared.jobs.envelope import utcnow
 from shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -171,8 +173,10 @@ async def _into_known_account(
         me=accounts.me_fields(me, dc_id),
     )
     await ctx.state.db.execute("DELETE FROM accounts WHERE id = $1", row["id"])
-    log.info("login merged into the known account", account_id=str(stored))
-    return LoginStep(account_id=stored, state="active", next=None, tg_user_id=me.id)
+    if stored.replaced:
+        await replaced.announce(ctx.state.redis, stored.id)
+    log.info("login merged into the known account", account_id=str(stored.id))
+    return LoginStep(account_id=stored.id, state="active", next=None, tg_user_id=me.id)
 
 
 async def login_code(ctx: JobContext, params: LoginCodeParams) -> LoginStep:
@@ -234,6 +238,7 @@ async def logout(ctx: JobContext, params: AccountIdParams) -> LoginStep:
         raise PermanentFailure("account_not_found", f"No account {params.account_id}.")
     confirmed = False
     if account.sealed is not None and account.state is not State.DISABLED:
+        await _drop_replaced_client(ctx, account)
         confirmed = await _log_out_at_telegram(ctx, account)
     # An account disabled already (revoked, say) is now one its owner logged out: the
     # reason says so, and health no longer counts it as a problem.
@@ -255,6 +260,25 @@ async def logout(ctx: JobContext, params: AccountIdParams) -> LoginStep:
     runtime.pool.retire(account.id)  # gone as soon as no job holds it
     await runtime.pool.drop(account.id, reason="logout")
     return LoginStep(account_id=account.id, state="disabled", next=None)
+
+
+async def _drop_replaced_client(ctx: JobContext, account: accounts.Account) -> None:
+    """Close this worker's client of the account if it holds a session the account no
+    longer stores (a login or import replaced it just now): what is logged out is the
+    stored session. A job still using that client is waited for."""
+    assert account.sealed is not None
+    runtime = ctx.state.telegram
+    held = runtime.pool.key_of(account.id)
+    if held is None:
+        return
+    stored = accounts.auth_key_hash(runtime.vault.open(account.sealed, aad=account.aad))
+    if held == stored:
+        return
+    runtime.forget(account.id)
+    if not await runtime.pool.drop(account.id, reason="session_replaced"):
+        runtime.pool.retire(account.id)
+        later = utcnow() + timedelta(seconds=1)
+        raise Deferral("session_replaced", "A job still uses the replaced session.", later)
 
 
 async def _log_out_at_telegram(ctx: JobContext, account: accounts.Account) -> bool:

@@ -12,6 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from telethon.crypto import AuthKey
 from telethon.sessions import StringSession
 
 from services.worker.telegram.vault import Sealed, Vault, VaultError
@@ -70,7 +71,11 @@ def auth_key_hash(session: str) -> str | None:
     Stored beside the sealed session so that two sessions holding one key can be told
     apart from two different keys without connecting either.
     """
-    key = StringSession(session).auth_key
+    return key_fingerprint(StringSession(session).auth_key)
+
+
+def key_fingerprint(key: AuthKey | None) -> str | None:
+    """``auth_key_hash`` of a session's auth key itself (None without one)."""
     if key is None or key.key is None:
         return None
     return hashlib.sha256(b"tgflow-auth-key:" + key.key).hexdigest()[:32]
@@ -244,6 +249,14 @@ def me_fields(me: Any, dc_id: int | None) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Stored:
+    id: uuid.UUID
+    # The account held a session of another auth key, now in replaced_sessions: the
+    # account's shard owner is to drop its client of that key and log the key out.
+    replaced: bool = False
+
+
 async def insert_active(
     db: Pool,
     *,
@@ -251,12 +264,16 @@ async def insert_active(
     tenant: str,
     session: str,
     me: dict[str, Any],
-) -> uuid.UUID:
+) -> Stored:
     """Store a validated session as an active account; the same Telegram user updates it.
 
     The session is sealed with the id of the row that finally holds it (the account id is
-    bound into the ciphertext), also when a concurrent import of the same user wins.
+    bound into the ciphertext), also when a concurrent import of the same user wins. The
+    session it replaces, if of another key, moves to ``replaced_sessions`` in the same
+    transaction (see ``telegram.replaced``).
     """
+    fingerprint = auth_key_hash(session)
+    replaced = False
     async with db.acquire() as conn, conn.transaction():
         await conn.execute(
             "INSERT INTO tenants (id, name) VALUES ($1, $1) ON CONFLICT (id) DO NOTHING", tenant
@@ -280,18 +297,30 @@ async def insert_active(
             sealed.ciphertext,
             sealed.wrapped_key,
             sealed.key_id,
-            auth_key_hash(session),
+            fingerprint,
         )
         if stored is None:  # this user is known: re-seal for the existing row and update it
             known = await conn.fetchrow(
-                """SELECT id, state FROM accounts WHERE tenant_id = $1 AND tg_user_id = $2
-                   FOR UPDATE""",
+                """SELECT id, state, session_ciphertext, auth_key_hash FROM accounts
+                   WHERE tenant_id = $1 AND tg_user_id = $2 FOR UPDATE""",
                 tenant,
                 me["id"],
             )
             assert known is not None
             stored = known["id"]
             assert stored is not None
+            replaced = known["session_ciphertext"] is not None and (
+                known["auth_key_hash"] != fingerprint
+            )
+            if replaced:
+                await conn.execute(
+                    """INSERT INTO replaced_sessions (account_id, tenant_id, auth_key_hash,
+                           session_ciphertext, session_wrapped_key, session_key_id)
+                       SELECT id, tenant_id, auth_key_hash, session_ciphertext,
+                              session_wrapped_key, session_key_id
+                       FROM accounts WHERE id = $1""",
+                    stored,
+                )
             sealed = vault.seal(session, aad=stored.bytes)
             # A new session starts clean: no flood wait, error or disabling of the old one.
             await conn.execute(
@@ -304,14 +333,14 @@ async def insert_active(
                 sealed.ciphertext,
                 sealed.wrapped_key,
                 sealed.key_id,
-                auth_key_hash(session),
+                fingerprint,
             )
             if known["state"] != State.ACTIVE.value:
                 change = {"from": known["state"], "to": State.ACTIVE.value}
                 await record_event(conn, stored, tenant, "state_change", change)
                 log.info("account state changed", account_id=str(stored), **change)
         await record_event(conn, stored, tenant, "imported", {"tg_user_id": me["id"]})
-    return stored
+    return Stored(stored, replaced)
 
 
 async def touch(db: Pool, account_ids: list[uuid.UUID]) -> None:

@@ -59,6 +59,7 @@ class Entry:
     touched: float = float("-inf")  # when last_used_at was last written for this account
     # No job has used this connection (a validation's own): no connect/disconnect events.
     quiet: bool = True
+    key_hash: str | None = None  # the fingerprint of the auth key the client was made with
 
 
 class ClientPool:
@@ -96,6 +97,11 @@ class ClientPool:
 
     def connected(self) -> list[uuid.UUID]:
         return [k for k, e in self._entries.items() if e.client.is_connected()]
+
+    def key_of(self, account_id: uuid.UUID) -> str | None:
+        """The fingerprint of the auth key this worker's client of the account holds."""
+        entry = self._entries.get(account_id)
+        return entry.key_hash if entry is not None else None
 
     @contextlib.asynccontextmanager
     async def lease(
@@ -135,7 +141,9 @@ class ClientPool:
             entry = self._entries.get(account.id)
             if entry is None:
                 await self._make_room()
-                entry = Entry(self._new_client(account), account.tenant)
+                client = self._new_client(account)
+                key_hash = accounts.key_fingerprint(client.session.auth_key)
+                entry = Entry(client, account.tenant, key_hash=key_hash)
                 self._entries[account.id] = entry
         return entry
 

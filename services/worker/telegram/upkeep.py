@@ -12,14 +12,14 @@ from telethon import types
 from telethon.sessions import StringSession
 from telethon.tl.functions.users import GetUsersRequest
 
-from services.worker.telegram import accounts, metrics
+from services.worker.telegram import accounts, metrics, replaced
 from services.worker.telegram.accounts import DisabledReason
 from services.worker.telegram.runtime import TelegramRuntime
 from shared.aio import raise_if_cancelling, sleep_unless
 from shared.errors import Deferral, PermanentFailure, RetryableFailure
 from shared.logs import get_logger
 from shared.telegram_dcs import pin_dc
-from shared.telegram_keys import DISCONNECT_CHANNEL, presence_key
+from shared.telegram_keys import DISCONNECT_CHANNEL, REPLACED_CHANNEL, presence_key
 
 log = get_logger(__name__)
 
@@ -27,20 +27,43 @@ log = get_logger(__name__)
 async def listen_for_disconnects(
     redis: Redis, runtime: TelegramRuntime, stop: asyncio.Event
 ) -> None:
-    """Drop this worker's client of an account when the API asks (DELETE .../connections)."""
+    """Drop this worker's client of an account when the API asks (DELETE .../connections),
+    and of an account's old session when a login or import replaced it."""
+    replacing: set[asyncio.Task[None]] = set()  # kept referenced while they run
     while not stop.is_set():
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(DISCONNECT_CHANNEL)
+            await pubsub.subscribe(DISCONNECT_CHANNEL, REPLACED_CHANNEL)
             while not stop.is_set():
                 message = await pubsub.get_message(timeout=1.0)
-                if message is not None:
+                if message is None:
+                    continue
+                if message["channel"] == REPLACED_CHANNEL:  # network calls: not in this loop
+                    task = asyncio.create_task(_replaced(runtime, message["data"]))
+                    replacing.add(task)
+                    task.add_done_callback(replacing.discard)
+                else:
                     await _disconnect(runtime, message["data"])
         except (RedisError, OSError):
             raise_if_cancelling()
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
         await sleep_unless(stop, 1.0)
+    for task in replacing:  # unfinished ones are left to a later pass (of whoever owns them)
+        task.cancel()
+    await asyncio.gather(*replacing, return_exceptions=True)
+
+
+async def _replaced(runtime: TelegramRuntime, raw: str) -> None:
+    try:
+        account_id = uuid.UUID(raw)
+    except ValueError:
+        return
+    try:
+        await replaced.log_out_replaced_soon(runtime, account_id)
+    except Exception as exc:  # the minute's pass tries again
+        raise_if_cancelling()
+        log.warning("replaced session not handled", account_id=raw, error=type(exc).__name__)
 
 
 async def _disconnect(runtime: TelegramRuntime, raw: str) -> None:
@@ -74,10 +97,12 @@ PRUNE_BATCH = 10_000  # rows deleted per statement, so no pass holds locks for l
 
 
 async def prune_forever(runtime: TelegramRuntime, stop: asyncio.Event) -> None:
-    """About once a minute: drop abandoned logins and account events past retention."""
+    """About once a minute: drop abandoned logins and account events past retention, and
+    log out replaced sessions whose owner missed the request to (``replaced``)."""
     while not await sleep_unless(stop, 60.0):
         try:
             await prune_once(runtime)
+            await replaced.log_out_replaced(runtime)
         except Exception as exc:  # Postgres away or a bug: try again next round
             raise_if_cancelling()
             log.warning("account pruning skipped", error=type(exc).__name__)
