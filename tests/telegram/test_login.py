@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
 
 import asyncpg
 import httpx
+from telethon.sessions import StringSession
 
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.client import make_client, register_sandbox_key
@@ -126,6 +128,45 @@ async def test_logout_right_after_a_login_replaced_a_busy_session_logs_out_the_s
     job = await wait_for_status(api, busy.json()["id"], {"succeeded", "failed"}, timeout=15)
     assert job["status"] == "succeeded", job
     assert await admin.overlaps() == []
+
+
+async def test_two_logins_of_one_user_finishing_together_end_in_one_account(
+    api: httpx.AsyncClient, sandbox: Sandbox, pg: asyncpg.Connection[Any]
+) -> None:
+    """The login that loses the race to store the user merges into the winner's account,
+    as a later login would: both answer 200 with that account, no half-made row is left,
+    and the session it replaces is logged out rather than left signed in."""
+    for n in range(4):  # the two steps interleave differently from run to run
+        phone = f"+155500066{n:02d}"
+        pending = [
+            (await api.post("/v1/accounts", json={"phone": phone}, headers=auth())).json()[
+                "account_id"
+            ]
+            for _ in range(2)
+        ]
+        answers = await asyncio.gather(
+            *(
+                api.post(f"/v1/accounts/{a}/login/code", json={"code": CODE}, headers=auth())
+                for a in pending
+            )
+        )
+        assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+        account_id = answers[0].json()["account_id"]
+        assert answers[1].json()["account_id"] == account_id
+        rows = await pg.fetch("SELECT id, state FROM accounts WHERE phone = $1", phone)
+        assert [(str(r["id"]), r["state"]) for r in rows] == [(account_id, "active")]
+        me = await run(api, "telegram.get_me", account_id=account_id)
+        assert me["status"] == "succeeded", me
+
+    async def all_replaced_logged_out() -> bool:
+        return await pg.fetchval("SELECT count(*) FROM replaced_sessions") == 0
+
+    await eventually(all_replaced_logged_out)
+    # One key signed in per user: the one stored.
+    for row in await pg.fetch("SELECT id, tg_user_id FROM accounts"):
+        key = StringSession(await stored_session(pg, str(row["id"]))).auth_key
+        assert key is not None
+        assert [k.key_id for k in sandbox.core.keys.for_user(row["tg_user_id"])] == [key.key_id]
 
 
 async def test_login_with_two_factor_password(

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+from asyncpg import UniqueViolationError
 from telethon import TelegramClient
 from telethon import errors as tg
 from telethon.sessions import StringSession
@@ -22,6 +23,7 @@ from services.worker.telegram import accounts, replaced
 from services.worker.telegram.accounts import DisabledReason, State
 from services.worker.telegram.client import new_client
 from services.worker.telegram.errors import Kind, map_error
+from services.worker.telegram.runtime import PASS_THROUGH
 from shared import transit
 from shared.aio import raise_if_cancelling
 from shared.errors import Deferral, PermanentFailure, RetryableFailure
@@ -55,7 +57,7 @@ async def _client(ctx: JobContext, session: StringSession) -> AsyncIterator[Tele
     try:
         await asyncio.wait_for(client.connect(), settings.telegram_request_timeout)
         yield client
-    except (PermanentFailure, RetryableFailure):
+    except PASS_THROUGH:  # our own outcomes, and tgflow's stores failing: not Telegram's
         raise
     except Exception as exc:
         mapped = map_error(exc)
@@ -132,7 +134,10 @@ async def login_start(ctx: JobContext, params: LoginStartParams) -> LoginStep:
 
 async def _finish(ctx: JobContext, row: Any, client: TelegramClient) -> LoginStep:
     me = await client.get_me()
-    session = client.session.save()
+    session, dc_id = client.session.save(), client.session.dc_id
+    # Off the network before the session is stored: from then on only the owner of the
+    # shard of the account that holds it may connect it (and may log it out, if replaced).
+    await client.disconnect()
     known = await ctx.state.db.fetchval(
         "SELECT id FROM accounts WHERE tenant_id = $1 AND tg_user_id = $2 AND id <> $3",
         ctx.tenant,
@@ -140,17 +145,20 @@ async def _finish(ctx: JobContext, row: Any, client: TelegramClient) -> LoginSte
         row["id"],
     )
     if known is not None:
-        return await _into_known_account(ctx, row, client, me, session)
-    await _save_session(
-        ctx,
-        row["id"],
-        session,
-        tg_user_id=me.id,
-        username=me.username,
-        first_name=me.first_name,
-        login_code_hash=None,
-        login_needs_password=False,
-    )
+        return await _into_known_account(ctx, row, me, session, dc_id)
+    try:
+        await _save_session(
+            ctx,
+            row["id"],
+            session,
+            tg_user_id=me.id,
+            username=me.username,
+            first_name=me.first_name,
+            login_code_hash=None,
+            login_needs_password=False,
+        )
+    except UniqueViolationError:  # another login of this user finished a moment before
+        return await _into_known_account(ctx, row, me, session, dc_id)
     account = await accounts.load(ctx.state.db, row["id"])
     assert account is not None
     await accounts.set_state(ctx.state.db, account, State.ACTIVE)
@@ -158,13 +166,10 @@ async def _finish(ctx: JobContext, row: Any, client: TelegramClient) -> LoginSte
 
 
 async def _into_known_account(
-    ctx: JobContext, row: Any, client: TelegramClient, me: Any, session: str
+    ctx: JobContext, row: Any, me: Any, session: str, dc_id: int
 ) -> LoginStep:
     """A new login of a user the tenant has an account for: the new session goes to that
-    account (one account per user) and the login's own row is dropped. This client is
-    off the network first: the account's shard owner may connect the new key next."""
-    dc_id = client.session.dc_id
-    await client.disconnect()
+    account (one account per user) and the login's own row is dropped."""
     stored = await accounts.insert_active(
         ctx.state.db,
         vault=ctx.state.telegram.vault,
