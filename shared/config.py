@@ -131,6 +131,8 @@ class WorkerSettings(BaseAppSettings):
     telegram_session_retention_days: int = Field(default=30, ge=0)
     # A login not finished (no code or password step) within this long is dropped.
     telegram_login_expiry_seconds: float = Field(default=3600.0, gt=0)
+    # Wrong codes and passwords a login may take; the last one allowed cancels it.
+    telegram_login_max_attempts: int = Field(default=5, ge=1, le=100)
     telegram_event_retention_days: int = Field(default=90, ge=1)
     telegram_flood_sleep_threshold: int = Field(default=3, ge=0)
     telegram_long_flood_seconds: int = Field(default=300, ge=1)

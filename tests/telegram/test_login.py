@@ -219,6 +219,59 @@ async def test_login_with_two_factor_password(
     assert "open sesame" not in jobs  # the password travelled by reference only
 
 
+async def test_a_login_is_cancelled_after_too_many_wrong_codes(
+    api: httpx.AsyncClient, sandbox: Sandbox, pg: asyncpg.Connection[Any]
+) -> None:
+    """Five wrong codes (TGFLOW_TELEGRAM_LOGIN_MAX_ATTEMPTS) and the login is over: the
+    code is withdrawn at Telegram, the half-made session erased, the right code no longer
+    works, and further tries do not keep the login from expiring."""
+    started = await api.post("/v1/accounts", json={"phone": "+15550007777"}, headers=auth())
+    account_id = started.json()["account_id"]
+    url = f"/v1/accounts/{account_id}/login/code"
+    for _ in range(4):
+        wrong = await api.post(url, json={"code": "11111"}, headers=auth())
+        assert wrong.json()["error"]["code"] == "phone_code_invalid", wrong.text
+    last = await api.post(url, json={"code": "11111"}, headers=auth())
+    assert last.status_code == 409, last.text
+    assert last.json()["error"]["code"] == "login_attempts_exceeded"
+    assert "start a new one" in last.json()["error"]["message"]
+    row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", uuid.UUID(account_id))
+    assert (row["login_attempts"], row["session_ciphertext"]) == (5, None)
+    assert all(not key.codes for key in sandbox.core.keys.for_user(None))
+    right = await api.post(url, json={"code": CODE}, headers=auth())
+    assert right.status_code == 409, right.text
+    assert right.json()["error"]["code"] == "login_attempts_exceeded"
+    after = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", uuid.UUID(account_id))
+    assert (after["state"], after["updated_at"]) == ("login_pending", row["updated_at"])
+    again = await api.post("/v1/accounts", json={"phone": "+15550007777"}, headers=auth())
+    done = await api.post(
+        f"/v1/accounts/{again.json()['account_id']}/login/code", json={"code": CODE}, headers=auth()
+    )
+    assert done.status_code == 200, done.text
+
+
+async def test_a_login_is_cancelled_after_too_many_wrong_passwords(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    await admin.create_account(phone="+15550007778", password="pw", authorized=False)
+    started = await api.post("/v1/accounts", json={"phone": "+15550007778"}, headers=auth())
+    account_id = started.json()["account_id"]
+    code_url = f"/v1/accounts/{account_id}/login/code"
+    wrong = await api.post(code_url, json={"code": "11111"}, headers=auth())
+    assert wrong.json()["error"]["code"] == "phone_code_invalid"  # codes and passwords add up
+    asked = await api.post(code_url, json={"code": CODE}, headers=auth())
+    assert asked.json()["next"] == "password", asked.text
+    url = f"/v1/accounts/{account_id}/login/password"
+    codes = []
+    for _ in range(4):
+        bad = await api.post(url, json={"password": "bad"}, headers=auth())
+        codes.append(bad.json()["error"]["code"])
+    assert codes == ["password_invalid"] * 3 + ["login_attempts_exceeded"]
+    right = await api.post(url, json={"password": "pw"}, headers=auth())
+    assert right.status_code == 409, right.text
+    assert right.json()["error"]["code"] == "login_attempts_exceeded"
+
+
 async def test_logout_erases_the_session(
     api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
 ) -> None:

@@ -111,6 +111,7 @@ _ERROR_STATUS = {
     "password_expired": 400,
     "account_not_found": 404,
     "login_not_pending": 409,
+    "login_attempts_exceeded": 409,  # the login is cancelled: only a new one can go on
     "password_not_expected": 409,
     "phone_number_invalid": 422,
     "phone_number_banned": 403,

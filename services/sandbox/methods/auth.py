@@ -74,6 +74,15 @@ def _check_code(call: Call, phone_number: str, code_hash: str, code: str | None)
     return phone
 
 
+@method(functions.auth.CancelCodeRequest, auth=False)
+def cancel_code(call: Call, req: Any) -> Any:
+    phone = normalize_phone(req.phone_number)
+    if call.key.codes.get(req.phone_code_hash) != phone:
+        raise bad_request("PHONE_CODE_EXPIRED")
+    del call.key.codes[req.phone_code_hash]
+    return True
+
+
 @method(functions.auth.SignInRequest, auth=False)
 def sign_in(call: Call, req: Any) -> Any:
     phone = _check_code(call, req.phone_number, req.phone_code_hash, req.phone_code)

@@ -17,6 +17,7 @@ from asyncpg import UniqueViolationError
 from telethon import TelegramClient
 from telethon import errors as tg
 from telethon.sessions import StringSession
+from telethon.tl.functions.auth import CancelCodeRequest
 
 from services.worker.context import JobContext
 from services.worker.telegram import accounts, replaced
@@ -80,7 +81,10 @@ async def _pending(ctx: JobContext, account_id: uuid.UUID) -> Any:
     )
     if row is None:
         raise PermanentFailure("account_not_found", f"No account {account_id} for this tenant.")
-    if row["state"] != State.LOGIN_PENDING.value or row["session_ciphertext"] is None:
+    pending = row["state"] == State.LOGIN_PENDING.value
+    if pending and row["login_attempts"] >= ctx.state.settings.telegram_login_max_attempts:
+        raise _attempts_exceeded(row["login_attempts"])
+    if not pending or row["session_ciphertext"] is None:
         raise PermanentFailure("login_not_pending", f"The account is {row['state']}.")
     return row
 
@@ -197,11 +201,7 @@ async def login_code(ctx: JobContext, params: LoginCodeParams) -> LoginStep:
             )
             return LoginStep(account_id=row["id"], state="login_pending", next="password")
         except (tg.PhoneCodeInvalidError, tg.PhoneCodeExpiredError) as exc:
-            await ctx.state.db.execute(
-                "UPDATE accounts SET login_attempts = login_attempts + 1, updated_at = now()"
-                " WHERE id = $1",
-                row["id"],
-            )
+            await _count_attempt(ctx, row, client)
             code = (
                 "phone_code_expired"
                 if isinstance(exc, tg.PhoneCodeExpiredError)
@@ -226,13 +226,50 @@ async def login_password(ctx: JobContext, params: LoginPasswordParams) -> LoginS
         try:
             await client.sign_in(password=password)
         except tg.PasswordHashInvalidError as exc:
-            await ctx.state.db.execute(
-                "UPDATE accounts SET login_attempts = login_attempts + 1, updated_at = now()"
-                " WHERE id = $1",
-                row["id"],
-            )
+            await _count_attempt(ctx, row, client)
             raise PermanentFailure("password_invalid", "The 2FA password is wrong.") from exc
         return await _finish(ctx, row, client)
+
+
+async def _count_attempt(ctx: JobContext, row: Any, client: TelegramClient) -> None:
+    """Count a wrong code or password; the last one allowed cancels the login: its code is
+    withdrawn at Telegram and its half-made session erased, and the row (kept to answer
+    further steps with login_attempts_exceeded) expires like any unfinished login."""
+    attempts: int = await ctx.state.db.fetchval(
+        """UPDATE accounts SET login_attempts = login_attempts + 1, updated_at = now()
+           WHERE id = $1 RETURNING login_attempts""",
+        row["id"],
+    )
+    if attempts < ctx.state.settings.telegram_login_max_attempts:
+        return
+    if row["login_code_hash"] and not row["login_needs_password"]:
+        try:  # best effort: the key is never used again whatever Telegram answers
+            timeout = ctx.state.settings.telegram_request_timeout
+            request = CancelCodeRequest(row["phone"], row["login_code_hash"])
+            await asyncio.wait_for(client(request), timeout)
+        except Exception as exc:
+            raise_if_cancelling()
+            log.info(
+                "login code not withdrawn", account_id=str(row["id"]), error=type(exc).__name__
+            )
+    await ctx.state.db.execute(
+        """UPDATE accounts SET session_ciphertext = NULL, session_wrapped_key = NULL,
+               session_key_id = NULL, auth_key_hash = NULL, login_code_hash = NULL
+           WHERE id = $1""",
+        row["id"],
+    )
+    await accounts.record_event(
+        ctx.state.db, row["id"], ctx.tenant, "login_cancelled", {"attempts": attempts}
+    )
+    raise _attempts_exceeded(attempts)
+
+
+def _attempts_exceeded(attempts: int) -> PermanentFailure:
+    return PermanentFailure(
+        "login_attempts_exceeded",
+        f"This login was cancelled after {attempts} wrong codes or passwords;"
+        " start a new one with POST /v1/accounts.",
+    )
 
 
 async def logout(ctx: JobContext, params: AccountIdParams) -> LoginStep:
