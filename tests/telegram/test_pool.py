@@ -20,6 +20,9 @@ from services.worker.telegram import accounts
 from services.worker.telegram.accounts import DisabledReason, State
 from services.worker.telegram.runtime import TelegramRuntime
 from shared.errors import Deferral, PermanentFailure, RetryableFailure
+from shared.jobs.envelope import utcnow
+from shared.telegram_keys import stats_key
+from tests.helpers import eventually
 from tests.telegram.conftest import close_runtime, import_account, open_runtime, requests_counted
 
 
@@ -196,3 +199,56 @@ async def test_a_request_past_its_timeout_is_a_retryable_failure(
         assert asyncio.get_running_loop().time() - started < 2
     finally:
         await close_runtime(rt)
+
+
+async def test_a_connect_telegram_refuses_leaves_no_connection_and_records_its_flood(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, pg: asyncpg.Connection[Any]
+) -> None:
+    imported, created = await import_account(api, admin)
+    account_id = uuid.UUID(imported["id"])
+    key = auth_key_id(created["session_string"])
+
+    async def no_live_connection() -> bool:
+        return not [r for r in await admin.ledger() if r["auth_key_id"] == key and not r["closed"]]
+
+    rt = await _runtime(sandbox, telegram_flood_sleep_threshold=0, telegram_long_flood_seconds=1)
+    try:
+        # Telethon's connect ends with users.getUsers (get_me): Telegram floods that.
+        await admin.add_fault(
+            created["user_id"], "flood_wait", method="users.getUsers", seconds=3, times=1
+        )
+        errors = requests_counted(account_id, "error")
+        with pytest.raises(Deferral) as deferred:
+            async with rt.session("acme", account_id):
+                pass
+        assert deferred.value.code == "flood_wait"
+        ends = deferred.value.until
+        # Recorded like a call's flood: shared state, the account's state, metrics, stats.
+        assert await rt.limits.flood_until(account_id, "users.getUsers") == ends
+        state = await pg.fetchval("SELECT state FROM accounts WHERE id = $1", account_id)
+        assert state == "flood_wait"
+        assert requests_counted(account_id, "error") == errors + 1
+        await rt.flush_counts()
+        assert await rt.redis.hget(stats_key("acme"), "users.getUsers:flood_wait") == "1"
+        assert rt.pool.connected() == []
+        await eventually(no_live_connection, timeout=2)
+        # While it runs, a job that would have to connect waits without trying.
+        tried = len(await admin.ledger())
+        with pytest.raises(Deferral) as deferred:
+            async with rt.session("acme", account_id):
+                pass
+        assert deferred.value.code == "flood_wait"
+        assert len(await admin.ledger()) == tried
+        await asyncio.sleep((ends - utcnow()).total_seconds() + 0.1)  # the wait is over
+        async with rt.session("acme", account_id) as tg:
+            await tg.call("users.getUsers", tg.client.get_me)
+        assert rt.pool.connected() == [account_id]
+        assert await rt.pool.drop(account_id, reason="requested")
+    finally:
+        await close_runtime(rt)
+    kinds = await pg.fetch(
+        "SELECT kind FROM account_events WHERE account_id = $1"
+        " AND kind IN ('connect', 'disconnect') ORDER BY id",
+        account_id,
+    )
+    assert [r["kind"] for r in kinds] == ["connect", "disconnect"]  # the one connection

@@ -20,7 +20,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
-from telethon import TelegramClient, errors
+from telethon import TelegramClient, errors, functions
 from telethon._updates.entitycache import EntityCache
 from telethon.sessions import StringSession
 
@@ -48,6 +48,28 @@ class ClosedUnderRequest(ConnectionError):
 
     def __init__(self) -> None:
         super().__init__("The client was closed while a request or connect was under way.")
+
+
+# How Telethon wraps a request it sends (and names it in the error Telegram answers).
+_WRAPPERS = (
+    functions.InvokeWithoutUpdatesRequest,
+    functions.InvokeWithLayerRequest,
+    functions.InitConnectionRequest,
+)
+
+
+class ConnectRefused(Exception):
+    """Telegram refused a request made inside a connect (Telethon's ``users.getUsers``,
+    with a flood wait say). The pool has closed the connection; the error maps like a
+    call's, under the method Telegram refused."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+        request = getattr(error, "request", None)
+        while isinstance(request, _WRAPPERS):  # the request itself, not its envelope
+            request = request.query
+        self.method = mtproto_name(request) if request is not None else "connect"
 
 
 class _Discard(asyncio.Queue[Any]):

@@ -27,6 +27,7 @@ from services.worker.telegram import accounts, metrics
 from services.worker.telegram.accounts import Account
 from services.worker.telegram.client import (
     ClosedUnderRequest,
+    ConnectRefused,
     WorkerClient,
     api_credentials,
     client_options,
@@ -94,6 +95,10 @@ class ClientPool:
 
     def holds(self, account_id: uuid.UUID) -> bool:
         return account_id in self._entries
+
+    def is_connected(self, account_id: uuid.UUID) -> bool:
+        entry = self._entries.get(account_id)
+        return entry is not None and bool(entry.client.is_connected())
 
     def connected(self) -> list[uuid.UUID]:
         return [k for k, e in self._entries.items() if e.client.is_connected()]
@@ -230,6 +235,14 @@ class ClientPool:
                     f"Telegram unreachable ({type(exc).__name__}); retrying with backoff.",
                     utcnow() + timedelta(seconds=delay),
                 ) from exc
+            except Exception as exc:
+                # Telegram answered, but refused a request of the connect: Telethon stays
+                # connected, with none of the bookkeeping below. Close it, so no
+                # connection is left that the pool does not show.
+                metrics.CONNECTS.labels("error").inc()
+                with contextlib.suppress(Exception):
+                    await entry.client.disconnect()
+                raise ConnectRefused(exc) from exc
             entry.last_health = time.monotonic()
             entry.connected_at = time.time()
             await self._announce(account.id, entry)

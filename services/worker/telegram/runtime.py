@@ -20,7 +20,7 @@ from telethon import TelegramClient, types
 
 from services.worker.telegram import accounts, metrics
 from services.worker.telegram.accounts import Account, State
-from services.worker.telegram.client import ClosedUnderRequest
+from services.worker.telegram.client import ClosedUnderRequest, ConnectRefused
 from services.worker.telegram.errors import Kind, Mapped, map_error
 from services.worker.telegram.limits import Limits, SendBudget
 from services.worker.telegram.pool import ClientPool
@@ -38,6 +38,7 @@ T = TypeVar("T")
 ACCOUNT_CACHE_SECONDS = 2.0
 DIALOG_SCAN_SECONDS = 600.0
 DIALOG_SCANS_KEPT = 10_000
+CONNECT_CALL = "users.getUsers"  # the one call Telethon's connect makes (get_me)
 # Failures of tgflow's own stores: the worker's to classify (deferred), not Telegram's.
 PASS_THROUGH = (PermanentFailure, RetryableFailure, RedisError, PostgresError, InterfaceError)
 
@@ -151,6 +152,11 @@ class TelegramRuntime:
     ) -> AsyncIterator[AccountSession]:
         """The account's client with its calls' outcomes handled (``quiet``: see lease)."""
         account = await self.load_usable(tenant, account_id)
+        if not self.pool.is_connected(account.id):  # a connect makes this call too
+            until = await self.limits.flood_until(account.id, CONNECT_CALL)
+            if until is not None:
+                raise _flooded(CONNECT_CALL, until)
+        start = time.perf_counter()
         try:
             async with self.pool.lease(account, quiet=quiet) as client:
                 yield AccountSession(self, account, client)
@@ -159,6 +165,13 @@ class TelegramRuntime:
                 await accounts.set_state(self.db, account, State.RECONNECTING, error=exc.message)
                 self.forget(account.id)
             raise
+        except ConnectRefused as exc:  # counted and mapped like the call it was
+            seconds = time.perf_counter() - start
+            metrics.observe_request(str(account.id), exc.method, False, seconds)
+            mapped = map_error(exc.error)
+            outcome = "flood_wait" if mapped.kind is Kind.DEFER else "error"
+            self.count(account.tenant, exc.method, outcome)
+            await self.fail(account, exc.method, exc.error, mapped=mapped)
         except PASS_THROUGH:
             raise
         except Exception as exc:  # failures while connecting map like any call's
