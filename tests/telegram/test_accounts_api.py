@@ -79,6 +79,28 @@ async def test_a_session_the_dc_does_not_know_is_refused(
     assert response.json()["error"]["code"] == "session_invalid"
 
 
+async def test_a_flood_wait_on_import_answers_429_with_retry_after_not_session_invalid(
+    api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
+    """A flood says nothing about the session: the caller must not throw it away."""
+    created = await admin.create_account()
+    await admin.add_fault(
+        created["user_id"], "flood_wait", method="users.getUsers", seconds=120, times=1
+    )
+    body = {"session_string": created["session_string"]}
+    flooded = await api.post("/v1/accounts/import", json=body, headers=auth())
+    assert flooded.status_code == 429, flooded.text
+    error = flooded.json()["error"]
+    assert error["code"] == "flood_wait"
+    assert error["details"]["retry_after"] == 120
+    assert flooded.headers["Retry-After"] == "120"
+    assert await pg.fetchval("SELECT count(*) FROM accounts") == 0
+    # After the wait (one flood here), the same session is imported.
+    again = await api.post("/v1/accounts/import", json=body, headers=auth())
+    assert again.status_code == 201, again.text
+    assert again.json()["tg_user_id"] == created["user_id"]
+
+
 async def test_the_address_inside_a_session_is_never_connected(
     api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox
 ) -> None:

@@ -115,7 +115,7 @@ _ERROR_STATUS = {
     "password_not_expected": 409,
     "phone_number_invalid": 422,
     "phone_number_banned": 403,
-    "flood_wait": 429,  # Telegram's flood wait on a login step: try again after it
+    "flood_wait": 429,  # Telegram's flood wait on a login step or import: try again after it
 }
 
 

@@ -113,6 +113,11 @@ async def _validate_and_store(ctx: JobContext, given: str) -> AccountOut:
         mapped = map_error(exc)
         if mapped.kind in (Kind.RETRY, Kind.RECONNECT):
             raise RetryableFailure(mapped.code, mapped.message) from exc
+        if mapped.kind is Kind.DEFER:
+            # Says nothing about the session: answer when to try again (as a login step
+            # does), never that the session is bad, or the caller may throw it away.
+            retry_after = {"retry_after": max(1, mapped.seconds)}
+            raise PermanentFailure("flood_wait", mapped.message, retry_after) from exc
         raise PermanentFailure("session_invalid", "Telegram does not accept this session.") from exc
     finally:
         await client.disconnect()
