@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from services.worker.telegram.accounts import sealed_of
-from services.worker.telegram.vault import Vault, VaultError, vault_from_settings
+from services.worker.telegram.vault import Vault, VaultError, settings_vault
 from shared.config import WorkerSettings
 from shared.logs import get_logger
 
@@ -32,10 +32,7 @@ class Rotation:
 
 async def rotate(settings: WorkerSettings, *, batch: int = 200) -> Rotation:
     """Re-wrap data keys not under the primary key, skipping (and listing) any that fail."""
-    vault = vault_from_settings(
-        settings.vault_keys.get_secret_value() if settings.vault_keys else None,
-        settings.secret_key.get_secret_value(),
-    )
+    vault = settings_vault(settings)
     conn: asyncpg.Connection[Any] = await asyncpg.connect(settings.database_url)
     done = Rotation()
     after = uuid.UUID(int=0)
@@ -84,7 +81,11 @@ async def _rewrap_one(conn: asyncpg.Connection[Any], vault: Vault, row: Any) -> 
 def run_rotate() -> int:
     settings = WorkerSettings()
     settings.ensure_safe()
-    done = asyncio.run(rotate(settings))
+    try:
+        done = asyncio.run(rotate(settings))
+    except VaultError as exc:  # TGFLOW_VAULT_KEYS itself is wrong: nothing was touched
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"re-wrapped {done.changed} session(s)")
     if done.failed:
         print(
@@ -99,5 +100,22 @@ def run_rotate() -> int:
 
 
 def run_generate(key_id: str | None) -> int:
-    print(Vault.generate_entry(key_id))
+    """Print a new entry, whose id no key in TGFLOW_VAULT_KEYS has already."""
+    settings = WorkerSettings()
+    try:
+        vault = settings_vault(settings) if settings.vault_keys else None
+    except VaultError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if vault is not None and key_id is not None and vault.has_key(key_id):
+        print(
+            f"error: TGFLOW_VAULT_KEYS already has a key with id {key_id!r}; a new key needs"
+            " a new id",
+            file=sys.stderr,
+        )
+        return 2
+    entry = Vault.generate_entry(key_id)
+    while vault is not None and vault.has_key(entry.partition(":")[0]):  # a random id taken
+        entry = Vault.generate_entry()
+    print(entry)
     return 0

@@ -34,7 +34,7 @@ from services.worker.telegram.upkeep import (
     prune_forever,
     validate_idle_sessions,
 )
-from services.worker.telegram.vault import vault_from_settings
+from services.worker.telegram.vault import settings_vault
 from services.worker.webhooks import Deliverer
 from shared import db, metrics, registry
 from shared.config import WorkerSettings
@@ -71,10 +71,7 @@ async def open_state(settings: WorkerSettings, instance_id: str) -> WorkerState:
     metrics.track_pool(pool, "worker")
     store = JobStore.for_settings(redis, settings)
     tracer = trace.get_tracer("tgflow.worker")
-    vault = vault_from_settings(
-        settings.vault_keys.get_secret_value() if settings.vault_keys else None,
-        settings.secret_key.get_secret_value(),
-    )
+    vault = settings_vault(settings)
     telegram = TelegramRuntime(settings, pool, redis, vault, instance_id)
     state = WorkerState(settings, instance_id, redis, arq_pool, pool, store, tracer, telegram)
     state.ai = open_runtime(settings, redis, pool)
@@ -255,6 +252,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
 
 def run(settings: WorkerSettings) -> None:
     settings.ensure_safe()
+    settings_vault(settings)  # a bad TGFLOW_VAULT_KEYS stops the worker before it starts
     setup_logging(settings.log_level, json=settings.log_json, service="worker")
     setup_sentry(settings, "worker")
     provider = setup_tracing(settings, "worker", settings.instance_name or "worker")

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from services.cli.keys import Rotation, rotate, run_rotate
+from services.cli.main import main
 from services.worker.telegram.vault import Sealed, Vault, VaultError
 from shared.config import WorkerSettings
 from tests.telegram.conftest import insert_sealed
@@ -48,6 +49,35 @@ def test_rotation_rewraps_and_old_keys_keep_opening() -> None:
 def test_malformed_keys_are_refused(bad: str) -> None:
     with pytest.raises(VaultError):
         Vault.parse(bad)
+
+
+async def test_a_key_id_listed_twice_is_a_configuration_error_everywhere(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One id naming two keys would seal under one and rotate nothing (the id is the
+    primary's already), and dropping the other entry would leave sessions unreadable."""
+    from services.worker import main as worker_main
+
+    new_entry, old_entry = Vault.generate_entry("k1"), Vault.generate_entry("k1")
+    with pytest.raises(VaultError, match="'k1' is listed more than once"):
+        Vault.parse(f"{new_entry},{old_entry}")
+    with pytest.raises(VaultError, match="'k1' is listed more than once"):
+        Vault.parse(f"{new_entry},{Vault.generate_entry('k2')},{old_entry}")
+    monkeypatch.setenv("TGFLOW_VAULT_KEYS", f"{new_entry},{old_entry}")
+    with pytest.raises(VaultError, match="TGFLOW_VAULT_KEYS: vault key id 'k1'"):
+        worker_main.run(WorkerSettings())  # refused before the worker starts anything
+    for command in (["keys", "rotate"], ["keys", "generate"]):
+        capsys.readouterr()
+        assert await asyncio.to_thread(main, command) == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert "error: TGFLOW_VAULT_KEYS: vault key id 'k1' is listed more than once" in err
+    # Nor does `keys generate` hand out an id the configuration has already.
+    monkeypatch.setenv("TGFLOW_VAULT_KEYS", old_entry)
+    assert main(["keys", "generate", "--id", "k1"]) == 2
+    assert "already has a key with id 'k1'" in capsys.readouterr().err
+    assert main(["keys", "generate", "--id", "k2"]) == 0
+    assert capsys.readouterr().out.startswith("k2:")
 
 
 def test_production_requires_vault_keys(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from shared.config import WorkerSettings
+
 NONCE = 12
 
 
@@ -51,9 +53,16 @@ class Vault:
     def __init__(self, keys: list[tuple[str, bytes]]) -> None:
         if not keys:
             raise VaultError("the vault needs at least one key")
+        seen: set[str] = set()
         for key_id, key in keys:
             if len(key) != 32 or not key_id or ":" in key_id or "," in key_id:
                 raise VaultError(f"vault key {key_id!r} must be 32 bytes with a plain id")
+            if key_id in seen:  # one id would name two keys: seals and opens would disagree
+                raise VaultError(
+                    f"vault key id {key_id!r} is listed more than once; every key needs its"
+                    " own id (`tgflow keys generate` makes a new key with a new id)"
+                )
+            seen.add(key_id)
         self.primary_id = keys[0][0]
         self._keys = dict(keys)
 
@@ -112,4 +121,17 @@ class Vault:
 
 
 def vault_from_settings(vault_keys: str | None, secret: str) -> Vault:
-    return Vault.parse(vault_keys) if vault_keys else Vault.derived(secret)
+    """The vault of TGFLOW_VAULT_KEYS, or the development one; a VaultError names the
+    setting."""
+    if not vault_keys:
+        return Vault.derived(secret)
+    try:
+        return Vault.parse(vault_keys)
+    except VaultError as exc:
+        raise VaultError(f"TGFLOW_VAULT_KEYS: {exc}") from exc
+
+
+def settings_vault(settings: WorkerSettings) -> Vault:
+    """The vault a worker's settings name; a VaultError is a configuration error."""
+    keys = settings.vault_keys.get_secret_value() if settings.vault_keys else None
+    return vault_from_settings(keys, settings.secret_key.get_secret_value())
