@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -54,6 +55,23 @@ local function snapshot(key)
   local obj = {}
   for i = 1, #flat, 2 do obj[flat[i]] = flat[i + 1] end
   return cjson.encode(obj)
+end
+"""
+
+# A job's idempotency key answers for the job while it is queued or running, and for the
+# key's TTL after the job ends: set with the job's delay plus the TTL at submit, kept
+# (no expiry) once the job is started, deferred, retried or requeued, and given the TTL
+# again when the job ends (never less than it has left). The key's name and TTL are in
+# the job hash (one Redis, as everywhere in tgflow: the name is not among the KEYS).
+_IDEMPOTENCY = """
+local function keep_idempotency(job, final)
+  local f = redis.call('HMGET', job, 'idempotency_ref', 'idempotency_ttl', 'id')
+  if not f[1] or f[1] == '' or redis.call('GET', f[1]) ~= f[3] then return end
+  if not final then
+    redis.call('PERSIST', f[1])
+  elseif redis.call('TTL', f[1]) < tonumber(f[2]) then
+    redis.call('EXPIRE', f[1], f[2])
+  end
 end
 """
 
@@ -111,6 +129,7 @@ end
 _TRANSITION = (
     _SNAPSHOT
     + _FAILURE
+    + _IDEMPOTENCY
     + ON_CHANGE
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -130,6 +149,7 @@ if ARGV[2] == '0' then
 else
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
+keep_idempotency(KEYS[1], ARGV[2] ~= '0')
 redis.call('XADD', KEYS[2], '*', 'job', snapshot(KEYS[1]))
 job_changed(KEYS[1], status, sets_status(ARGV, 4), KEYS[4], KEYS[5])
 if KEYS[6] then
@@ -146,6 +166,7 @@ return {1, status}
 
 _CANCEL = (
     _SNAPSHOT
+    + _IDEMPOTENCY
     + ON_CHANGE
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -163,6 +184,7 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[3],
            'error', ARGV[6], 'cancel_requested', '1')
 redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+keep_idempotency(KEYS[1], true)
 redis.call('XADD', KEYS[6], '*', 'job', snapshot(KEYS[1]))
 job_changed(KEYS[1], status, true, KEYS[7], KEYS[8])
 return 'cancelled'
@@ -176,6 +198,7 @@ return 'cancelled'
 #       rebuild (from the archive) when it has expired.
 _REQUEUE = (
     _SNAPSHOT
+    + _IDEMPOTENCY
     + ON_CHANGE
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -194,6 +217,7 @@ if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'trace_id', ARGV[8]) end
 redis.call('HINCRBY', KEYS[1], 'requeued', 1)
 redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('PERSIST', KEYS[1])
+keep_idempotency(KEYS[1], false)
 redis.call('DEL', KEYS[6])
 redis.call('PSETEX', KEYS[2], ARGV[5], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
@@ -218,6 +242,7 @@ return 'requeued'
 # {score, 1 if started here, ARQ job or nil, try number, 1 if aborted before start}.
 _CLAIM = (
     _SNAPSHOT
+    + _IDEMPOTENCY
     + ON_CHANGE
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -236,6 +261,7 @@ redis.call('HSET', KEYS[3], 'status', 'running', 'attempts', tries, 'started_at'
            'worker', ARGV[4])
 redis.call('HINCRBY', KEYS[3], 'seq', 1)
 redis.call('PERSIST', KEYS[3])
+keep_idempotency(KEYS[3], false)
 redis.call('XADD', KEYS[4], '*', 'job', snapshot(KEYS[3]))
 job_changed(KEYS[3], status, true)
 return {score, 1, payload, tries, 0}
@@ -365,8 +391,12 @@ class JobStore:
         }
         if env.webhook_url:
             fields["webhook_url"] = env.webhook_url
+        idem = idempotency_key(env.tenant, env.idempotency_key) if env.idempotency_key else ""
+        if idem:  # for keep_idempotency, as the job goes on
+            fields["idempotency_ref"] = idem
+            fields["idempotency_ttl"] = str(self.idempotency_ttl)
         keys = [
-            idempotency_key(env.tenant, env.idempotency_key) if env.idempotency_key else "",
+            idem,
             job_key(env.id),
             job_key_prefix + env.id,
             route.queue,
@@ -376,7 +406,7 @@ class JobStore:
         args: list[Any] = [
             env.id,
             "1" if env.idempotency_key else "0",
-            self.idempotency_ttl,
+            self.idempotency_ttl + math.ceil(delay_ms / 1000),  # see _IDEMPOTENCY
             payload,
             score_of(run_at_us // 1000, env.priority),
             delay_ms + ARQ_JOB_EXTRA_MS,
@@ -538,7 +568,11 @@ class JobStore:
             message,
         ]
         if record.status is JobStatus.FAILED:  # enough to rebuild an expired hash
-            for name, value in record.hash_fields().items():
+            rebuilt = record.hash_fields()
+            if record.idempotency_key:
+                rebuilt["idempotency_ref"] = idempotency_key(record.tenant, record.idempotency_key)
+                rebuilt["idempotency_ttl"] = str(self.idempotency_ttl)
+            for name, value in rebuilt.items():
                 args += [name, value]
         return keys, args
 
