@@ -220,7 +220,7 @@ async def store_accounts(env: dict[str, str], sessions: list[tuple[int, str]]) -
             stored = await accounts.insert_active(
                 pool, vault=vault, tenant="bench", session=session, me=me
             )
-            ids.append(str(stored))
+            ids.append(str(stored.id))
     finally:
         await pool.close()
     return ids
