@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -21,6 +22,8 @@ from services.gateway.app import create_app
 from services.worker.main import serve as serve_worker
 from shared.auth import mint_token
 from shared.config import DEFAULT_SECRET, GatewaySettings, WorkerSettings
+from shared.ids import uuid7
+from shared.jobs.envelope import Envelope, utcnow
 
 
 def token(tenant: str = "acme", scopes: tuple[str, ...] = ("jobs:read", "jobs:write")) -> str:
@@ -106,6 +109,22 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError("no free port outside the ephemeral range")
+
+
+def echo_envelope(defer: float = 0.0, **fields: Any) -> Envelope:
+    """A ``system.echo`` job's envelope, due ``defer`` seconds from now, for tests of the
+    job store itself."""
+    now = utcnow()
+    base: dict[str, Any] = {
+        "id": str(uuid7()),
+        "type": "system.echo",
+        "tenant": "acme",
+        "params": {"message": "x"},
+        "timeout": 5,
+        "created_at": now,
+        "run_at": now + timedelta(seconds=defer),
+    }
+    return Envelope(**{**base, **fields})
 
 
 class Proc:

@@ -11,24 +11,14 @@ from redis.asyncio import Redis
 
 from shared.delivery.events import JobEvent
 from shared.delivery.webhooks import WebhookStatus, WebhookStore, delivery_id, url_problem
-from shared.ids import uuid7
 from shared.jobs.envelope import Envelope, to_micros, utcnow
 from shared.jobs.record import JobRecord
 from shared.queue import JobStore
+from tests.helpers import echo_envelope
 
 
 def envelope(webhook_url: str | None = None) -> Envelope:
-    now = utcnow()
-    return Envelope(
-        id=str(uuid7()),
-        type="system.echo",
-        tenant="acme",
-        params={"message": "x"},
-        timeout=5,
-        created_at=now,
-        run_at=now,
-        webhook_url=webhook_url,
-    )
+    return echo_envelope(webhook_url=webhook_url)
 
 
 async def collect(redis: Redis, channel: str, count: int) -> list[dict[str, Any]]:

@@ -8,27 +8,17 @@ from datetime import timedelta
 
 from redis.asyncio import Redis
 
-from shared.ids import uuid7
 from shared.jobs import QueueKind, queue_key
 from shared.jobs.envelope import Envelope, to_micros, utcnow
 from shared.queue import JobStore, idempotency_key
+from tests.helpers import echo_envelope
 
 QUEUE = queue_key(QueueKind.CONTROL)
 KEY = "invoice-42"
 
 
 def _env(defer: float = 0.0) -> Envelope:
-    now = utcnow()
-    return Envelope(
-        id=str(uuid7()),
-        type="system.echo",
-        tenant="acme",
-        params={"message": "invoice 42"},
-        timeout=5,
-        created_at=now,
-        run_at=now + timedelta(seconds=defer),
-        idempotency_key=KEY,
-    )
+    return echo_envelope(defer, idempotency_key=KEY)
 
 
 async def test_a_key_outlives_its_jobs_wait_and_run_then_lasts_its_ttl(redis: Redis) -> None:

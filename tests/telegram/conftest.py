@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from telethon.sessions import StringSession
 
 from services.sandbox.admin_client import SandboxAdmin
+from services.sandbox.client import make_client, sandbox_session
 from services.sandbox.server import Sandbox
 from services.worker.telegram.runtime import TelegramRuntime
 from services.worker.telegram.vault import Sealed, vault_from_settings
@@ -113,3 +114,16 @@ def requests_counted(account_id: object, outcome: str, method: str = "users.getU
     """``tgflow_telegram_requests_total`` of one account, method and outcome so far."""
     labels = {"account": str(account_id), "method": method, "outcome": outcome}
     return REGISTRY.get_sample_value("tgflow_telegram_requests_total", labels) or 0.0
+
+
+async def another_session(sandbox: Sandbox, phone: str) -> str:
+    """A second session of the user with this phone, signed in outside tgflow."""
+    client = make_client(sandbox_session(2, "127.0.0.1", sandbox.mtproto_port))
+    await client.connect()
+    try:
+        await client.send_code_request(phone)
+        await client.sign_in(phone, "22222")
+        session: str = client.session.save()
+        return session
+    finally:
+        await client.disconnect()

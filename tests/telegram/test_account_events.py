@@ -10,23 +10,10 @@ import asyncpg
 import httpx
 
 from services.sandbox.admin_client import SandboxAdmin
-from services.sandbox.client import make_client, sandbox_session
 from services.sandbox.server import Sandbox
 from tests.helpers import auth, eventually
-from tests.telegram.conftest import import_account
+from tests.telegram.conftest import another_session, import_account
 from tests.telegram.test_jobs import run
-
-
-async def _new_session(sandbox: Sandbox, phone: str) -> str:
-    client = make_client(sandbox_session(2, "127.0.0.1", sandbox.mtproto_port))
-    await client.connect()
-    try:
-        await client.send_code_request(phone)
-        await client.sign_in(phone, "22222")
-        session: str = client.session.save()
-        return session
-    finally:
-        await client.disconnect()
 
 
 async def test_a_new_session_reactivates_a_disabled_account_cleanly_with_an_event(
@@ -47,7 +34,7 @@ async def test_a_new_session_reactivates_a_disabled_account_cleanly_with_an_even
 
     again = await api.post(
         "/v1/accounts/import",
-        json={"session_string": await _new_session(sandbox, "+15550009876")},
+        json={"session_string": await another_session(sandbox, "+15550009876")},
         headers=auth(),
     )
     assert again.status_code == 201

@@ -14,12 +14,12 @@ import pytest
 from telethon.sessions import StringSession
 
 from services.sandbox.admin_client import SandboxAdmin
-from services.sandbox.client import auth_key_id, make_client, sandbox_session
+from services.sandbox.client import auth_key_id, sandbox_session
 from services.sandbox.server import Sandbox
 from services.worker.telegram.vault import Vault, vault_from_settings
 from shared.config import WorkerSettings
 from tests.helpers import auth, eventually, wait_for_status
-from tests.telegram.conftest import import_account, insert_sealed, signed_in
+from tests.telegram.conftest import another_session, import_account, insert_sealed, signed_in
 from tests.telegram.test_jobs import run
 
 
@@ -190,14 +190,7 @@ async def test_a_new_session_of_a_known_user_is_sealed_for_its_existing_account(
     api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, pg: asyncpg.Connection[Any]
 ) -> None:
     first, created = await import_account(api, admin, phone="+15550009876")
-    client = make_client(sandbox_session(2, "127.0.0.1", sandbox.mtproto_port))
-    await client.connect()
-    try:
-        await client.send_code_request("+15550009876")
-        await client.sign_in("+15550009876", "22222")
-        second_session = client.session.save()
-    finally:
-        await client.disconnect()
+    second_session = await another_session(sandbox, "+15550009876")
     assert auth_key_id(second_session) != auth_key_id(created["session_string"])
     again = await api.post(
         "/v1/accounts/import", json={"session_string": second_session}, headers=auth()
@@ -223,14 +216,7 @@ async def test_importing_a_session_that_replaces_a_connected_one_logs_the_old_ke
     old = created["session_string"]
     held = await run(api, "telegram.get_me", account_id=first["id"])  # the old key connected
     assert held["status"] == "succeeded", held
-    client = make_client(sandbox_session(2, "127.0.0.1", sandbox.mtproto_port))
-    await client.connect()
-    try:
-        await client.send_code_request("+15550009878")
-        await client.sign_in("+15550009878", "22222")
-        second_session = client.session.save()
-    finally:
-        await client.disconnect()
+    second_session = await another_session(sandbox, "+15550009878")
     again = await api.post(
         "/v1/accounts/import", json={"session_string": second_session}, headers=auth()
     )
@@ -245,11 +231,19 @@ async def test_importing_a_session_that_replaces_a_connected_one_logs_the_old_ke
     )
     assert elsewhere.status_code == 422, elsewhere.text
     assert elsewhere.json()["error"]["code"] == "session_invalid"
-    me = await run(api, "telegram.get_me", account_id=first["id"])
+    await serves_then_logs_out(api, admin, sandbox, first["id"], second_session)
+
+
+async def serves_then_logs_out(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, account_id: str, session: str
+) -> None:
+    """The account's jobs run on its stored ``session``, DELETE logs exactly that one
+    out, and no auth key was ever connected twice."""
+    me = await run(api, "telegram.get_me", account_id=account_id)
     assert me["status"] == "succeeded", me
-    out = await api.delete(f"/v1/accounts/{first['id']}", headers=auth())
+    out = await api.delete(f"/v1/accounts/{account_id}", headers=auth())
     assert out.status_code == 200, out.text
-    assert not signed_in(sandbox, second_session)
+    assert not signed_in(sandbox, session)
     assert await admin.overlaps() == []
 
 

@@ -16,6 +16,7 @@ from services.sandbox.client import make_client, register_sandbox_key
 from services.sandbox.server import Sandbox
 from tests.helpers import auth, eventually, wait_for_status
 from tests.telegram.conftest import import_account, signed_in, stored_session
+from tests.telegram.test_accounts_api import serves_then_logs_out
 from tests.telegram.test_jobs import run
 
 CODE = "22222"  # the sandbox's login code: the DC id five times
@@ -89,12 +90,7 @@ async def test_a_login_replacing_a_connected_session_logs_the_old_key_out(
     )
     assert json.loads(event["details"]) == {"confirmed_by_telegram": True}
     assert await pg.fetchval("SELECT count(*) FROM replaced_sessions") == 0
-    me = await run(api, "telegram.get_me", account_id=first["id"])
-    assert me["status"] == "succeeded", me
-    out = await api.delete(f"/v1/accounts/{first['id']}", headers=auth())
-    assert out.status_code == 200, out.text
-    assert not signed_in(sandbox, new)
-    assert await admin.overlaps() == []
+    await serves_then_logs_out(api, admin, sandbox, first["id"], new)
 
 
 async def test_logout_right_after_a_login_replaced_a_busy_session_logs_out_the_stored_one(
