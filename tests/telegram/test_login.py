@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from telethon.sessions import StringSession
 
 from services.sandbox.admin_client import SandboxAdmin
@@ -333,19 +334,20 @@ async def test_bad_login_input(api: httpx.AsyncClient) -> None:
     assert code.json()["error"]["code"] == "account_not_found"
 
 
+@pytest.mark.parametrize(
+    ("kind", "code"), [("flood_wait", "flood_wait"), ("slowmode_wait", "slow_mode_wait")]
+)
 async def test_a_flood_wait_on_a_login_step_answers_429_with_retry_after(
-    api: httpx.AsyncClient, admin: SandboxAdmin
+    api: httpx.AsyncClient, admin: SandboxAdmin, kind: str, code: str
 ) -> None:
     """Telegram floods auth.sendCode and auth.signIn readily; whoever is logging in is
-    told at once when to try again, not answered 502."""
+    told at once when to try again, not answered 502, whichever wait Telegram named."""
     created = await admin.create_account(phone="+15550004444", authorized=False)
-    await admin.add_fault(
-        created["user_id"], "flood_wait", method="auth.sendCode", seconds=120, times=1
-    )
+    await admin.add_fault(created["user_id"], kind, method="auth.sendCode", seconds=120, times=1)
     flooded = await api.post("/v1/accounts", json={"phone": "+15550004444"}, headers=auth())
     assert flooded.status_code == 429, flooded.text
     error = flooded.json()["error"]
-    assert error["code"] == "flood_wait"
+    assert error["code"] == code
     assert error["details"]["retry_after"] == 120
     assert flooded.headers["Retry-After"] == "120"
     # After the wait (one flood here), the login goes ahead.

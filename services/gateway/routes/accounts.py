@@ -141,13 +141,15 @@ async def control(state: State, tenant: str, name: str, params: dict[str, Any]) 
             status_code=202,
         )
     if record.error is not None:
-        status = _ERROR_STATUS.get(record.error.code, 502)
         details: dict[str, Any] = {"job_id": env.id}
         headers = None
         retry_after = (record.error.details or {}).get("retry_after")
-        if isinstance(retry_after, int) and retry_after > 0:
+        waits = isinstance(retry_after, int) and retry_after > 0
+        if waits:
             details["retry_after"] = retry_after
             headers = {"Retry-After": str(retry_after)}
+        # Any wait Telegram names (flood_premium_wait, slow_mode_wait...) is a 429 too.
+        status = _ERROR_STATUS.get(record.error.code, 429 if waits else 502)
         raise ApiError(status, record.error.code, record.error.message, details, headers)
     return record.result
 
