@@ -247,6 +247,25 @@ async def test_a_login_is_cancelled_after_too_many_wrong_codes(
     assert done.status_code == 200, done.text
 
 
+async def test_wrong_codes_sent_at_once_are_limited_and_share_one_connection(
+    api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
+    """Steps of one login run one at a time: ten wrong codes sent together reach Telegram
+    five times (the limit), the rest answer 409, and the half-made session is never
+    connected twice at once."""
+    started = await api.post("/v1/accounts", json={"phone": "+15550007779"}, headers=auth())
+    account_id = started.json()["account_id"]
+    url = f"/v1/accounts/{account_id}/login/code"
+    answers = await asyncio.gather(
+        *(api.post(url, json={"code": "11111"}, headers=auth()) for _ in range(10))
+    )
+    codes = sorted(a.json()["error"]["code"] for a in answers)
+    assert codes == ["login_attempts_exceeded"] * 6 + ["phone_code_invalid"] * 4, codes
+    row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", uuid.UUID(account_id))
+    assert row["login_attempts"] == 5
+    assert await admin.overlaps() == []
+
+
 async def test_a_login_is_cancelled_after_too_many_wrong_passwords(
     api: httpx.AsyncClient, admin: SandboxAdmin
 ) -> None:

@@ -188,7 +188,26 @@ async def _into_known_account(
     return LoginStep(account_id=stored.id, state="active", next=None, tg_user_id=me.id)
 
 
+@contextlib.asynccontextmanager
+async def _one_step_at_a_time(ctx: JobContext, account_id: uuid.UUID) -> AsyncIterator[None]:
+    """Hold the login's steps to one at a time. Two at once would connect its half-made
+    session twice (one key, one connection) and could both try a code while one attempt
+    is left; the later one reads the row again after the first has counted. Steps run on
+    the account's shard, so its owner's lock is enough."""
+    locks = ctx.state.telegram.login_steps
+    lock = locks.get(account_id)
+    if lock is None:
+        lock = locks[account_id] = asyncio.Lock()
+    async with lock:
+        yield
+
+
 async def login_code(ctx: JobContext, params: LoginCodeParams) -> LoginStep:
+    async with _one_step_at_a_time(ctx, params.account_id):
+        return await _login_code(ctx, params)
+
+
+async def _login_code(ctx: JobContext, params: LoginCodeParams) -> LoginStep:
     row = await _pending(ctx, params.account_id)
     session = _open_session(ctx, row)
     async with _client(ctx, session) as client:
@@ -212,6 +231,11 @@ async def login_code(ctx: JobContext, params: LoginCodeParams) -> LoginStep:
 
 
 async def login_password(ctx: JobContext, params: LoginPasswordParams) -> LoginStep:
+    async with _one_step_at_a_time(ctx, params.account_id):
+        return await _login_password(ctx, params)
+
+
+async def _login_password(ctx: JobContext, params: LoginPasswordParams) -> LoginStep:
     row = await _pending(ctx, params.account_id)
     if not row["login_needs_password"]:  # the code step has not asked for one
         raise PermanentFailure(

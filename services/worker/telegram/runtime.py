@@ -9,6 +9,7 @@ import hashlib
 import re
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar
@@ -71,6 +72,10 @@ class TelegramRuntime:
         # Whether every stored session has its auth key fingerprint (see tasks.accounts).
         self.key_hashes_complete = False
         self.unfingerprinted: set[uuid.UUID] = set()  # sessions this process cannot open
+        # One step at a time per login (see tasks.login): held while a step runs.
+        self.login_steps: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         # Per-tenant call counters, flushed to Redis in batches (not one write per call).
         self._calls: collections.Counter[tuple[str, str]] = collections.Counter()
 
