@@ -31,44 +31,74 @@ class Rotation:
 
 
 async def rotate(settings: WorkerSettings, *, batch: int = 200) -> Rotation:
-    """Re-wrap data keys not under the primary key, skipping (and listing) any that fail."""
+    """Re-wrap data keys not under the primary key, skipping (and listing) any that fail:
+    accounts' sessions, and the replaced sessions still waiting to be logged out (one
+    left under a dropped key could never be opened to log its key out)."""
     vault = settings_vault(settings)
     conn: asyncpg.Connection[Any] = await asyncpg.connect(settings.database_url)
     done = Rotation()
-    after = uuid.UUID(int=0)
     try:
-        while True:
-            # Keyset paging: a row that cannot be re-wrapped stays behind, not in front.
-            rows = await conn.fetch(
-                """SELECT id, session_key_id, session_wrapped_key, session_ciphertext
-                   FROM accounts WHERE session_key_id IS NOT NULL AND session_key_id <> $1
-                     AND id > $3
-                   ORDER BY id LIMIT $2""",
-                vault.primary_id,
-                batch,
-                after,
-            )
-            if not rows:
-                return done
-            for row in rows:
-                try:
-                    done.changed += await _rewrap_one(conn, vault, row)
-                except VaultError as exc:
-                    done.failed.append(row["id"])
-                    log.warning("session not re-wrapped", account_id=str(row["id"]), error=str(exc))
-            after = rows[-1]["id"]
+        for table in _SEALED:
+            await _rotate_table(conn, vault, table, batch, done)
     finally:
         await conn.close()
+    return done
 
 
-async def _rewrap_one(conn: asyncpg.Connection[Any], vault: Vault, row: Any) -> int:
+@dataclass(frozen=True)
+class _Table:
+    name: str
+    account: str  # the column holding the account id bound into the ciphertext
+    start: Any  # below every row id, for keyset paging
+    touch: str = ""  # what else a re-wrap sets
+
+
+_SEALED = (
+    _Table("accounts", "id", uuid.UUID(int=0), ", updated_at = now()"),
+    _Table("replaced_sessions", "account_id", 0),
+)
+
+
+async def _rotate_table(
+    conn: asyncpg.Connection[Any], vault: Vault, table: _Table, batch: int, done: Rotation
+) -> None:
+    after = table.start
+    while True:
+        # Keyset paging: a row that cannot be re-wrapped stays behind, not in front.
+        rows = await conn.fetch(
+            f"""SELECT id, {table.account} AS account_id, session_key_id, session_wrapped_key,
+                       session_ciphertext
+                FROM {table.name} WHERE session_key_id IS NOT NULL AND session_key_id <> $1
+                  AND id > $3
+                ORDER BY id LIMIT $2""",  # noqa: S608 - table and column names are ours
+            vault.primary_id,
+            batch,
+            after,
+        )
+        if not rows:
+            return
+        for row in rows:
+            try:
+                done.changed += await _rewrap_one(conn, vault, table, row)
+            except VaultError as exc:
+                done.failed.append(row["account_id"])
+                log.warning(
+                    "session not re-wrapped",
+                    account_id=str(row["account_id"]),
+                    table=table.name,
+                    error=str(exc),
+                )
+        after = rows[-1]["id"]
+
+
+async def _rewrap_one(conn: asyncpg.Connection[Any], vault: Vault, table: _Table, row: Any) -> int:
     sealed = sealed_of(row)
     assert sealed is not None  # the query selects rows with a session key
-    fresh = vault.rewrap(sealed, aad=row["id"].bytes)
+    fresh = vault.rewrap(sealed, aad=row["account_id"].bytes)
     # Only if nobody re-sealed the session meanwhile (a worker saving a new one wins).
     status: str = await conn.execute(
-        """UPDATE accounts SET session_wrapped_key = $2, session_key_id = $3, updated_at = now()
-           WHERE id = $1 AND session_key_id = $4 AND session_wrapped_key = $5""",
+        f"""UPDATE {table.name} SET session_wrapped_key = $2, session_key_id = $3{table.touch}
+            WHERE id = $1 AND session_key_id = $4 AND session_wrapped_key = $5""",  # noqa: S608
         row["id"],
         fresh.wrapped_key,
         fresh.key_id,

@@ -117,6 +117,36 @@ async def test_keys_rotate_rewraps_every_stored_session(
         assert new_only.open(sealed, aad=account_id.bytes) == f"{SESSION}{i}"
 
 
+async def test_keys_rotate_rewraps_replaced_sessions_waiting_to_be_logged_out(
+    pg: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replaced session is logged out by opening it: left under a key that is then
+    dropped, it could never be, and its key would stay signed in at Telegram."""
+    old_entry, new_entry = Vault.generate_entry("old"), Vault.generate_entry("new")
+    old = Vault.parse(old_entry)
+    await pg.execute("INSERT INTO tenants (id, name) VALUES ('acme', 'acme')")
+    account_id = uuid.uuid4()
+    await insert_sealed(pg, account_id, 1000, old.seal(f"{SESSION}new", aad=account_id.bytes))
+    parked = old.seal(f"{SESSION}old", aad=account_id.bytes)
+    await pg.execute(
+        """INSERT INTO replaced_sessions (account_id, tenant_id, auth_key_hash,
+               session_ciphertext, session_wrapped_key, session_key_id)
+           VALUES ($1, 'acme', 'x', $2, $3, $4)""",
+        account_id,
+        parked.ciphertext,
+        parked.wrapped_key,
+        parked.key_id,
+    )
+    monkeypatch.setenv("TGFLOW_VAULT_KEYS", f"{new_entry},{old_entry}")
+    assert await rotate(WorkerSettings(), batch=1) == Rotation(changed=2)
+    assert await rotate(WorkerSettings()) == Rotation(changed=0)
+    row = await pg.fetchrow("SELECT * FROM replaced_sessions")
+    sealed = Sealed(
+        row["session_key_id"], bytes(row["session_wrapped_key"]), bytes(row["session_ciphertext"])
+    )
+    assert Vault.parse(new_entry).open(sealed, aad=account_id.bytes) == f"{SESSION}old"
+
+
 async def test_keys_rotate_skips_a_session_it_cannot_open_and_rotates_the_rest(
     pg: asyncpg.Connection[Any],
     monkeypatch: pytest.MonkeyPatch,
