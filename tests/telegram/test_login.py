@@ -15,8 +15,18 @@ from telethon.sessions import StringSession
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.client import make_client, register_sandbox_key
 from services.sandbox.server import Sandbox
+from services.worker.telegram.accounts import auth_key_hash
+from services.worker.telegram.replaced import log_out_replaced
+from services.worker.telegram.vault import Vault
 from tests.helpers import auth, eventually, wait_for_status
-from tests.telegram.conftest import import_account, signed_in, stored_session
+from tests.telegram.conftest import (
+    another_session,
+    close_runtime,
+    import_account,
+    open_runtime,
+    signed_in,
+    stored_session,
+)
 from tests.telegram.test_accounts_api import serves_then_logs_out
 from tests.telegram.test_jobs import run
 
@@ -125,6 +135,40 @@ async def test_logout_right_after_a_login_replaced_a_busy_session_logs_out_the_s
     job = await wait_for_status(api, busy.json()["id"], {"succeeded", "failed"}, timeout=15)
     assert job["status"] == "succeeded", job
     assert await admin.overlaps() == []
+
+
+async def test_a_replaced_session_under_a_vault_key_not_configured_here_is_kept(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, pg: asyncpg.Connection[Any]
+) -> None:
+    """A worker without the vault key a replaced session is sealed under (mid-rotation,
+    say) leaves it parked rather than discard it with its key still signed in; a worker
+    that has the key logs it out."""
+    first, created = await import_account(api, admin, phone="+15550002225")
+    account_id = uuid.UUID(first["id"])
+    old = await another_session(sandbox, created["phone"])
+    other = Vault.parse(Vault.generate_entry("elsewhere"))
+    parked = other.seal(old, aad=account_id.bytes)
+    await pg.execute(
+        """INSERT INTO replaced_sessions (account_id, tenant_id, auth_key_hash,
+               session_ciphertext, session_wrapped_key, session_key_id)
+           VALUES ($1, 'acme', $2, $3, $4, $5)""",
+        account_id,
+        auth_key_hash(old),
+        parked.ciphertext,
+        parked.wrapped_key,
+        parked.key_id,
+    )
+    rt = await open_runtime(sandbox, "replaced-keyless")
+    try:
+        await log_out_replaced(rt, account_id)
+        assert await pg.fetchval("SELECT count(*) FROM replaced_sessions") == 1
+        assert signed_in(sandbox, old)
+        rt.vault = other
+        assert await log_out_replaced(rt, account_id) == 0
+    finally:
+        await close_runtime(rt)
+    assert await pg.fetchval("SELECT count(*) FROM replaced_sessions") == 0
+    assert not signed_in(sandbox, old)
 
 
 async def test_two_logins_of_one_user_finishing_together_end_in_one_account(

@@ -70,7 +70,8 @@ async def log_out_replaced_soon(
 
 
 async def _log_out_one(runtime: TelegramRuntime, row_id: int, account_id: uuid.UUID) -> bool:
-    """Whether the row is done with (logged out, found dead, or taken by another pass)."""
+    """Whether the row is done with (logged out, found dead, taken by another pass, or
+    left to a worker configured with its vault key)."""
     runtime.forget(account_id)  # this worker's jobs read the account's new session from now
     async with runtime.db.acquire() as conn, conn.transaction():
         # Locked while the key is logged out: no other pass (here or on a worker the shard
@@ -83,6 +84,13 @@ async def _log_out_one(runtime: TelegramRuntime, row_id: int, account_id: uuid.U
         )
         if row is None:
             return True
+        if not runtime.vault.has_key(row["session_key_id"]):  # configuration, not the row
+            log.error(
+                "replaced session sealed under a vault key that is not configured",
+                account_id=str(account_id),
+                key_id=row["session_key_id"],
+            )
+            return True  # kept: discarding it would leave its key signed in, unseen
         session = _open(runtime, row)
         key = accounts.auth_key_hash(session) if session is not None else None
         # This worker's client still holds the old key: closed before the key is logged
@@ -111,7 +119,7 @@ def _open(runtime: TelegramRuntime, row: Any) -> str | None:
     assert sealed is not None
     try:
         return runtime.vault.open(sealed, aad=row["account_id"].bytes)
-    except VaultError as exc:  # nothing anyone can log out any more
+    except VaultError as exc:  # damaged: nothing anyone can log out any more
         log.warning(
             "replaced session cannot be opened", account_id=str(row["account_id"]), error=str(exc)
         )
