@@ -10,19 +10,23 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from telethon import types
 from telethon.sessions import StringSession
+from telethon.tl.functions.users import GetUsersRequest
 
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.client import make_client, register_sandbox_key
 from services.sandbox.server import Sandbox
-from services.worker.telegram.accounts import auth_key_hash
+from services.worker.telegram.accounts import auth_key_hash, insert_active
 from services.worker.telegram.replaced import log_out_replaced
 from services.worker.telegram.vault import Vault
+from shared.errors import Deferral
 from tests.helpers import auth, eventually, wait_for_status
 from tests.telegram.conftest import (
     another_session,
     close_runtime,
     import_account,
+    insert_sealed,
     open_runtime,
     signed_in,
     stored_session,
@@ -169,6 +173,61 @@ async def test_a_replaced_session_under_a_vault_key_not_configured_here_is_kept(
         await close_runtime(rt)
     assert await pg.fetchval("SELECT count(*) FROM replaced_sessions") == 0
     assert not signed_in(sandbox, old)
+
+
+async def test_a_job_that_read_the_account_before_its_session_was_replaced_uses_the_new_one(
+    sandbox: Sandbox, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
+    """A job holding the account as read just before a login replaced its session does
+    not connect the old key (being logged out, or logged out already): it is deferred and
+    runs with the new session, and the account is not disabled by the old key's death."""
+    created = await admin.create_account(phone="+15550002226")
+    old = created["session_string"]
+    rt = await open_runtime(sandbox, "stale-read")
+    try:
+        await pg.execute("INSERT INTO tenants (id, name) VALUES ('acme', 'acme')")
+        account_id = uuid.uuid4()
+        sealed = rt.vault.seal(old, aad=account_id.bytes)
+        await insert_sealed(pg, account_id, created["user_id"], sealed)
+        await pg.execute(
+            "UPDATE accounts SET auth_key_hash = $2 WHERE id = $1", account_id, auth_key_hash(old)
+        )
+        read, go = asyncio.Event(), asyncio.Event()
+        flood_until = rt.limits.flood_until
+
+        async def after_the_read(account: uuid.UUID, method: str) -> Any:
+            read.set()  # the job has the account (old session) in hand
+            await go.wait()
+            return await flood_until(account, method)
+
+        rt.limits.flood_until = after_the_read  # type: ignore[method-assign]
+
+        async def get_me() -> Any:
+            async with rt.session("acme", account_id) as tg:
+                request = GetUsersRequest([types.InputUserSelf()])
+                return await tg.call("users.getUsers", lambda: tg.client(request))
+
+        job = asyncio.create_task(get_me())
+        await read.wait()
+        new = await another_session(sandbox, created["phone"])
+        me = {"id": created["user_id"], "phone": created["phone"], "dc_id": 2}
+        stored = await insert_active(rt.db, vault=rt.vault, tenant="acme", session=new, me=me)
+        assert stored.replaced
+        assert await log_out_replaced(rt, account_id) == 0
+        assert not signed_in(sandbox, old)
+        go.set()
+        with pytest.raises(Deferral) as deferred:
+            await job
+        assert deferred.value.code == "session_replaced"
+        rt.limits.flood_until = flood_until  # type: ignore[method-assign]
+        users = await get_me()
+        assert users[0].id == created["user_id"]
+    finally:
+        await close_runtime(rt)
+    row = await pg.fetchrow("SELECT state FROM accounts WHERE id = $1", account_id)
+    assert row["state"] == "active"
+    assert signed_in(sandbox, new)
+    assert await admin.overlaps() == []
 
 
 async def test_two_logins_of_one_user_finishing_together_end_in_one_account(

@@ -208,6 +208,7 @@ class ClientPool:
                     "The account's shard is moving to another worker.",
                     utcnow() + timedelta(seconds=1),
                 )
+            await self._refuse_replaced(account.id, entry)
             entry.quiet = True  # a new connection: on record once a job leases it
             try:
                 try:
@@ -253,6 +254,25 @@ class ClientPool:
                 log.debug("telegram client connected to validate", account_id=str(account.id))
             else:
                 log.info("telegram client connected", account_id=str(account.id))
+
+    async def _refuse_replaced(self, account_id: uuid.UUID, entry: Entry) -> None:
+        """Defer a connect of a key the account no longer stores. A job that read the
+        account just before a login or import replaced its session would otherwise
+        connect the old key while (or after) its owner logs it out: a second connection
+        to it, and an auth_key_unregistered that disables an account whose session is
+        fine. The entry is made before this read, so a replacement committed after it
+        finds the old key held here (``replaced``) and waits for it."""
+        stored = await self.db.fetchval(
+            "SELECT auth_key_hash FROM accounts WHERE id = $1", account_id
+        )
+        if not stored or stored == entry.key_hash:  # not fingerprinted yet: nothing to tell
+            return
+        self.retire(account_id)
+        raise Deferral(
+            "session_replaced",
+            "The account's session was replaced; the job runs again with the new one.",
+            utcnow() + timedelta(seconds=1),
+        )
 
     def connection_lost(self, account_id: uuid.UUID) -> float:
         """Count a failure and recycle the client; the backoff before the next attempt.

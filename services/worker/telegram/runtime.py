@@ -169,6 +169,8 @@ class TelegramRuntime:
             if exc.code == "reconnecting":
                 await accounts.set_state(self.db, account, State.RECONNECTING, error=exc.message)
                 self.forget(account.id)
+            elif exc.code == "session_replaced":  # read again, with the new session
+                self.forget(account.id)
             raise
         except ConnectRefused as exc:  # counted and mapped like the call it was
             seconds = time.perf_counter() - start
