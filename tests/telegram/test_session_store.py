@@ -11,9 +11,9 @@ from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.server import Sandbox
 from services.worker.telegram import accounts
 from services.worker.telegram.session import BoundedSession
-from tests.helpers import auth, eventually
+from tests.helpers import auth, eventually, wait_for_status
 from tests.telegram.conftest import close_runtime, import_account, open_runtime
-from tests.telegram.test_jobs import run
+from tests.telegram.test_jobs import deferred_as, run, submit
 
 
 def _user(user_id: int, username: str | None = None, phone: str | None = None) -> types.User:
@@ -156,3 +156,29 @@ async def test_a_numeric_id_never_seen_here_is_found_among_the_accounts_chats(
     )
     assert missing["status"] == "failed"
     assert missing["error"]["code"] == "peer_not_found"
+
+
+async def test_a_chats_read_that_did_not_happen_does_not_count_as_done(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    """A flood wait on reading the account's chats defers the job; its re-run reads them
+    then, rather than failing as if they had been read and held no such id."""
+    account, created = await import_account(api, admin)
+    owner = await admin.create_account(first_name="Owner")
+    chat = await admin.create_chat(
+        title="Club",
+        kind="supergroup",
+        creator_id=owner["user_id"],
+        members=[created["user_id"]],
+        messages=[{"text": "welcome"}],
+    )
+    await admin.add_fault(
+        created["user_id"], "flood_wait", method="messages.getDialogs", seconds=5, times=1
+    )
+    job_id = await submit(
+        api, "telegram.get_history", account_id=account["id"], peer=f"-100{chat['chat_id']}"
+    )
+    await deferred_as(api, job_id, "flood_wait")
+    history = await wait_for_status(api, job_id, {"succeeded", "failed"}, timeout=20)
+    assert history["status"] == "succeeded", history
+    assert [m["text"] for m in history["result"]["messages"]][:1] == ["welcome"]

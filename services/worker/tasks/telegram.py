@@ -113,7 +113,11 @@ async def input_peer(tg: AccountSession, peer: str) -> Any:
             raise
     # A numeric id this worker has not seen for the account (its client was made on
     # another worker, or before a restart): the account's chats are where it would be.
-    await tg.call("messages.getDialogs", lambda: tg.client.get_dialogs(limit=DIALOGS_SCAN))
+    try:
+        await tg.call("messages.getDialogs", lambda: tg.client.get_dialogs(limit=DIALOGS_SCAN))
+    except BaseException:
+        tg.runtime.dialogs_not_scanned(tg.account.id)
+        raise
     return await tg.call(method, lambda: tg.client.get_input_entity(value))
 
 

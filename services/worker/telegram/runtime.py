@@ -114,6 +114,11 @@ class TelegramRuntime:
             self._dialog_scans.popitem(last=False)
         return True
 
+    def dialogs_not_scanned(self, account_id: uuid.UUID) -> None:
+        """The read ``may_scan_dialogs`` allowed did not happen (a flood wait, a lost
+        connection): the job's re-run may try it, rather than fail as if it had."""
+        self._dialog_scans.pop(account_id, None)
+
     def forget(self, account_id: uuid.UUID) -> None:
         self._accounts.pop(account_id, None)
         self._loading.pop(account_id, None)
