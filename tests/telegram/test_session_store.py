@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
+import pytest
 from telethon.tl import types
 
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.server import Sandbox
+from services.worker.context import JobContext
+from services.worker.tasks import login as login_tasks
+from services.worker.tasks import telegram as telegram_tasks
 from services.worker.telegram import accounts
+from services.worker.telegram.runtime import TelegramRuntime
 from services.worker.telegram.session import BoundedSession
+from shared.errors import PermanentFailure
+from shared.jobs.accounts import AccountIdParams
+from shared.jobs.envelope import Envelope, utcnow
+from shared.jobs.telegram import PeerParams
 from tests.helpers import auth, eventually, wait_for_status
 from tests.telegram.conftest import close_runtime, import_account, open_runtime
 from tests.telegram.test_jobs import deferred_as, run, submit
@@ -182,3 +193,69 @@ async def test_a_chats_read_that_did_not_happen_does_not_count_as_done(
     history = await wait_for_status(api, job_id, {"succeeded", "failed"}, timeout=20)
     assert history["status"] == "succeeded", history
     assert [m["text"] for m in history["result"]["messages"]][:1] == ["welcome"]
+
+
+def _job(rt: TelegramRuntime, job_type: str, params: dict[str, Any]) -> JobContext:
+    """A job's context on ``rt`` (only what Telegram tasks read of the worker's state)."""
+    now = utcnow()
+    envelope = Envelope(
+        id=str(uuid.uuid4()),
+        type=job_type,
+        tenant="acme",
+        params=params,
+        timeout=60,
+        created_at=now,
+        run_at=now,
+    )
+    state: Any = SimpleNamespace(telegram=rt, db=rt.db, settings=rt.settings)
+    return JobContext(state, envelope, 1)
+
+
+async def test_what_an_account_had_seen_goes_with_its_logout(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox
+) -> None:
+    """Entities and phones a logged-out account's clients saw are not kept for a later
+    client: neither when a job still held the client at the logout (dropped after it),
+    nor when the client had been dropped before."""
+    busy, _ = await import_account(api, admin)
+    idle, idle_created = await import_account(api, admin)
+    await admin.create_account(username="carol_sb", phone="+15550001144", first_name="Carol")
+    rt = await open_runtime(sandbox, "logout-forgets")
+    try:
+        for account in (busy, idle):
+            params = {"account_id": account["id"], "peer": "+15550001144"}
+            found = await telegram_tasks.resolve(
+                _job(rt, "telegram.resolve", params), PeerParams.model_validate(params)
+            )
+            assert found.peer.username == "carol_sb"
+        # The idle account's session is revoked: disabled, its client dropped.
+        await admin.add_fault(idle_created["user_id"], "revoke")
+        params = {"account_id": idle["id"], "peer": "@carol_sb"}
+        with pytest.raises(PermanentFailure):
+            await telegram_tasks.resolve(
+                _job(rt, "telegram.resolve", params), PeerParams.model_validate(params)
+            )
+        assert not rt.pool.holds(uuid.UUID(idle["id"]))
+        # The busy one's client is held by a job through its logout.
+        loaded = await accounts.load(rt.db, uuid.UUID(busy["id"]))
+        assert loaded is not None
+        async with rt.pool.lease(loaded):
+            params = {"account_id": busy["id"]}
+            await login_tasks.logout(
+                _job(rt, "account.logout", params), AccountIdParams.model_validate(params)
+            )
+        params = {"account_id": idle["id"]}
+        await login_tasks.logout(
+            _job(rt, "account.logout", params), AccountIdParams.model_validate(params)
+        )
+        left = {
+            name: (
+                rt.pool.holds(uuid.UUID(account["id"])),
+                uuid.UUID(account["id"]) in rt.pool._kept_entities,
+                [key for key in rt.phone_peers if key[0] == uuid.UUID(account["id"])],
+            )
+            for name, account in (("busy", busy), ("idle", idle))
+        }
+        assert left == {"busy": (False, False, []), "idle": (False, False, [])}
+    finally:
+        await close_runtime(rt)

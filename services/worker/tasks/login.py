@@ -323,6 +323,7 @@ async def logout(ctx: JobContext, params: AccountIdParams) -> LoginStep:
         ctx.state.db, account.id, account.tenant, "logout", {"confirmed_by_telegram": confirmed}
     )
     runtime.forget(account.id)
+    runtime.forget_seen(account.id)
     runtime.pool.retire(account.id)  # gone as soon as no job holds it
     await runtime.pool.drop(account.id, reason="logout")
     return LoginStep(account_id=account.id, state="disabled", next=None)

@@ -61,6 +61,7 @@ class Entry:
     # No job has used this connection (a validation's own): no connect/disconnect events.
     quiet: bool = True
     key_hash: str | None = None  # the fingerprint of the auth key the client was made with
+    keep_seen: bool = True  # whether its entities are kept for the next client when dropped
 
 
 class ClientPool:
@@ -317,11 +318,19 @@ class ClientPool:
         self._record_disconnects([(account_id, entry)], reason)
         return True
 
+    def forget_entities(self, account_id: uuid.UUID) -> None:
+        """A logout: what the account's clients saw goes with its session, now for a
+        client dropped before, and when dropped for one still in use."""
+        self._kept_entities.pop(account_id, None)
+        entry = self._entries.get(account_id)
+        if entry is not None:
+            entry.keep_seen = False
+
     def _keep_entities(self, account_id: uuid.UUID, entry: Entry, reason: str) -> None:
         """Keep a dropped client's entities for the account's next client (not after a
         logout: what the account had seen goes with its session)."""
         session = entry.client.session
-        if reason == "logout" or not isinstance(session, BoundedSession):
+        if reason == "logout" or not entry.keep_seen or not isinstance(session, BoundedSession):
             self._kept_entities.pop(account_id, None)
             return
         self._kept_entities[account_id] = session.rows()

@@ -119,6 +119,14 @@ class TelegramRuntime:
         connection): the job's re-run may try it, rather than fail as if it had."""
         self._dialog_scans.pop(account_id, None)
 
+    def forget_seen(self, account_id: uuid.UUID) -> None:
+        """Drop what the account's clients had seen (entities, resolved phones): its
+        session was logged out."""
+        self.pool.forget_entities(account_id)
+        for key in [k for k in self.phone_peers if k[0] == account_id]:
+            del self.phone_peers[key]
+        self._dialog_scans.pop(account_id, None)
+
     def forget(self, account_id: uuid.UUID) -> None:
         self._accounts.pop(account_id, None)
         self._loading.pop(account_id, None)
