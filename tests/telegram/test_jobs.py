@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 from redis.asyncio import Redis
+from telethon.tl import types
 
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.server import Sandbox
 from services.worker.tasks import telegram as telegram_tasks
+from services.worker.telegram.runtime import message_out
 from tests.helpers import auth, eventually, gateway_client, running_worker, wait_for_status
 from tests.telegram.conftest import import_account
 
@@ -713,3 +715,16 @@ async def test_the_accounts_flood_state_follows_its_longest_running_flood(
     state, left = await flood_left()
     assert state == "flood_wait"
     assert 3590 < left <= 3600
+
+
+def test_a_service_messages_action_is_named_in_snake_case() -> None:
+    def action(of: Any) -> str | None:
+        message = types.MessageService(
+            id=5, peer_id=types.PeerUser(1), date=datetime.now(UTC), action=of
+        )
+        named: str | None = message_out(message)["action"]
+        return named
+
+    assert action(types.MessageActionChatAddUser(users=[2])) == "chat_add_user"
+    assert action(types.MessageActionSetMessagesTTL(period=86400)) == "set_messages_ttl"
+    assert action(types.MessageActionChannelCreate(title="News")) == "channel_create"

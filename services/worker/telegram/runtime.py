@@ -349,6 +349,8 @@ def _flooded(method: str, until: datetime) -> Deferral:
 # What message_out shows: messages and service messages. A MessageEmpty (an id with no
 # message, or None from Telethon for one) is left out.
 MESSAGES = (types.Message, types.MessageService)
+# Where a word starts in a CamelCase name, an acronym being one word (``SetMessagesTTL``).
+_WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
 def message_out(message: Any, own_user_id: int | None = None) -> dict[str, Any]:
@@ -362,7 +364,7 @@ def message_out(message: Any, own_user_id: int | None = None) -> dict[str, Any]:
     action = None
     if message.action is not None:
         name = type(message.action).__name__.removeprefix("MessageAction")
-        action = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+        action = _WORD_START.sub("_", name).lower()
     return {
         "id": message.id,
         "date": message.date,
