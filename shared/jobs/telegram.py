@@ -81,7 +81,7 @@ def _group_peer(value: str) -> str:
     peer = normalize_peer(value)
     if peer == "me" or peer.startswith("+") or peer.isdigit():
         raise ValueError("peer must be a group or channel: @username, a -100... id or a link")
-    if peer.startswith("-") and int(peer) > -CHANNEL_MARK:  # a basic group: no members API
+    if peer.startswith("-") and int(peer) >= -CHANNEL_MARK:  # a basic group: no members API
         raise ValueError("peer must be a supergroup or channel: @username, a -100... id or a link")
     return peer
 

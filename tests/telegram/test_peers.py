@@ -100,6 +100,8 @@ ACCOUNT = str(uuid.uuid4())
         ("telegram.get_participants", {"peer": "12345"}, "params.peer"),
         ("telegram.get_participants", {"peer": "-12345"}, "params.peer"),  # a basic group
         ("telegram.get_participants", {"peer": "-1001234567"}, "params.peer"),  # basic too
+        # -10^12 itself: Telethon reads a channel only below it (basic group 10^12).
+        ("telegram.get_participants", {"peer": "-1000000000000"}, "params.peer"),
         ("telegram.get_participants", {"peer": "@news_sb", "offset": 2**31}, "params.offset"),
     ],
 )
