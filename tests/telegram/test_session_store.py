@@ -259,3 +259,23 @@ async def test_what_an_account_had_seen_goes_with_its_logout(
         assert left == {"busy": (False, False, []), "idle": (False, False, [])}
     finally:
         await close_runtime(rt)
+
+
+async def test_resolving_a_numeric_id_never_seen_here_looks_among_the_accounts_chats(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    account, created = await import_account(api, admin)
+    owner = await admin.create_account(first_name="Owner")
+    chat = await admin.create_chat(
+        title="Club", kind="supergroup", creator_id=owner["user_id"], members=[created["user_id"]]
+    )
+    resolved = await run(
+        api, "telegram.resolve", account_id=account["id"], peer=f"-100{chat['chat_id']}"
+    )
+    assert resolved["status"] == "succeeded", resolved
+    assert resolved["result"]["peer"] == {
+        "id": chat["chat_id"],
+        "kind": "group",
+        "username": None,
+        "title": "Club",
+    }

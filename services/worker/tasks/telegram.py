@@ -313,6 +313,8 @@ async def resolve(ctx: JobContext, params: PeerParams) -> ResolveResult:
             entity = await _user_by_phone(tg, params.peer)
         else:
             method, value = _lookup(params.peer)
+            if isinstance(value, int):  # a numeric id: found as any job's peer is first
+                value = await input_peer(tg, params.peer)
             entity = await tg.call(method, lambda: tg.client.get_entity(value))
     return ResolveResult(peer=peer_out(entity))
 
