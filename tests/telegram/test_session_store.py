@@ -145,18 +145,23 @@ async def test_numeric_ids_still_work_after_the_client_is_dropped(
     assert [m["text"] for m in await admin.messages(carol["user_id"], created["user_id"])] == ["hi"]
 
 
+async def club_of(admin: SandboxAdmin, member: int) -> dict[str, Any]:
+    """A supergroup with no username that ``member`` is in, its one post "welcome"."""
+    owner = await admin.create_account(first_name="Owner")
+    return await admin.create_chat(
+        title="Club",
+        kind="supergroup",
+        creator_id=owner["user_id"],
+        members=[member],
+        messages=[{"text": "welcome"}],
+    )
+
+
 async def test_a_numeric_id_never_seen_here_is_found_among_the_accounts_chats(
     api: httpx.AsyncClient, admin: SandboxAdmin
 ) -> None:
     account, created = await import_account(api, admin)
-    owner = await admin.create_account(first_name="Owner")
-    chat = await admin.create_chat(
-        title="Club",
-        kind="supergroup",
-        creator_id=owner["user_id"],
-        members=[created["user_id"]],
-        messages=[{"text": "welcome"}],
-    )
+    chat = await club_of(admin, created["user_id"])
     marked = f"-100{chat['chat_id']}"  # no username, never resolved by this worker
     history = await run(api, "telegram.get_history", account_id=account["id"], peer=marked)
     assert history["status"] == "succeeded", history
@@ -175,14 +180,7 @@ async def test_a_chats_read_that_did_not_happen_does_not_count_as_done(
     """A flood wait on reading the account's chats defers the job; its re-run reads them
     then, rather than failing as if they had been read and held no such id."""
     account, created = await import_account(api, admin)
-    owner = await admin.create_account(first_name="Owner")
-    chat = await admin.create_chat(
-        title="Club",
-        kind="supergroup",
-        creator_id=owner["user_id"],
-        members=[created["user_id"]],
-        messages=[{"text": "welcome"}],
-    )
+    chat = await club_of(admin, created["user_id"])
     await admin.add_fault(
         created["user_id"], "flood_wait", method="messages.getDialogs", seconds=5, times=1
     )
