@@ -59,6 +59,12 @@ def _check_text(draft: Draft) -> None:
         raise bad_request("MESSAGE_TOO_LONG")
 
 
+def sent_before(world: World, sender: Account, random_id: int) -> bool:
+    """Whether the sender's message of this random_id is still there."""
+    ref = sender.sent.get(random_id)
+    return ref is not None and lookup(world, sender, ref.peer, ref.msg_id) is not None
+
+
 def send(world: World, sender: Account, peer: PeerRef, draft: Draft, random_id: int | None) -> Sent:
     """Store a new message, or return the original one for a repeated random_id."""
     if random_id is not None and random_id in sender.sent:

@@ -274,6 +274,9 @@ class ForwardParams(AccountParams):
 
 class ForwardResult(BaseModel):
     message_ids: list[int]
+    # True when an earlier attempt had forwarded the messages and Telegram refused to
+    # name them again (RANDOM_ID_DUPLICATE): forwarded once, their ids not known.
+    resend_refused: bool = False
 
 
 class MarkReadParams(PeerParams):

@@ -139,6 +139,28 @@ async def test_a_refused_resend_names_no_message_it_cannot_tell_apart(
     assert [m["random_id"] for m in stored] == [None, sent["result"]["random_id"]]
 
 
+async def test_a_forward_whose_resend_is_refused_succeeds_once(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    account, created = await import_account(api, admin)
+    original = await admin.post_message(created["user_id"], created["user_id"], "pass it on")
+    await admin.set_random_id_duplicate(True)
+    await admin.add_fault(
+        created["user_id"], "drop_after", method="messages.forwardMessages", times=1
+    )
+    forwarded = await run(
+        api,
+        "telegram.forward_messages",
+        account_id=account["id"],
+        from_peer="me",
+        to_peer="me",
+        ids=[original["id"]],
+    )
+    assert forwarded["status"] == "succeeded", forwarded
+    assert forwarded["result"] == {"message_ids": [], "resend_refused": True}
+    assert len(await admin.messages(created["user_id"])) == 2  # the original, one copy
+
+
 async def test_a_refused_resend_whose_message_is_out_of_reach_succeeds_without_sending(
     sandbox: Sandbox, admin: SandboxAdmin, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -73,6 +73,10 @@ def forward_messages(call: Call, req: Any) -> Any:
     if source.kind == "channel":
         messaging.channel_for(world, me, source, write=False)
     originals = _sources(world, me, source, req.id)
+    if call.core.settings.random_id_duplicate and any(
+        messaging.sent_before(world, me, rid) for rid in req.random_id
+    ):
+        raise RpcFail(500, "RANDOM_ID_DUPLICATE")
     drafts = [
         messaging.Draft(
             m.text, m.entities, silent=bool(req.silent), fwd=messaging.forward_source(m)

@@ -134,9 +134,16 @@ async def forward_messages(ctx: JobContext, params: ForwardParams) -> ForwardRes
             to_peer=target,
             silent=params.silent or None,
         )
-        updates = await tg.call(
-            "messages.forwardMessages", lambda: tg.client(request), flood_checked=True, peer=chat
-        )
+
+        async def forward() -> Any:
+            try:
+                return await tg.client(request)
+            except errors.RandomIdDuplicateError:
+                return None  # an earlier attempt of this job forwarded them
+
+        updates = await tg.call("messages.forwardMessages", forward, flood_checked=True, peer=chat)
+    if updates is None:
+        return ForwardResult(message_ids=[], resend_refused=True)
     by_random = {
         u.random_id: u.id
         for u in getattr(updates, "updates", [])
