@@ -99,15 +99,26 @@ async def test_send_is_exactly_once_when_the_connection_drops_after_executing(
     assert row["random_id"] == sent["result"]["random_id"]
 
 
+# The MTProto method each job type under test sends its messages with.
+SENDS = {
+    "telegram.send_message": "messages.sendMessage",
+    "telegram.forward_messages": "messages.forwardMessages",
+}
+
+
 async def refused_resend(
-    api: httpx.AsyncClient, admin: SandboxAdmin, account: dict[str, Any], peer: str, text: str
+    api: httpx.AsyncClient,
+    admin: SandboxAdmin,
+    account: dict[str, Any],
+    job_type: str = "telegram.send_message",
+    **params: Any,
 ) -> dict[str, Any]:
-    """A send whose answer is lost once, and whose resend the DC refuses as a repeated
-    random_id (as Telegram may, rather than answering with the original message)."""
+    """A send (or forward) whose answer is lost once, and whose resend the DC refuses
+    as a repeated random_id (as Telegram may, rather than answering with the original)."""
     await admin.set_random_id_duplicate(True)
     user_id = account["tg_user_id"]
-    await admin.add_fault(user_id, "drop_after", method="messages.sendMessage", times=1)
-    sent = await run(api, "telegram.send_message", account_id=account["id"], peer=peer, text=text)
+    await admin.add_fault(user_id, "drop_after", method=SENDS[job_type], times=1)
+    sent = await run(api, job_type, account_id=account["id"], **params)
     assert sent["status"] == "succeeded", sent  # the message exists: delivered once
     assert sent["result"]["resend_refused"] is True
     return sent
@@ -119,7 +130,7 @@ async def test_a_refused_resend_reports_the_message_the_first_attempt_sent(
     account, created = await import_account(api, admin)
     friend = await admin.create_account(username="friend_sb")
     await admin.post_message(friend["user_id"], created["user_id"], "only once")  # theirs
-    sent = await refused_resend(api, admin, account, "@friend_sb", "only once")
+    sent = await refused_resend(api, admin, account, peer="@friend_sb", text="only once")
     stored = await admin.messages(created["user_id"], friend["user_id"])
     ours = [m for m in stored if m["out"]]
     assert [(m["id"], m["random_id"]) for m in ours] == [
@@ -133,7 +144,7 @@ async def test_a_refused_resend_names_no_message_it_cannot_tell_apart(
 ) -> None:
     account, created = await import_account(api, admin)
     await admin.post_message(created["user_id"], created["user_id"], "same words")  # earlier
-    sent = await refused_resend(api, admin, account, "me", "same words")
+    sent = await refused_resend(api, admin, account, peer="me", text="same words")
     assert sent["result"]["message_id"] is None  # two candidates: neither is named
     stored = await admin.messages(created["user_id"])
     assert [m["random_id"] for m in stored] == [None, sent["result"]["random_id"]]
@@ -144,20 +155,16 @@ async def test_a_forward_whose_resend_is_refused_succeeds_once(
 ) -> None:
     account, created = await import_account(api, admin)
     original = await admin.post_message(created["user_id"], created["user_id"], "pass it on")
-    await admin.set_random_id_duplicate(True)
-    await admin.add_fault(
-        created["user_id"], "drop_after", method="messages.forwardMessages", times=1
-    )
-    forwarded = await run(
+    forwarded = await refused_resend(
         api,
+        admin,
+        account,
         "telegram.forward_messages",
-        account_id=account["id"],
         from_peer="me",
         to_peer="me",
         ids=[original["id"]],
     )
-    assert forwarded["status"] == "succeeded", forwarded
-    assert forwarded["result"] == {"message_ids": [], "resend_refused": True}
+    assert forwarded["result"]["message_ids"] == []  # a forward's copies are not named
     assert len(await admin.messages(created["user_id"])) == 2  # the original, one copy
 
 
