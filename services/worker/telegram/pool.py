@@ -306,7 +306,7 @@ class ClientPool:
         if entry is None or entry.in_use:
             return False
         del self._entries[account_id]
-        self._keep_entities(account_id, entry, reason)
+        self._keep_entities(account_id, entry)
         with contextlib.suppress(Exception):
             await entry.client.disconnect()
         with contextlib.suppress(RedisError, OSError):
@@ -326,11 +326,11 @@ class ClientPool:
         if entry is not None:
             entry.keep_seen = False
 
-    def _keep_entities(self, account_id: uuid.UUID, entry: Entry, reason: str) -> None:
+    def _keep_entities(self, account_id: uuid.UUID, entry: Entry) -> None:
         """Keep a dropped client's entities for the account's next client (not after a
-        logout: what the account had seen goes with its session)."""
+        logout, see ``forget_entities``)."""
         session = entry.client.session
-        if reason == "logout" or not entry.keep_seen or not isinstance(session, BoundedSession):
+        if not entry.keep_seen or not isinstance(session, BoundedSession):
             self._kept_entities.pop(account_id, None)
             return
         self._kept_entities[account_id] = session.rows()
@@ -347,7 +347,7 @@ class ClientPool:
         doomed = [(k, e) for k, e in self._entries.items() if match(k)]
         for account_id, entry in doomed:
             del self._entries[account_id]
-            self._keep_entities(account_id, entry, reason)
+            self._keep_entities(account_id, entry)
             with contextlib.suppress(Exception):
                 await entry.client.disconnect()
             metrics.DISCONNECTS.labels(reason).inc()
