@@ -140,6 +140,8 @@ class WorkerSettings(BaseAppSettings):
     telegram_send_burst: int = Field(default=20, ge=1)
     telegram_peer_send_rate: float = Field(default=0.34, gt=0)
     telegram_peer_send_burst: int = Field(default=3, ge=1)
+    # How far ahead a send waiting for its budget may reserve its slot.
+    telegram_send_horizon_seconds: float = Field(default=60.0, gt=0)
     # AI: content logging, the response cache, waiting for a provider slot.
     ai_log_content: bool = False
     ai_cache_ttl: int = Field(default=86_400, ge=1)

@@ -253,6 +253,8 @@ local payload = redis.call('GET', KEYS[6])
 local tries = redis.call('INCR', KEYS[5])
 redis.call('EXPIRE', KEYS[5], 88400)
 local aborted = redis.call('ZREM', KEYS[7], ARGV[1])
+-- A cancel asked of an earlier run (its abort mark taken already) ends the job here too.
+if redis.call('HGET', KEYS[3], 'cancel_requested') == '1' then aborted = 1 end
 local status = redis.call('HGET', KEYS[3], 'status')
 if not payload or aborted == 1 or (status ~= 'queued' and status ~= 'running') then
   return {score, 0, payload or false, tries, aborted}
@@ -424,6 +426,14 @@ class JobStore:
         keys, args, nudge = self._submit_call(env)
         created, job_id = await self.batch.run(self._submit, keys, args, then_publish=nudge)
         return str(job_id), bool(created)
+
+    async def idempotent_jobs(self, keys: list[tuple[str, str]]) -> list[str | None]:
+        """The job each (tenant, idempotency key) names now, None for none, in one round
+        trip (none for no keys)."""
+        if not keys:
+            return []
+        found = await self.redis.mget([idempotency_key(tenant, key) for tenant, key in keys])
+        return [None if job_id is None else str(job_id) for job_id in found]
 
     async def submit_many(self, envs: list[Envelope]) -> list[tuple[str, bool]]:
         """``submit`` for each of ``envs``, made in one loop turn: one round trip."""

@@ -11,6 +11,8 @@ from urllib.parse import unquote
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+NUL_REFUSED = "Text may not contain the NUL character (U+0000)."
+
 
 def nul_at(value: Any, path: str = "") -> str | None:
     """The dotted path (under ``path``) of the first string in ``value``, keys included,

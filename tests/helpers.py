@@ -12,10 +12,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 
 from services.gateway.app import create_app
@@ -79,6 +81,22 @@ async def wait_for_status(
 
     result: dict[str, Any] = await eventually(probe, **kw)
     return result
+
+
+async def add_accounts(
+    pg: asyncpg.Connection[Any], rows: list[tuple[str, str | None]], *, at: datetime | None = None
+) -> list[uuid.UUID]:
+    """Accounts of tenant acme in the given (state, disabled_reason), created at ``at``."""
+    await pg.execute(
+        "INSERT INTO tenants (id, name) VALUES ('acme', 'acme') ON CONFLICT DO NOTHING"
+    )
+    ids = [uuid.uuid4() for _ in rows]
+    await pg.executemany(
+        "INSERT INTO accounts (id, tenant_id, state, disabled_reason, created_at) "
+        "VALUES ($1, 'acme', $2, $3, coalesce($4, clock_timestamp()))",
+        [(i, s, r, at) for i, (s, r) in zip(ids, rows, strict=True)],
+    )
+    return ids
 
 
 def _ephemeral_range() -> range:

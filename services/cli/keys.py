@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from services.worker.telegram.accounts import sealed_of
-from services.worker.telegram.vault import Vault, VaultError, settings_vault
+from services.worker.telegram.vault import Vault, VaultError, check_key_id, settings_vault
 from shared.config import WorkerSettings
 from shared.logs import get_logger
 
@@ -133,6 +133,8 @@ def run_generate(key_id: str | None) -> int:
     """Print a new entry, whose id no key in TGFLOW_VAULT_KEYS has already."""
     settings = WorkerSettings()
     try:
+        if key_id is not None:  # an id the vault would refuse is refused here, not later
+            check_key_id(key_id)
         vault = settings_vault(settings) if settings.vault_keys else None
     except VaultError as exc:
         print(f"error: {exc}", file=sys.stderr)

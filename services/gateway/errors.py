@@ -13,6 +13,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.logs import get_logger
+from shared.text import NUL_REFUSED
 
 log = get_logger(__name__)
 
@@ -83,6 +84,11 @@ def validation_response(exc: RequestValidationError, tags: set[str]) -> Response
         return error_response(
             422, "invalid_webhook_url", f"Invalid webhook URL: {hooks[0]['message']}", hooks
         )
+    # A NUL refused by a field's own validator (a peer's, say) is answered as one found
+    # in any other field (routes.jobs.check_characters).
+    nul = [d for d in details if d["type"] == "invalid_character"]
+    if nul:
+        return error_response(422, "invalid_character", NUL_REFUSED, nul)
     first = details[0]["field"] or "body"
     if any(d["field"].startswith("params") for d in details):
         return error_response(

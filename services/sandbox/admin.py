@@ -219,7 +219,9 @@ class AdminApi:
     async def add_fault(self, request: Request) -> Response:
         body = await parse_body(request, FaultIn)
         account = _account(self.world, body.user_id)
-        fault = self.core.faults.add(body.user_id, body.kind, body.method, body.seconds, body.times)
+        fault = self.core.faults.add(
+            body.user_id, body.kind, body.method, body.seconds, body.times, body.error
+        )
         if body.kind == "revoke":
             self.core.revoke_user_keys(account.id)
         elif body.kind == "ban":
@@ -254,12 +256,15 @@ class AdminApi:
                 self.core.settings.random_id_duplicate = body.random_id_duplicate
             if body.participants_listed is not None:
                 self.core.settings.participants_listed = body.participants_listed
+            if body.sign_up_unknown is not None:
+                self.core.settings.sign_up_unknown = body.sign_up_unknown
         settings = self.core.settings
         return JSONResponse(
             {
                 "auth_key_duplicated": settings.auth_key_duplicated,
                 "random_id_duplicate": settings.random_id_duplicate,
                 "participants_listed": settings.participants_listed,
+                "sign_up_unknown": settings.sign_up_unknown,
             }
         )
 

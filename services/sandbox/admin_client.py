@@ -88,6 +88,9 @@ class SandboxAdmin:
     async def set_participants_listed(self, count: int) -> None:
         await self._call("POST", "/admin/config", json={"participants_listed": count})
 
+    async def set_sign_up_unknown(self, enabled: bool) -> None:
+        await self._call("POST", "/admin/config", json={"sign_up_unknown": enabled})
+
     async def add_ai_fault(self, kind: str, **fields: Any) -> int:
         fault_id: int = (
             await self._call("POST", "/admin/ai/faults", json={"kind": kind, **fields})

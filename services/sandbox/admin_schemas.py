@@ -3,7 +3,14 @@
 import functools
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from telethon.tl.alltlobjects import tlobjects
@@ -92,6 +99,13 @@ class FaultIn(_Strict):
     method: str | None = Field(default=None, max_length=128)
     seconds: float = Field(default=0.0, ge=0, le=86_400)
     times: int | None = Field(default=None, ge=1, le=1_000_000)
+    error: str | None = Field(default=None, pattern=r"^[A-Z][A-Z0-9_]{0,63}$")
+
+    @model_validator(mode="after")
+    def _error_named(self) -> "FaultIn":
+        if (self.kind == "error") != (self.error is not None):
+            raise ValueError("error names the RPC error of an error fault, and only of one")
+        return self
 
     @field_validator("method")
     @classmethod
@@ -105,6 +119,7 @@ class ConfigIn(_Strict):
     auth_key_duplicated: bool | None = None
     random_id_duplicate: bool | None = None
     participants_listed: int | None = Field(default=None, ge=0)
+    sign_up_unknown: bool | None = None
 
 
 class AiFaultIn(_Strict):

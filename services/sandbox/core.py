@@ -41,6 +41,9 @@ class Settings:
     participants_listed: int = PARTICIPANTS_LISTED
     # How far channels.getParticipants lists a chat's members: past it, pages come
     # back empty while count still gives the whole chat, as Telegram's do (10,000).
+    sign_up_unknown: bool = True
+    # auth.signIn of a number no account has signs it up on the spot (tests need fresh
+    # accounts); off, it answers auth.authorizationSignUpRequired, as Telegram does.
 
 
 class Core:
@@ -95,3 +98,4 @@ class Core:
         self.settings.auth_key_duplicated = False
         self.settings.random_id_duplicate = False
         self.settings.participants_listed = PARTICIPANTS_LISTED
+        self.settings.sign_up_unknown = True

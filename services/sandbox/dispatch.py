@@ -69,6 +69,8 @@ def _gate(call: Call, spec: Method | None) -> None:
 
 
 def _fault_reply(fault: Fault) -> Reply:
+    if fault.kind == "error":
+        return Reply(error_payload(400, fault.error or "BAD_REQUEST"))
     seconds = fault.error_seconds(time.time())
     prefix = "FLOOD_WAIT" if fault.kind == "flood_wait" else "SLOWMODE_WAIT"
     return Reply(error_payload(420, f"{prefix}_{seconds}"))
@@ -76,9 +78,12 @@ def _fault_reply(fault: Fault) -> Reply:
 
 def _fault_user(call: Call, request: Any) -> int | None:
     """Whose faults apply: the key's user, or before a login the user whose phone the
-    request names (so a test can flood ``auth.sendCode`` for one account)."""
+    request names (so a test can flood ``auth.sendCode`` for one account) or whose 2FA
+    password the key is to give."""
     if call.key.user_id is not None:
         return call.key.user_id
+    if call.key.password_user is not None:
+        return call.key.password_user
     phone = getattr(request, "phone_number", None)
     if not isinstance(phone, str):
         return None

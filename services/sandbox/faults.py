@@ -11,6 +11,8 @@ Semantics (also in docs/sandbox.md):
 * ``delay``: hold the answer ``seconds`` (``times`` defaults to unlimited).
 * ``delay_after``: execute the call, then hold its answer ``seconds``, so a client
   can die after the server acted but before it heard back (``times`` defaults to 1).
+* ``error``: the next matching calls (``times`` defaults to unlimited) fail with
+  ``400 <error>``, a name of Telegram's (``PHONE_NUMBER_FLOOD``).
 * ``revoke`` / ``ban``: applied at once to the account; listed for the record.
 """
 
@@ -26,11 +28,12 @@ FaultKind = Literal[
     "drop_after",
     "delay",
     "delay_after",
+    "error",
     "revoke",
     "ban",
 ]
 Stage = Literal["before", "after"]
-PRE_KINDS = frozenset({"flood_wait", "slowmode_wait", "drop_before", "delay"})
+PRE_KINDS = frozenset({"flood_wait", "slowmode_wait", "drop_before", "delay", "error"})
 IMMEDIATE_KINDS = frozenset({"revoke", "ban"})
 
 
@@ -42,6 +45,7 @@ class Fault:
     method: str | None = None
     seconds: float = 0.0
     times: int | None = None
+    error: str | None = None  # the RPC error an ``error`` fault answers with
     created: float = field(default_factory=time.time)
     fired: int = 0
 
@@ -92,9 +96,11 @@ class FaultBook:
         method: str | None = None,
         seconds: float = 0.0,
         times: int | None = None,
+        error: str | None = None,
     ) -> Fault:
         self._next += 1
-        fault = Fault(self._next, user_id, kind, method, seconds, default_times(kind, times))
+        times = default_times(kind, times)
+        fault = Fault(self._next, user_id, kind, method, seconds, times, error)
         self._faults[fault.id] = fault
         return fault
 

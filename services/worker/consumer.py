@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 from typing import Any
 
 from arq import Retry, Worker
@@ -28,6 +29,7 @@ from services.worker import metrics
 from services.worker.state import WorkerState
 from shared import serialization
 from shared.aio import raise_if_cancelling, sleep_unless
+from shared.config import WorkerSettings
 from shared.jobs import QueueKind, queue_key
 from shared.jobs.envelope import to_micros, utcnow
 from shared.jobs.record import JobErrorInfo
@@ -83,6 +85,7 @@ class Consumer(Worker):
         self._next_poll_s = self.poll_delay_s
         self.started_by_claim: set[str] = set()  # claims that also recorded the start
         self.finished_by_run: set[str] = set()  # runs whose last transition finished ARQ's job
+        self.overran: set[str] = set()  # runs cancelled by the backstop timeout
 
     async def _poll_iteration(self) -> None:
         """ARQ's poll, reading due high-priority jobs before due normal ones.
@@ -156,19 +159,35 @@ class Consumer(Worker):
             "enqueue_time": ms_to_datetime(enqueued_ms),
             "score": claim.score,
         }
+        run = function.coroutine(ctx, *args, **kwargs)
+        finish, incr_score = await self._await_run(job_id, claim, run, function.timeout_s)
+        if finish and job_id not in self.finished_by_run:
+            # The run ended without its last word (cancelled before it began, or failed
+            # outside its handler): the job's record must not stay queued or running
+            # once ARQ's job is gone.
+            await asyncio.shield(self.finish_failed_job(job_id, None))
+            return
+        await asyncio.shield(self.finish_job(job_id, finish, None, None, False, incr_score, None))
+
+    async def _await_run(
+        self, job_id: str, claim: Claim, run: Awaitable[Any], backstop_s: float | None
+    ) -> tuple[bool, int | None]:
+        """Run the job's function: whether ARQ's job is finished, and its new score."""
         finish, incr_score = False, None
-        task = asyncio.ensure_future(function.coroutine(ctx, *args, **kwargs))
+        task = asyncio.ensure_future(run)
         self.job_tasks[job_id] = task
+        backstop = None
+        if backstop_s is not None:
+            loop = asyncio.get_running_loop()
+            backstop = loop.call_later(backstop_s, self._overrun, job_id, task)
         try:
-            async with asyncio.timeout(function.timeout_s):
-                await task
+            await task
         except Retry as exc:
             self.jobs_retried += 1
             if exc.defer_score:
                 incr_score = exc.defer_score + (timestamp_ms() - claim.score)
         except asyncio.CancelledError:
-            if job_id in self.aborting_tasks:  # cancelled through the API
-                self.aborting_tasks.discard(job_id)
+            if job_id in self.aborting_tasks or job_id in self.overran:  # the API, a backstop
                 self.jobs_failed += 1
                 finish = True
             else:  # shutdown or hand-off: another run will take it
@@ -181,8 +200,19 @@ class Consumer(Worker):
             self.jobs_complete += 1
             finish = True
         finally:
+            if backstop is not None:
+                backstop.cancel()
             del self.job_tasks[job_id]
-        await asyncio.shield(self.finish_job(job_id, finish, None, None, False, incr_score, None))
+            self.aborting_tasks.discard(job_id)  # a cancel that came too late stays unused
+            self.overran.discard(job_id)
+        return finish, incr_score
+
+    def _overrun(self, job_id: str, task: asyncio.Future[Any]) -> None:
+        """ARQ's timeout, a backstop (see ``functions_for``): the run went on past its own
+        timeout and the margin. The runner records a timeout, as at its own."""
+        log.warning("job ran past its backstop timeout", job_id=job_id)
+        self.overran.add(job_id)
+        task.cancel()
 
     async def finish_job(
         self,
@@ -373,12 +403,24 @@ class Consumer(Worker):
         await self.main_task
 
 
-def functions_for(kind: QueueKind, runners: dict[str, Any], grace: float) -> list[Function]:
-    """ARQ functions named after job types; ARQ's own timeout is only a backstop."""
+# ARQ's own timeout is a backstop: the job's own (JobRunner._invoke) comes first, and the
+# run then records its outcome. Only a run that is still going this long after its own
+# timeout (stuck past cancellation) meets the backstop. A Telegram send outlives a cancel
+# by up to one request timeout more (tasks.telegram.send_once).
+BACKSTOP_MARGIN_S = 30.0
+
+
+def functions_for(
+    kind: QueueKind, runners: dict[str, Any], settings: WorkerSettings
+) -> list[Function]:
+    """ARQ functions named after job types, with the backstop timeout."""
     from arq.worker import func
 
+    margin = BACKSTOP_MARGIN_S
+    if kind is QueueKind.TELEGRAM:
+        margin += settings.telegram_request_timeout
     return [
-        func(runner.run, name=name, timeout=runner.job_type.timeout + grace, max_tries=1_000_000)
+        func(runner.run, name=name, timeout=runner.job_type.timeout + margin, max_tries=1_000_000)
         for name, runner in runners.items()
         if runner.job_type.queue is kind
     ]

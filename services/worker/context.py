@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.worker.state import WorkerState
 from shared.jobs.envelope import Envelope
@@ -14,6 +15,9 @@ class JobContext:
     envelope: Envelope
     attempt: int
     extra: dict[str, str] = field(default_factory=dict)
+    # Set when a cancel cut the job while an effect of it was under way with no answer
+    # (see tasks.telegram.send_once): the details of the cancelled job's error.
+    in_doubt: dict[str, Any] = field(default_factory=dict)
 
     @property
     def job_id(self) -> str:

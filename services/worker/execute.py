@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from services.worker.context import JobContext
 from services.worker.outcomes import Action, Outcome, classify, retry_delay
 from services.worker.state import WorkerState
 from services.worker.tasks import Handler
+from shared.aio import outlast_cancellation
 from shared.jobs import JobType
 from shared.jobs.envelope import Envelope, to_micros, utcnow
 from shared.jobs.record import JobErrorInfo
@@ -26,6 +28,11 @@ from shared.logs import get_logger
 from shared.telemetry import extract_context
 
 log = get_logger(__name__)
+# A cancelled job's error when its effect was under way, with no answer, at the cancel.
+IN_DOUBT = (
+    "The job was cancelled after its request went out and before an answer came: "
+    "it may have taken effect."
+)
 
 
 def _now_us() -> str:
@@ -109,28 +116,15 @@ class JobRunner:
         try:
             result = await self._invoke(job)
         except asyncio.CancelledError:
-            await self._cancelled(state, ctx, env, job.extra)
+            await self._settle(ctx, env, self._cancelled(state, ctx, env, job))
             raise
         except Exception as exc:
             outcome = classify(exc)
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, outcome.code))
-            await self._failed(state, ctx, env, attempt, outcome, job.extra)
+            await self._settle(ctx, env, self._failed(state, ctx, env, job, outcome))
         else:
-            await self._last_word(
-                state,
-                ctx,
-                env,
-                {
-                    "status": "succeeded",
-                    "result": orjson.dumps(result).decode(),
-                    "error": "",
-                    "finished_at": _now_us(),
-                    **job.extra,
-                },
-                allowed_from=("running",),
-            )
-            metrics.JOBS_SUCCEEDED.labels(env.type).inc()
+            await self._settle(ctx, env, self._succeeded(state, ctx, env, result, job.extra))
             log.info("job succeeded", duration=round(time.perf_counter() - start, 6))
         finally:
             state.running.pop(env.id, None)
@@ -141,6 +135,47 @@ class JobRunner:
         async with asyncio.timeout(job.envelope.timeout):
             result = await self.handler(job, params)
         return self.job_type.result.model_validate(result).model_dump(mode="json")
+
+    async def _settle(
+        self, ctx: dict[str, Any], env: Envelope, step: Coroutine[Any, Any, None]
+    ) -> None:
+        """Record the run's outcome to the end, whatever cancellation comes meanwhile.
+
+        Cut halfway, a retry or deferral would leave the job queued while the run goes
+        on to finish ARQ's job (queued in no queue), and a success or failure would
+        leave it running. A cancel through the API that came meanwhile still ends a job
+        the outcome put back in its queue; a job that ended stays as it ended.
+        """
+        recording = asyncio.ensure_future(step)
+        came = await outlast_cancellation(recording)
+        if came and env.id in ctx["consumer"].aborting_tasks:
+            ending = asyncio.ensure_future(
+                self._record_cancelled(ctx, env, {}, allowed_from=("queued",))
+            )
+            await outlast_cancellation(ending)
+            if ending.result():
+                if not recording.cancelled():
+                    recording.exception()  # its Retry is moot: the job has ended
+                raise asyncio.CancelledError
+        recording.result()
+
+    async def _succeeded(
+        self,
+        state: WorkerState,
+        ctx: dict[str, Any],
+        env: Envelope,
+        result: Any,
+        extra: dict[str, str],
+    ) -> None:
+        fields = {
+            "status": "succeeded",
+            "result": orjson.dumps(result).decode(),
+            "error": "",
+            "finished_at": _now_us(),
+            **extra,
+        }
+        await self._last_word(state, ctx, env, fields, allowed_from=("running",))
+        metrics.JOBS_SUCCEEDED.labels(env.type).inc()
 
     async def _last_word(
         self,
@@ -165,14 +200,24 @@ class JobRunner:
         state: WorkerState,
         ctx: dict[str, Any],
         env: Envelope,
-        attempt: int,
+        job: JobContext,
         outcome: Outcome,
-        extra: dict[str, str],
     ) -> None:
-        if outcome.action is Action.DEFER and outcome.until is not None:
-            await self._defer(state, env, outcome, extra)
+        attempt, extra = job.attempt, job.extra
         policy = self.job_type.retry
-        if outcome.action is Action.RETRY and attempt < policy.max_tries:
+        deferred = outcome.action is Action.DEFER and outcome.until is not None
+        retried = outcome.action is Action.RETRY and attempt < policy.max_tries
+        if (deferred or retried) and env.id in ctx["consumer"].aborting_tasks:
+            # Cancelled by the API while a step outlasted the cancel, which then failed
+            # (the job's own timeout came meanwhile, say): the job ends as cancelled, not
+            # run again, and says what that step left in doubt.
+            await self._record_cancelled(
+                ctx, env, extra, allowed_from=("running",), in_doubt=job.in_doubt
+            )
+            return
+        if deferred:
+            await self._defer(state, env, outcome, extra)
+        if retried:
             delay = retry_delay(policy, attempt, outcome.until)
             await state.jobs.transition(
                 env.id,
@@ -240,28 +285,26 @@ class JobRunner:
             log.warning("job dead-lettered", code=outcome.code)
 
     async def _cancelled(
-        self, state: WorkerState, ctx: dict[str, Any], env: Envelope, extra: dict[str, str]
+        self,
+        state: WorkerState,
+        ctx: dict[str, Any],
+        env: Envelope,
+        job: JobContext,
     ) -> None:
-        """Cancelled by the API (record it) or by shutdown (hand the job back)."""
+        """Cancelled by the API (record it), by ARQ's backstop timeout (a timeout, as the
+        job's own) or by shutdown (hand the job back)."""
         consumer = ctx["consumer"]
         if env.id in consumer.aborting_tasks:
-            await state.jobs.transition(
-                env.id,
-                {
-                    "status": "cancelled",
-                    "error": _error("cancelled", "The job was cancelled."),
-                    "finished_at": _now_us(),
-                    **extra,
-                },
-                allowed_from=("running",),
-                final=True,
+            await self._record_cancelled(
+                ctx, env, job.extra, allowed_from=("running",), in_doubt=job.in_doubt
             )
-            metrics.JOBS_CANCELLED.labels(env.type).inc()
-            log.info("job cancelled")
+            return
+        if env.id in consumer.overran:
+            await self._failed(state, ctx, env, job, classify(TimeoutError()))
             return
         try:
             await state.jobs.transition(
-                env.id, {"status": "queued", "worker": "", **extra}, allowed_from=("running",)
+                env.id, {"status": "queued", "worker": "", **job.extra}, allowed_from=("running",)
             )
             # Handing back is not the job's failure: give back ARQ's count of the try.
             await state.arq.decr(retry_key_prefix + env.id)
@@ -271,3 +314,27 @@ class JobRunner:
             log.warning("job hand-back not recorded", error=type(exc).__name__)
         metrics.JOBS_REQUEUED.labels(env.type).inc()
         log.info("job handed back for another run")
+
+    async def _record_cancelled(
+        self,
+        ctx: dict[str, Any],
+        env: Envelope,
+        extra: dict[str, str],
+        *,
+        allowed_from: tuple[str, ...],
+        in_doubt: dict[str, Any] | None = None,
+    ) -> bool:
+        """End the job cancelled, and ARQ's job with it, if it is in ``allowed_from``.
+
+        ``in_doubt``: the job's effect was under way, with no answer, when the cancel cut
+        it (see ``JobContext.in_doubt``); the error says so, with these details.
+        """
+        error = _error("cancelled", "The job was cancelled.")
+        if in_doubt:
+            error = _error("cancelled", IN_DOUBT, in_doubt)
+        fields = {"status": "cancelled", "error": error, "finished_at": _now_us(), **extra}
+        changed = await self._last_word(ctx["state"], ctx, env, fields, allowed_from=allowed_from)
+        if changed:
+            metrics.JOBS_CANCELLED.labels(env.type).inc()
+            log.info("job cancelled")
+        return changed

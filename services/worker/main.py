@@ -100,7 +100,7 @@ def build_consumers(state: WorkerState) -> list[Consumer]:
         if not job_types_for(kind):
             log.info("queue has no job types yet; not consuming", queue=name)
             continue
-        functions = functions_for(kind, runners, grace=state.settings.worker_drain_seconds)
+        functions = functions_for(kind, runners, state.settings)
         consumers.append(
             Consumer(state, kind, functions, concurrency=state.settings.worker_concurrency)
         )
@@ -111,9 +111,7 @@ def build_shards(state: WorkerState) -> ShardManager | None:
     """The Telegram shard manager, when this worker serves the Telegram queue."""
     if QueueKind.TELEGRAM.value not in state.settings.queue_kinds:
         return None
-    functions = functions_for(
-        QueueKind.TELEGRAM, build_runners(), grace=state.settings.worker_drain_seconds
-    )
+    functions = functions_for(QueueKind.TELEGRAM, build_runners(), state.settings)
     slots = asyncio.BoundedSemaphore(state.settings.worker_concurrency)
     shards = ShardManager(state, shard_consumer_factory(state, functions, slots))
     state.telegram.pool.may_connect = shards.may_use

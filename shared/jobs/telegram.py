@@ -7,11 +7,22 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 from telethon.extensions import html, markdown
 
 from shared.jobs.contract import JobType, QueueKind, RetryPolicy, register
+from shared.text import NUL_REFUSED
 
 _USERNAME = re.compile(r"@?([A-Za-z][A-Za-z0-9_]{3,31})")
 _PHONE = re.compile(r"\+[0-9]{7,15}")
@@ -19,9 +30,36 @@ _LINK = re.compile(
     r"(?:https?://)?(?:www\.)?(?:t\.me|telegram\.me|telegram\.dog)/([^?#]+?)/?(?:[?#].*)?",
     re.IGNORECASE,
 )
-_INVITE = re.compile(r"(?:\+|joinchat/)([A-Za-z0-9_\-]{4,64})")
-_PRIVATE_POST = re.compile(r"c/([0-9]{1,15})(?:/[0-9]{1,10})?")
-_PUBLIC = re.compile(r"(?:s/)?([A-Za-z][A-Za-z0-9_]{3,31})(?:/[0-9]{1,10})?")
+_INVITE = re.compile(r"(?:\+|(?i:joinchat)/)([A-Za-z0-9_\-]{4,64})")
+# A post's link: /<message>, or /<topic>/<message> for a message in a forum topic.
+_PRIVATE_POST = re.compile(r"(?i:c)/([0-9]{1,15})(?:/[0-9]{1,10}){0,2}")
+_PUBLIC = re.compile(r"(?:(?i:s)/)?([A-Za-z][A-Za-z0-9_]{3,31})(?:/[0-9]{1,10}){0,2}")
+# t.me routes Telegram keeps for itself (core.telegram.org/api/links): no chat has
+# these names, and a link to one (a proxy, a sticker set, a login code) names no peer.
+RESERVED_ROUTES = frozenset(
+    {
+        "addemoji",
+        "addlist",
+        "addstickers",
+        "addtheme",
+        "bg",
+        "boost",
+        "confirmphone",
+        "contact",
+        "giftcode",
+        "invoice",
+        "iv",
+        "joinchat",
+        "login",
+        "m",
+        "msg",
+        "nft",
+        "proxy",
+        "setlanguage",
+        "share",
+        "socks",
+    }
+)
 INT32_MAX = 2**31 - 1  # message ids and offsets are MTProto ints
 INT64_MAX = 2**63 - 1
 CHANNEL_MARK = 10**12  # a channel's marked id is -(CHANNEL_MARK + id): telethon.utils.get_peer_id
@@ -34,12 +72,17 @@ def normalize_peer(value: str) -> str:
     """One spelling per peer: ``me``, ``@username`` (lower case), a non-zero 64-bit
     numeric id, ``+phone`` or an invite link ``https://t.me/+hash``.
 
-    t.me links (also telegram.me, telegram.dog, www.) become what they name: a public
-    chat or its post -> @username, a private post ``t.me/c/123/45`` -> the channel's
-    marked id ``-1000000000123`` (``-(10**12 + 123)``, as Telethon marks channels),
-    ``t.me/+15551234567`` -> the phone, ``t.me/+hash`` and ``t.me/joinchat/hash`` -> the
-    invite link. Anything else is refused.
+    t.me links (also telegram.me, telegram.dog, www.; their path's prefixes in any case)
+    become what they name: a public chat or its post (``t.me/name/45``, in a forum topic
+    ``t.me/name/7/45``) -> @username, a private post ``t.me/c/123/45`` (or
+    ``t.me/c/123/7/45``) -> the channel's marked id ``-1000000000123``
+    (``-(10**12 + 123)``, as Telethon marks channels), ``t.me/+15551234567`` -> the
+    phone, ``t.me/+hash`` and ``t.me/joinchat/hash`` -> the invite link. Telegram's own
+    routes (``RESERVED_ROUTES``: t.me/proxy, t.me/share, ...) and anything else are
+    refused; a NUL character anywhere is ``invalid_character``, as in any params.
     """
+    if "\x00" in value:  # answered as the gateway answers it in any other field
+        raise PydanticCustomError("invalid_character", NUL_REFUSED)
     text = value.strip()
     if text.lower() in ("me", "self"):
         return "me"
@@ -52,17 +95,28 @@ def normalize_peer(value: str) -> str:
         return text
     if username := _USERNAME.fullmatch(text):
         return "@" + username.group(1).lower()
-    if link := _LINK.fullmatch(text):
-        path = link.group(1)
-        if _PHONE.fullmatch(path):
-            return path
-        if invite := _INVITE.fullmatch(path):
-            return INVITE_PREFIX + invite.group(1)
-        if (post := _PRIVATE_POST.fullmatch(path)) and int(post.group(1)):
-            return str(-(CHANNEL_MARK + int(post.group(1))))
-        if public := _PUBLIC.fullmatch(path):
-            return "@" + public.group(1).lower()
+    if (link := _LINK.fullmatch(text)) and (peer := _linked_peer(link.group(1))):
+        return peer
     raise ValueError("peer must be 'me', @username, a numeric id, a t.me link or +phone")
+
+
+def _linked_peer(path: str) -> str | None:
+    """The peer a t.me link's path names (see ``normalize_peer``), None for none."""
+    route = path.split("/", 1)[0].lower()
+    if route in RESERVED_ROUTES and not _INVITE.fullmatch(path):
+        raise ValueError(
+            f"t.me/{route} is one of Telegram's own links and names no peer"
+            + ("; an invite link needs its hash" if route == "joinchat" else "")
+        )
+    if _PHONE.fullmatch(path):
+        return path
+    if invite := _INVITE.fullmatch(path):
+        return INVITE_PREFIX + invite.group(1)
+    if (post := _PRIVATE_POST.fullmatch(path)) and int(post.group(1)):
+        return str(-(CHANNEL_MARK + int(post.group(1))))
+    if public := _PUBLIC.fullmatch(path):
+        return "@" + public.group(1).lower()
+    return None
 
 
 def invite_hash(peer: str) -> str | None:
@@ -92,18 +146,38 @@ def _some_text(value: str) -> str:
     return value
 
 
+def _peer_text(value: Any) -> Any:
+    """A numeric id sent as a JSON number, as its text (``true`` is no id)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _whole_float(value: Any) -> Any:
+    """A JSON number with nothing after the point as the int it is (``5.0``, ``1e1``)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Ids, counts and flags take their own JSON type only (``true`` is no message id, ``"yes"``
+# no flag, ``"5"`` no count), field by field: a model-wide strict mode would also refuse
+# the account id as a UUID's text. A peer may be a JSON number: docs list numeric ids.
 Peer = Annotated[
     str,
+    BeforeValidator(_peer_text, json_schema_input_type=str | int),
     AfterValidator(normalize_peer),
     Field(description="me, @username, numeric id, t.me link or +phone"),
 ]
 GroupPeer = Annotated[
     str,
+    BeforeValidator(_peer_text, json_schema_input_type=str | int),
     AfterValidator(_group_peer),
     Field(description="a group or channel: @username, -100... id or t.me link"),
 ]
-MessageId = Annotated[int, Field(ge=1, le=INT32_MAX)]
-Offset = Annotated[int, Field(ge=0, le=INT32_MAX)]
+# JSON has one number type, so an id or count may come as 5.0 (json.dumps of a float, a
+# language whose numbers are doubles); a fraction is none. The validator goes after any
+# bounds, which the schema then shows as the integer's minimum and maximum.
+_WHOLE = BeforeValidator(_whole_float)
+JsonInt = Annotated[StrictInt, _WHOLE]
+MessageId = Annotated[StrictInt, Field(ge=1, le=INT32_MAX), _WHOLE]
+Offset = Annotated[StrictInt, Field(ge=0, le=INT32_MAX), _WHOLE]
 
 
 class AccountParams(BaseModel):
@@ -129,8 +203,8 @@ class SendMessageParams(PeerParams):
         description=f"at most {TEXT_MAX} UTF-16 code units once the markup is parsed",
     )
     reply_to: MessageId | None = None
-    silent: bool = False
-    link_preview: bool = True
+    silent: StrictBool = False
+    link_preview: StrictBool = True
 
     @field_validator("text")
     @classmethod
@@ -192,7 +266,7 @@ class SendMessageResult(BaseModel):
 
 
 class GetHistoryParams(PeerParams):
-    limit: int = Field(default=50, ge=1, le=100)
+    limit: JsonInt = Field(default=50, ge=1, le=100)
     offset_id: Offset = 0
     min_id: Offset = 0
 
@@ -225,10 +299,15 @@ class UserOut(BaseModel):
 
 
 class PeerOut(BaseModel):
-    id: int
-    kind: Literal["user", "group", "channel"]
+    id: int = Field(
+        description="The marked id, as jobs take it for a peer and messages' sender_id "
+        "spell it: a user's id, -id for a basic group, -100... for a supergroup or channel."
+    )
+    kind: Literal["user", "group", "supergroup", "channel"] = Field(
+        description="group: a basic group; channel: a broadcast channel."
+    )
     username: str | None
-    title: str | None
+    title: str | None = Field(description="A chat's title, or a user's first and last name.")
 
 
 class ResolveResult(BaseModel):
@@ -243,7 +322,7 @@ class GetMessagesParams(PeerParams):
 
 
 class DialogsParams(AccountParams):
-    limit: int = Field(default=100, ge=1, le=500)
+    limit: JsonInt = Field(default=100, ge=1, le=500)
 
 
 class DialogOut(BaseModel):
@@ -269,7 +348,7 @@ class ForwardParams(AccountParams):
     from_peer: Peer
     to_peer: Peer
     ids: list[MessageId] = Field(min_length=1, max_length=100)
-    silent: bool = False
+    silent: StrictBool = False
 
 
 class ForwardResult(BaseModel):
@@ -290,8 +369,10 @@ class OkResult(BaseModel):
 class ParticipantsParams(AccountParams):
     peer: GroupPeer
     offset: Offset = 0
-    limit: int = Field(default=200, ge=1, le=10_000, description="Members to fetch, page by page.")
-    page_size: int = Field(
+    limit: JsonInt = Field(
+        default=200, ge=1, le=10_000, description="Members to fetch, page by page."
+    )
+    page_size: JsonInt = Field(
         default=200, ge=1, le=200, description="Members per Telegram request (at most 200)."
     )
     search: str = Field(default="", max_length=64)
@@ -301,6 +382,12 @@ class ParticipantsResult(BaseModel):
     participants: list[UserOut]
     total: int
     next_offset: int | None
+    cut_short: str | None = Field(
+        default=None,
+        description="Why the listing stopped before limit with next_offset to go on from "
+        "(flood_wait, reconnecting, ...: what made a page wait or fail after others were "
+        "fetched); null when it stopped at limit or at the end.",
+    )
 
 
 def _register(

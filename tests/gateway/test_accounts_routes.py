@@ -11,29 +11,13 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.helpers import auth, gateway_client
+from tests.helpers import add_accounts, auth, gateway_client
 
 
 @pytest.fixture
 async def api() -> AsyncIterator[httpx.AsyncClient]:
     async with gateway_client() as client:
         yield client
-
-
-async def add_accounts(
-    pg: asyncpg.Connection[Any], rows: list[tuple[str, str | None]], *, at: datetime | None = None
-) -> list[uuid.UUID]:
-    """Accounts of tenant acme in the given (state, disabled_reason), created at ``at``."""
-    await pg.execute(
-        "INSERT INTO tenants (id, name) VALUES ('acme', 'acme') ON CONFLICT DO NOTHING"
-    )
-    ids = [uuid.uuid4() for _ in rows]
-    await pg.executemany(
-        "INSERT INTO accounts (id, tenant_id, state, disabled_reason, created_at) "
-        "VALUES ($1, 'acme', $2, $3, coalesce($4, clock_timestamp()))",
-        [(i, s, r, at) for i, (s, r) in zip(ids, rows, strict=True)],
-    )
-    return ids
 
 
 async def test_accounts_list_in_pages_newest_first(

@@ -46,6 +46,7 @@ async def test_idempotency_keys_hold_within_and_across_batches(redis: Redis) -> 
     assert (first["accepted"], first["replayed"]) == (2, 1)
     assert again["items"][0]["id"] == first["items"][0]["id"]
     assert again["items"][1]["error"]["code"] == "idempotency_conflict"
+    assert again["items"][1]["error"]["details"] == {"job_id": first["items"][0]["id"]}
     assert await redis.zcard("tgflow:queue:control") == 2
 
 

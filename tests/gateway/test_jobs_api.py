@@ -9,7 +9,14 @@ from typing import Any
 
 import asyncpg
 
-from tests.helpers import auth, eventually, gateway_client, running_worker, wait_for_status
+from tests.helpers import (
+    add_accounts,
+    auth,
+    eventually,
+    gateway_client,
+    running_worker,
+    wait_for_status,
+)
 
 
 async def submit(client: Any, body: dict[str, Any], tenant: str = "acme") -> Any:
@@ -71,6 +78,42 @@ async def test_idempotency_key_with_other_params_conflicts() -> None:
         )
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "idempotency_conflict"
+
+
+async def test_a_replay_is_answered_though_the_account_was_disabled_since(
+    pg: asyncpg.Connection[Any],
+) -> None:
+    """The key is answered first (a replay, or a conflict naming its job); a job that
+    is new is still refused for the account."""
+    [account] = await add_accounts(pg, [("active", None)])
+    params = {"account_id": str(account), "peer": "me", "text": "once"}
+    body = {"type": "telegram.send_message", "params": params, "idempotency_key": "k-1"}
+    other = {**body, "params": {**params, "text": "twice"}}
+    async with gateway_client() as client:
+        first = await submit(client, body)
+        await pg.execute("UPDATE accounts SET state = 'disabled', disabled_reason = 'banned'")
+        again = await submit(client, body)
+        conflict = await submit(client, other)
+        new = await submit(client, {**body, "idempotency_key": "k-2"})
+        batch = await client.post("/v1/jobs:batch", json={"jobs": [body, other]}, headers=auth())
+        refused = await client.post(
+            "/v1/jobs:batch",
+            json={"jobs": [body, {**body, "idempotency_key": "k-3"}]},
+            headers=auth(),
+        )
+    job_id = first.json()["id"]
+    assert again.status_code == 202, again.text
+    assert again.json()["id"] == job_id
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert conflict.status_code == 409
+    assert conflict.json()["error"]["details"] == {"job_id": job_id}
+    assert new.json()["error"]["code"] == "account_not_active"
+    items = batch.json()["items"]
+    assert (items[0]["id"], items[0]["replayed"]) == (job_id, True)
+    assert items[1]["error"]["code"] == "idempotency_conflict"
+    assert items[1]["error"]["details"] == {"job_id": job_id}
+    assert refused.status_code == 409
+    assert refused.json()["error"]["details"]["index"] == 1
 
 
 async def test_other_tenants_jobs_are_invisible() -> None:

@@ -213,6 +213,7 @@ async def test_auth_key_duplicated_when_enabled(
         "auth_key_duplicated": True,
         "random_id_duplicate": False,
         "participants_listed": 10_000,
+        "sign_up_unknown": True,
     }
     first = new_client(alice["session_string"])
     await first.connect()

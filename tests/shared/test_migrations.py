@@ -54,6 +54,25 @@ async def test_an_edited_migration_is_refused(empty_db: str) -> None:
         await conn.close()
 
 
+async def test_phones_stored_as_digits_gain_their_plus(empty_db: str) -> None:
+    before = [m for m in load_migrations() if m.version < 13]
+    conn: asyncpg.Connection[Any] = await asyncpg.connect(empty_db)
+    try:
+        await _apply_pending(conn, before)
+        await conn.execute("INSERT INTO tenants (id, name) VALUES ('acme', 'acme')")
+        for phone in ("15550001313", "+15550001212", None):
+            await conn.execute(
+                "INSERT INTO accounts (id, tenant_id, phone, state)"
+                " VALUES (gen_random_uuid(), 'acme', $1, 'active')",
+                phone,
+            )
+        await _apply_pending(conn, load_migrations())
+        phones = await conn.fetch("SELECT phone FROM accounts ORDER BY phone NULLS LAST")
+    finally:
+        await conn.close()
+    assert [r["phone"] for r in phones] == ["+15550001212", "+15550001313", None]
+
+
 async def test_pools_run_with_jit_off_in_utc(database_url: str) -> None:
     from shared.config import BaseAppSettings
     from shared.db import create_pool

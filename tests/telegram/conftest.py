@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,6 +11,7 @@ import asyncpg
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+from telethon import types, utils
 from telethon.sessions import StringSession
 
 from services.sandbox.admin_client import SandboxAdmin
@@ -21,6 +23,7 @@ from shared.config import WorkerSettings
 from shared.db import create_pool
 from shared.redis_client import create_redis
 from tests.helpers import auth, gateway_client, running_worker
+from tests.proxy import DcProxy, dc_proxy
 
 
 @pytest.fixture
@@ -38,9 +41,24 @@ async def admin(sandbox: Sandbox) -> AsyncIterator[SandboxAdmin]:
 @pytest.fixture
 async def api(sandbox: Sandbox) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway plus one worker (a single owner for every account)."""
-    dc = f"127.0.0.1:{sandbox.mtproto_port}"
-    async with gateway_client() as client, running_worker(worker_poll_delay=0.05, sandbox_dc=dc):
+    async with serving(sandbox) as client:
         yield client
+
+
+@contextlib.asynccontextmanager
+async def serving(sandbox: Sandbox, **worker: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway plus one worker pointed at the sandbox DC, with ``worker`` settings."""
+    dc = f"127.0.0.1:{sandbox.mtproto_port}"
+    settings = {"worker_poll_delay": 0.05, "sandbox_dc": dc, **worker}
+    async with gateway_client() as client, running_worker(**settings):
+        yield client
+
+
+@pytest.fixture
+async def proxy(sandbox: Sandbox) -> AsyncIterator[DcProxy]:
+    """The sandbox DC behind a proxy a test can cut, blackhole or flood."""
+    async with dc_proxy(sandbox.mtproto_port) as running:
+        yield running
 
 
 async def import_account(
@@ -57,9 +75,33 @@ async def import_account(
     return response.json(), created
 
 
-async def open_runtime(sandbox: Sandbox, name: str, **overrides: Any) -> TelegramRuntime:
-    """A worker's Telegram runtime on its own pools, pointed at the sandbox DC."""
-    settings = WorkerSettings(sandbox_dc=f"127.0.0.1:{sandbox.mtproto_port}", **overrides)
+async def crowd(admin: SandboxAdmin, member: dict[str, Any], others: int) -> list[int]:
+    """A supergroup @crowd_sb of ``member`` (a sandbox account) and ``others`` new members
+    under a new owner; the user ids of the owner and the new members."""
+    owner = await admin.create_account(first_name="Owner")
+    members = [(await admin.create_account(first_name=f"M{i}"))["user_id"] for i in range(others)]
+    await admin.create_chat(
+        title="Crowd",
+        kind="supergroup",
+        creator_id=owner["user_id"],
+        username="crowd_sb",
+        members=[member["user_id"], *members],
+    )
+    return [owner["user_id"], *members]
+
+
+def marked_id(chat: dict[str, Any]) -> int:
+    """A sandbox chat's marked id (``-100...``): how results name it and jobs take it."""
+    marked: int = utils.get_peer_id(types.PeerChannel(chat["chat_id"]))
+    return marked
+
+
+async def open_runtime(
+    sandbox: Sandbox, name: str, dc: str | None = None, **overrides: Any
+) -> TelegramRuntime:
+    """A worker's Telegram runtime on its own pools, pointed at the sandbox DC (or at
+    ``dc``, a proxy in front of it)."""
+    settings = WorkerSettings(sandbox_dc=dc or f"127.0.0.1:{sandbox.mtproto_port}", **overrides)
     vault = vault_from_settings(None, settings.secret_key.get_secret_value())
     db, redis = await create_pool(settings, role="test"), create_redis(settings)
     return TelegramRuntime(settings, db, redis, vault, name)

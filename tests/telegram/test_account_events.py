@@ -13,7 +13,7 @@ from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.server import Sandbox
 from tests.helpers import auth, eventually
 from tests.telegram.conftest import another_session, import_account
-from tests.telegram.test_jobs import run
+from tests.telegram.test_jobs import deferred_as, run, submit
 
 
 async def test_a_new_session_reactivates_a_disabled_account_cleanly_with_an_event(
@@ -25,8 +25,8 @@ async def test_a_new_session_reactivates_a_disabled_account_cleanly_with_an_even
     failed = await run(api, "telegram.get_me", account_id=account["id"])
     assert failed["status"] == "failed"
     await admin.delete_fault(fault)
-    await pg.execute(
-        "UPDATE accounts SET flood_until = now() + interval '1 hour' WHERE id = $1", account_id
+    await pg.execute(  # a flood wait over by now
+        "UPDATE accounts SET flood_until = now() - interval '1 minute' WHERE id = $1", account_id
     )
     before = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
     assert (before["state"], before["disabled_reason"]) == ("disabled", "revoked")
@@ -53,6 +53,42 @@ async def test_a_new_session_reactivates_a_disabled_account_cleanly_with_an_even
         )
     ]
     assert changes[-1] == {"from": "disabled", "to": "active"}
+
+
+async def test_a_new_session_keeps_a_flood_wait_still_running(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, pg: asyncpg.Connection[Any]
+) -> None:
+    """Telegram keeps a flood wait for the user, not the session: an import or login of
+    the account's user while one runs leaves the account in flood_wait until it ends, as
+    the jobs it still defers see it, rather than show it active."""
+    account, created = await import_account(api, admin, phone="+15550009875")
+    await admin.add_fault(
+        created["user_id"], "flood_wait", method="users.getUsers", seconds=900, times=1
+    )
+    await deferred_as(
+        api, await submit(api, "telegram.get_me", account_id=account["id"]), "flood_wait"
+    )
+    url = f"/v1/accounts/{account['id']}"
+    flooded = (await api.get(url, headers=auth())).json()
+    assert flooded["state"] == "flood_wait"
+    fresh = await another_session(sandbox, "+15550009875")
+    again = await api.post("/v1/accounts/import", json={"session_string": fresh}, headers=auth())
+    assert again.status_code == 201, again.text
+    assert (again.json()["state"], again.json()["flood_until"]) == (
+        "flood_wait",
+        flooded["flood_until"],
+    )
+    started = await api.post("/v1/accounts", json={"phone": "+15550009875"}, headers=auth())
+    done = await api.post(
+        f"/v1/accounts/{started.json()['account_id']}/login/code",
+        json={"code": "22222"},
+        headers=auth(),
+    )
+    assert (done.json()["account_id"], done.json()["state"]) == (account["id"], "flood_wait")
+    assert (await api.get(url, headers=auth())).json()["flood_until"] == flooded["flood_until"]
+    await deferred_as(
+        api, await submit(api, "telegram.get_me", account_id=account["id"]), "flood_wait"
+    )
 
 
 async def test_a_client_connect_and_its_requested_disconnect_are_account_events(

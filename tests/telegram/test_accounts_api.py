@@ -207,6 +207,48 @@ async def test_a_new_session_of_a_known_user_is_sealed_for_its_existing_account(
     assert job["status"] == "succeeded", job
 
 
+async def test_phones_are_spelled_alike_and_renewing_an_account_refreshes_its_user(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, pg: asyncpg.Connection[Any]
+) -> None:
+    """Logged in or imported, an account's phone is E.164 with its '+'; an import or a
+    login renewing the account keeps what Telegram says of the user now (a new name, a
+    username given up), not what it said when the account was made."""
+    started = await api.post("/v1/accounts", json={"phone": "+15550001212"}, headers=auth())
+    logged_in = started.json()["account_id"]
+    done = await api.post(
+        f"/v1/accounts/{logged_in}/login/code", json={"code": "22222"}, headers=auth()
+    )
+    assert done.status_code == 200, done.text
+    imported, created = await import_account(
+        api, admin, phone="+15550001313", username="old_name", first_name="Old"
+    )
+    await pg.execute("UPDATE accounts SET dc_id = NULL WHERE id = $1", uuid.UUID(imported["id"]))
+    phones = {
+        a["id"]: a["phone"] for a in (await api.get("/v1/accounts", headers=auth())).json()["items"]
+    }
+    assert phones == {logged_in: "+15550001212", imported["id"]: "+15550001313"}
+    user = sandbox.core.world.accounts[created["user_id"]]
+    user.first_name, user.username = "New", None  # since renamed, the username given up
+    renewed = await api.post(
+        "/v1/accounts/import",
+        json={"session_string": await another_session(sandbox, "+15550001313")},
+        headers=auth(),
+    )
+    assert renewed.json()["id"] == imported["id"], renewed.text
+    view = {k: renewed.json()[k] for k in ("phone", "username", "first_name", "dc_id")}
+    assert view == {"phone": "+15550001313", "username": None, "first_name": "New", "dc_id": 2}
+    user.first_name = "Newer"
+    again = await api.post("/v1/accounts", json={"phone": "+15550001313"}, headers=auth())
+    merged = await api.post(
+        f"/v1/accounts/{again.json()['account_id']}/login/code",
+        json={"code": "22222"},
+        headers=auth(),
+    )
+    assert merged.json()["account_id"] == imported["id"], merged.text
+    view = (await api.get(f"/v1/accounts/{imported['id']}", headers=auth())).json()
+    assert (view["first_name"], view["phone"]) == ("Newer", "+15550001313")
+
+
 async def test_importing_a_session_that_replaces_a_connected_one_logs_the_old_key_out(
     api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, pg: asyncpg.Connection[Any]
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from typing import Any
 
@@ -17,6 +18,7 @@ from telethon.tl.functions.users import GetUsersRequest
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.client import make_client, register_sandbox_key
 from services.sandbox.server import Sandbox
+from services.worker.telegram import accounts
 from services.worker.telegram.accounts import auth_key_hash, insert_active
 from services.worker.telegram.replaced import log_out_replaced
 from services.worker.telegram.vault import Vault
@@ -28,6 +30,7 @@ from tests.telegram.conftest import (
     import_account,
     insert_sealed,
     open_runtime,
+    serving,
     signed_in,
     stored_session,
 )
@@ -141,6 +144,50 @@ async def test_logout_right_after_a_login_replaced_a_busy_session_logs_out_the_s
     assert await admin.overlaps() == []
 
 
+async def test_a_logout_that_read_the_account_before_a_login_renewed_it_logs_out_both_keys(
+    api: httpx.AsyncClient,
+    admin: SandboxAdmin,
+    sandbox: Sandbox,
+    pg: asyncpg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The logout holds the account as read before a login stored a new session in it:
+    the pool will not connect the old key, and the logout comes back for the stored one
+    rather than erase a session that stays signed in at Telegram."""
+    first, created = await import_account(api, admin, phone="+15550002228")
+    read, go = asyncio.Event(), asyncio.Event()
+    load = accounts.load
+
+    async def paused_once(db: Any, account_id: uuid.UUID, tenant: str | None = None) -> Any:
+        found = await load(db, account_id, tenant)
+        if tenant is not None and str(account_id) == first["id"] and not read.is_set():
+            read.set()  # the logout has the account (old session) in hand
+            await go.wait()
+        return found
+
+    monkeypatch.setattr(accounts, "load", paused_once)
+    deleting = asyncio.create_task(api.delete(f"/v1/accounts/{first['id']}", headers=auth()))
+    await asyncio.wait_for(read.wait(), 10)
+    started = await api.post("/v1/accounts", json={"phone": "+15550002228"}, headers=auth())
+    pending = started.json()["account_id"]
+    done = await api.post(f"/v1/accounts/{pending}/login/code", json={"code": CODE}, headers=auth())
+    assert done.json()["account_id"] == first["id"], done.text
+    new = await stored_session(pg, first["id"])
+    go.set()
+    out = await deleting
+    assert out.status_code == 200, out.text
+    assert out.json()["state"] == "disabled"
+    row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", uuid.UUID(first["id"]))
+    assert (row["state"], row["session_ciphertext"]) == ("disabled", None)
+    assert not signed_in(sandbox, new)
+
+    async def no_key_signed_in() -> bool:  # the old one too, as a replaced session
+        return sandbox.core.keys.for_user(created["user_id"]) == []
+
+    await eventually(no_key_signed_in)
+    assert await admin.overlaps() == []
+
+
 async def test_a_replaced_session_under_a_vault_key_not_configured_here_is_kept(
     api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, pg: asyncpg.Connection[Any]
 ) -> None:
@@ -193,14 +240,15 @@ async def test_a_job_that_read_the_account_before_its_session_was_replaced_uses_
             "UPDATE accounts SET auth_key_hash = $2 WHERE id = $1", account_id, auth_key_hash(old)
         )
         read, go = asyncio.Event(), asyncio.Event()
-        flood_until = rt.limits.flood_until
+        load_usable = rt.load_usable
 
-        async def after_the_read(account: uuid.UUID, method: str) -> Any:
+        async def after_the_read(tenant: str, account: uuid.UUID) -> Any:
+            loaded = await load_usable(tenant, account)
             read.set()  # the job has the account (old session) in hand
             await go.wait()
-            return await flood_until(account, method)
+            return loaded
 
-        rt.limits.flood_until = after_the_read  # type: ignore[method-assign]
+        rt.load_usable = after_the_read  # type: ignore[method-assign]
 
         async def get_me() -> Any:
             async with rt.session("acme", account_id) as tg:
@@ -219,7 +267,7 @@ async def test_a_job_that_read_the_account_before_its_session_was_replaced_uses_
         with pytest.raises(Deferral) as deferred:
             await job
         assert deferred.value.code == "session_replaced"
-        rt.limits.flood_until = flood_until  # type: ignore[method-assign]
+        rt.load_usable = load_usable  # type: ignore[method-assign]
         users = await get_me()
         assert users[0].id == created["user_id"]
     finally:
@@ -414,6 +462,119 @@ async def test_logout_erases_the_session(
     assert missing.status_code == 404
 
 
+async def code_step_held(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, phone: str, seconds: int = 2
+) -> tuple[str, int, asyncio.Task[httpx.Response]]:
+    """A login of ``phone`` whose code step is running, its ``auth.signIn`` held by the
+    sandbox for ``seconds``: (account id, user id, the step's request)."""
+    created = await admin.create_account(phone=phone, authorized=False)
+    started = await api.post("/v1/accounts", json={"phone": phone}, headers=auth())
+    account_id = started.json()["account_id"]
+    await admin.add_fault(
+        created["user_id"], "delay", method="auth.signIn", seconds=seconds, times=1
+    )
+    step = asyncio.create_task(
+        api.post(f"/v1/accounts/{account_id}/login/code", json={"code": CODE}, headers=auth())
+    )
+
+    async def held() -> bool:
+        return any(f.method == "auth.signIn" and f.fired for f in sandbox.core.faults.all())
+
+    await eventually(held)
+    return account_id, created["user_id"], step
+
+
+async def test_deleting_a_login_while_its_code_step_runs_logs_out_what_the_step_stored(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, pg: asyncpg.Connection[Any]
+) -> None:
+    """The DELETE waits for the step (one step of a login at a time, a logout included):
+    it never connects the half-made session beside the step, and the step never stores
+    its session back into the account the DELETE answered as disabled."""
+    account_id, user_id, step = await code_step_held(api, admin, sandbox, "+15550007781")
+    out = await api.delete(f"/v1/accounts/{account_id}", headers=auth())
+    assert out.status_code == 200, out.text
+    assert out.json()["state"] == "disabled"
+    assert (await step).json()["state"] == "active"  # the step ended first
+    row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", uuid.UUID(account_id))
+    assert (row["state"], row["disabled_reason"]) == ("disabled", "logged_out")
+    assert row["session_ciphertext"] is None
+    event = await pg.fetchrow(
+        "SELECT details FROM account_events WHERE account_id = $1 AND kind = 'logout'",
+        uuid.UUID(account_id),
+    )
+    assert json.loads(event["details"]) == {"confirmed_by_telegram": True}
+    assert sandbox.core.keys.for_user(user_id) == []  # nothing left signed in
+    assert await admin.overlaps() == []
+
+
+async def test_a_code_step_telegram_does_not_answer_gives_up_in_time_and_frees_the_login(
+    sandbox: Sandbox, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
+    """An auth.signIn with no answer is given up after TGFLOW_TELEGRAM_REQUEST_TIMEOUT:
+    the step answers 504 timeout (the same code may be sent again) instead of holding the
+    login's steps until its job times out, and a DELETE waiting behind it goes ahead."""
+    async with serving(sandbox, telegram_request_timeout=1.0) as api:
+        account_id, _, step = await code_step_held(api, admin, sandbox, "+15550007785", 8)
+        began = time.monotonic()
+        out = await api.delete(f"/v1/accounts/{account_id}", headers=auth())
+        answer = await step
+        assert time.monotonic() - began < 5
+    assert answer.status_code == 504, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "timeout"
+    assert "the same request may be sent again" in error["message"]
+    assert out.status_code == 200, out.text
+    row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", uuid.UUID(account_id))
+    assert (row["state"], row["session_ciphertext"]) == ("disabled", None)
+
+
+async def test_a_code_step_of_a_login_deleted_meanwhile_stores_nothing_and_logs_out(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, pg: asyncpg.Connection[Any]
+) -> None:
+    """A login deleted while its code step signs in (as a worker that had not seen the
+    step would: its row disabled under the step) is not brought back: the step answers
+    409 login_not_pending and logs out the session it made, which nobody stores."""
+    account_id, user_id, step = await code_step_held(api, admin, sandbox, "+15550007782")
+    await pg.execute(
+        """UPDATE accounts SET state = 'disabled', disabled_reason = 'logged_out',
+               session_ciphertext = NULL, session_wrapped_key = NULL, session_key_id = NULL
+           WHERE id = $1""",
+        uuid.UUID(account_id),
+    )
+    answer = await step
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"]["code"] == "login_not_pending"
+    row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", uuid.UUID(account_id))
+    assert (row["state"], row["session_ciphertext"], row["tg_user_id"]) == ("disabled", None, None)
+    assert sandbox.core.keys.for_user(user_id) == []
+
+
+async def test_deleting_a_pending_login_withdraws_its_code(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, pg: asyncpg.Connection[Any]
+) -> None:
+    """A login not finished has no signed-in session to log out: its code is withdrawn
+    (auth.cancelCode) over a connection of its own, and the half-made session erased."""
+    started = await api.post("/v1/accounts", json={"phone": "+15550007783"}, headers=auth())
+    account_id = started.json()["account_id"]
+    assert any(key.codes for key in sandbox.core.keys.for_user(None))
+    out = await api.delete(f"/v1/accounts/{account_id}", headers=auth())
+    assert out.status_code == 200, out.text
+    assert all(not key.codes for key in sandbox.core.keys.for_user(None))
+    row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", uuid.UUID(account_id))
+    assert (row["state"], row["disabled_reason"]) == ("disabled", "logged_out")
+    assert (row["session_ciphertext"], row["login_code_hash"]) == (None, None)
+    event = await pg.fetchrow(
+        "SELECT details FROM account_events WHERE account_id = $1 AND kind = 'logout'",
+        uuid.UUID(account_id),
+    )
+    assert json.loads(event["details"]) == {"confirmed_by_telegram": True}
+    late = await api.post(
+        f"/v1/accounts/{account_id}/login/code", json={"code": CODE}, headers=auth()
+    )
+    assert (late.status_code, late.json()["error"]["code"]) == (409, "login_not_pending")
+    assert await admin.overlaps() == []
+
+
 async def test_logout_while_a_job_uses_the_client_opens_no_second_connection(
     api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
 ) -> None:
@@ -476,6 +637,92 @@ async def test_a_flood_wait_on_a_login_step_answers_429_with_retry_after(
     started = await api.post("/v1/accounts", json={"phone": "+15550004444"}, headers=auth())
     assert started.status_code in (200, 201), started.text
     assert started.json()["next"] == "code"
+
+
+async def test_a_login_of_a_number_with_no_telegram_account_is_422(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    """Telegram answers auth.signIn of a number nobody signed up with signUpRequired
+    (Telethon: PhoneNumberUnoccupiedError): the caller's number, so a 4xx in words."""
+    await admin.set_sign_up_unknown(False)
+    started = await api.post("/v1/accounts", json={"phone": "+15550004446"}, headers=auth())
+    assert started.status_code == 201, started.text
+    answer = await api.post(
+        f"/v1/accounts/{started.json()['account_id']}/login/code",
+        json={"code": CODE},
+        headers=auth(),
+    )
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "phone_number_unoccupied"
+    assert error["message"].startswith("No Telegram account uses this phone number")
+
+
+_BANNED = "Telegram has banned the Telegram account of this number"
+_DELETED = "The Telegram account of this number is deleted"
+_GONE = "start a new login with POST /v1/accounts"
+
+
+@pytest.mark.parametrize(
+    ("method", "refusal", "status", "code", "message"),
+    [
+        ("auth.sendCode", "PHONE_NUMBER_FLOOD", 429, None, "asked for this number's login code"),
+        ("auth.signIn", "PHONE_NUMBER_FLOOD", 429, None, "asked for this number's login code"),
+        ("auth.checkPassword", "PHONE_PASSWORD_FLOOD", 429, None, "Too many wrong 2FA passwords"),
+        ("auth.signIn", "PHONE_NUMBER_APP_SIGNUP_FORBIDDEN", 422, None, "You can't sign up using"),
+        (
+            "auth.signIn",
+            "SOMETHING_NEW",
+            422,
+            None,
+            "Telegram refused the request (SOMETHING_NEW).",
+        ),
+        # Telegram's 401s, which disable a signed-in account, in a login step:
+        ("auth.signIn", "USER_DEACTIVATED_BAN", 403, None, _BANNED),
+        ("auth.checkPassword", "USER_DEACTIVATED", 403, None, _DELETED),
+        ("auth.signIn", "AUTH_KEY_UNREGISTERED", 409, "login_expired", _GONE),
+        ("auth.signIn", "SESSION_REVOKED", 409, "login_expired", _GONE),
+        ("auth.checkPassword", "SESSION_EXPIRED", 409, "login_expired", _GONE),
+    ],
+)
+async def test_telegram_refusing_a_login_step_is_a_4xx_in_words(
+    api: httpx.AsyncClient,
+    admin: SandboxAdmin,
+    pg: asyncpg.Connection[Any],
+    method: str,
+    refusal: str,
+    status: int,
+    code: str | None,
+    message: str,
+) -> None:
+    """What Telegram refuses in a login step (a 400 or 406 of its own) is the caller's to
+    change: a 4xx under the error's snake_case name, with a sentence, never Telethon's
+    account of the request it sent. A banned or deleted user is a 403, a half-made
+    session Telegram no longer knows a 409; either ends the login, its session erased."""
+    created = await admin.create_account(phone="+15550004447", password="pw", authorized=False)
+    await admin.add_fault(created["user_id"], "error", method=method, error=refusal, times=1)
+    started = await api.post("/v1/accounts", json={"phone": "+15550004447"}, headers=auth())
+    answer = started
+    url = f"/v1/accounts/{started.json().get('account_id')}/login"
+    if method != "auth.sendCode":
+        answer = await api.post(f"{url}/code", json={"code": CODE}, headers=auth())
+        if method == "auth.checkPassword":
+            assert answer.json()["next"] == "password", answer.text
+            answer = await api.post(f"{url}/password", json={"password": "pw"}, headers=auth())
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == (code or refusal.lower())
+    assert message in error["message"]
+    assert "caused by" not in error["message"]
+    assert "Request" not in error["message"]
+    if status in (403, 409):  # the 401s above end the login: session gone, steps refused
+        row = await pg.fetchrow(
+            "SELECT * FROM accounts WHERE id = $1", uuid.UUID(started.json()["account_id"])
+        )
+        assert (row["state"], row["session_ciphertext"]) == ("login_pending", None)
+        again = await api.post(f"{url}/code", json={"code": CODE}, headers=auth())
+        assert (again.status_code, again.json()["error"]["code"]) == (409, "login_not_pending")
+        assert "start a new one" in again.json()["error"]["message"]
 
 
 async def test_deleting_an_account_disabled_already_records_it_logged_out(

@@ -10,8 +10,11 @@ import pytest
 from redis.asyncio import Redis
 from telethon import types, utils
 
+from services.sandbox.admin_client import SandboxAdmin
 from shared.jobs.telegram import normalize_peer
 from tests.helpers import auth
+from tests.telegram.conftest import import_account
+from tests.telegram.test_jobs import run
 
 
 @pytest.mark.parametrize(
@@ -38,6 +41,12 @@ from tests.helpers import auth
         ("+15550001133", "+15550001133"),
         ("https://t.me/+AbCdEf_123", "https://t.me/+AbCdEf_123"),
         ("t.me/joinchat/AbCdEf_123", "https://t.me/+AbCdEf_123"),
+        # Prefixes in any case; a message in a forum topic (/<topic>/<message>).
+        ("T.ME/JOINCHAT/AbCdEf_123", "https://t.me/+AbCdEf_123"),
+        ("https://t.me/S/news_sb", "@news_sb"),
+        ("https://t.me/news_sb/12/345", "@news_sb"),
+        ("https://t.me/c/1234567890/12/345", "-1001234567890"),
+        ("t.me/C/123/45", "-1000000000123"),
         ("-1001234567", "-1001234567"),
         ("0042", "42"),
     ],
@@ -57,6 +66,23 @@ def test_every_spelling_of_a_peer_becomes_one(given: str, normal: str) -> None:
         "t.me/c/x",
         "t.me/c/0",
         "https://example.com/a",
+        "t.me/news_sb/1/2/3",
+        "t.me/c/123/1/2/3",
+        # Telegram's own routes: no chat is named so.
+        "t.me/joinchat/",
+        "t.me/joinchat",
+        "https://t.me/joinchat/abc",
+        "https://t.me/proxy?server=1.2.3.4&port=443&secret=ab",
+        "https://t.me/socks?server=1.2.3.4&port=1080",
+        "https://t.me/share?url=https://example.com",
+        "https://t.me/share/url?url=https://example.com",
+        "https://t.me/login/12345",
+        "https://t.me/confirmphone?phone=1&hash=2",
+        "https://t.me/boost?c=123",
+        "https://t.me/Boost/news_sb",
+        "t.me/addstickers/Animals",
+        "t.me/setlanguage/en-gb",
+        "t.me/contact/AbCdEf1234",
     ],
 )
 def test_what_names_no_peer_is_refused(given: str) -> None:
@@ -96,6 +122,8 @@ ACCOUNT = str(uuid.uuid4())
         ("telegram.join_chat", {"target": "me"}, "params.target"),
         ("telegram.join_chat", {"target": "+15550001133"}, "params.target"),
         ("telegram.join_chat", {"target": "12345"}, "params.target"),
+        ("telegram.join_chat", {"target": "t.me/joinchat/"}, "params.target"),
+        ("telegram.get_history", {"peer": "https://t.me/proxy?server=1.2.3.4"}, "params.peer"),
         ("telegram.get_participants", {"peer": "me"}, "params.peer"),
         ("telegram.get_participants", {"peer": "12345"}, "params.peer"),
         ("telegram.get_participants", {"peer": "-12345"}, "params.peer"),  # a basic group
@@ -103,6 +131,26 @@ ACCOUNT = str(uuid.uuid4())
         # -10^12 itself: Telethon reads a channel only below it (basic group 10^12).
         ("telegram.get_participants", {"peer": "-1000000000000"}, "params.peer"),
         ("telegram.get_participants", {"peer": "@news_sb", "offset": 2**31}, "params.offset"),
+        # Ids, counts and flags of another JSON type are not taken for one.
+        ("telegram.get_messages", {"peer": "me", "ids": [True]}, "params.ids.0"),
+        ("telegram.get_messages", {"peer": "me", "ids": ["7"]}, "params.ids.0"),
+        ("telegram.get_history", {"peer": "me", "limit": True}, "params.limit"),
+        ("telegram.get_history", {"peer": "me", "offset_id": 5.5}, "params.offset_id"),
+        ("telegram.get_messages", {"peer": "me", "ids": [1.5]}, "params.ids.0"),
+        ("telegram.get_history", {"peer": "me", "limit": 1e3}, "params.limit"),  # whole, too big
+        ("telegram.get_dialogs", {"limit": "10"}, "params.limit"),
+        ("telegram.send_message", {"peer": "me", "text": "x", "silent": "yes"}, "params.silent"),
+        ("telegram.send_message", {"peer": "me", "text": "x", "silent": 1}, "params.silent"),
+        ("telegram.send_message", {"peer": "me", "text": "x", "reply_to": "5"}, "params.reply_to"),
+        ("telegram.send_message", {"peer": True, "text": "x"}, "params.peer"),
+        ("telegram.send_message", {"peer": 0, "text": "x"}, "params.peer"),
+        (
+            "telegram.forward_messages",
+            {"from_peer": "me", "to_peer": "me", "ids": [1], "silent": "false"},
+            "params.silent",
+        ),
+        ("telegram.mark_read", {"peer": "me", "max_id": False}, "params.max_id"),
+        ("telegram.get_participants", {"peer": "@news_sb", "page_size": "2"}, "params.page_size"),
     ],
 )
 async def test_params_that_cannot_work_are_422_before_any_worker(
@@ -112,6 +160,29 @@ async def test_params_that_cannot_work_are_422_before_any_worker(
     response = await api.post("/v1/jobs", json=body, headers=auth())
     assert response.status_code == 422, response.text
     assert [d["field"] for d in response.json()["error"]["details"]] == [field]
+
+
+async def test_ids_and_counts_sent_as_whole_floats_are_taken(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    """JSON has one number type: 2.0 and 1e0 are a count and an id (a float serialised
+    by json.dumps, or by a language whose numbers are doubles); a fraction is not (above)."""
+    account, _ = await import_account(api, admin)
+    for text in ("one", "two", "three"):
+        sent = await run(
+            api, "telegram.send_message", account_id=account["id"], peer="me", text=text
+        )
+        assert sent["status"] == "succeeded", sent
+    history = await run(
+        api, "telegram.get_history", account_id=account["id"], peer="me", limit=2.0, min_id=0.0
+    )
+    assert history["status"] == "succeeded", history
+    assert [m["text"] for m in history["result"]["messages"]] == ["three", "two"]
+    first = min(m["id"] for m in history["result"]["messages"])
+    got = await run(
+        api, "telegram.get_messages", account_id=account["id"], peer="me", ids=[float(first)]
+    )
+    assert [m["text"] for m in got["result"]["messages"]] == ["two"]
 
 
 @pytest.mark.parametrize(
@@ -155,3 +226,28 @@ async def test_a_batch_with_one_impossible_job_enqueues_nothing(
     response = await api.post("/v1/jobs:batch", json={"jobs": jobs}, headers=auth())
     assert response.status_code == 422, response.text
     assert await redis.keys("tgflow:job:*") == []
+
+
+@pytest.mark.parametrize(
+    ("job_type", "params", "field"),
+    [
+        ("telegram.get_history", {"peer": "@alice_sb\x00"}, "params.peer"),
+        ("telegram.join_chat", {"target": "t.me/+abc\x00def"}, "params.target"),
+        ("telegram.get_participants", {"peer": "\x00@news_sb"}, "params.peer"),
+        (
+            "telegram.forward_messages",
+            {"from_peer": "me", "to_peer": "\x00", "ids": [1]},
+            "params.to_peer",
+        ),
+        ("telegram.send_message", {"peer": "me", "text": "a\x00b"}, "params.text"),
+    ],
+)
+async def test_a_nul_in_a_peer_is_refused_as_in_any_field(
+    api: httpx.AsyncClient, job_type: str, params: dict[str, Any], field: str
+) -> None:
+    body = {"type": job_type, "params": {"account_id": ACCOUNT, **params}}
+    response = await api.post("/v1/jobs", json=body, headers=auth())
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_character"
+    assert [(d["field"], d["type"]) for d in error["details"]] == [(field, "invalid_character")]

@@ -23,7 +23,13 @@ from shared.jobs.accounts import AccountIdParams
 from shared.jobs.envelope import Envelope, utcnow
 from shared.jobs.telegram import PeerParams
 from tests.helpers import auth, eventually, wait_for_status
-from tests.telegram.conftest import close_runtime, import_account, open_runtime
+from tests.telegram.conftest import (
+    close_runtime,
+    crowd,
+    import_account,
+    marked_id,
+    open_runtime,
+)
 from tests.telegram.test_jobs import deferred_as, run, submit
 
 
@@ -60,15 +66,7 @@ async def test_a_member_list_larger_than_the_bound_leaves_the_store_bounded(
     api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox
 ) -> None:
     imported, created = await import_account(api, admin)
-    owner = await admin.create_account(first_name="Owner")
-    members = [(await admin.create_account(first_name=f"M{i}"))["user_id"] for i in range(150)]
-    await admin.create_chat(
-        title="Crowd",
-        kind="supergroup",
-        creator_id=owner["user_id"],
-        username="crowd_sb",
-        members=[created["user_id"], *members],
-    )
+    await crowd(admin, created, 150)
     rt = await open_runtime(sandbox, "store", telegram_entities_per_account=100)
     try:
         account = await accounts.load(rt.db, uuid.UUID(imported["id"]))
@@ -272,8 +270,8 @@ async def test_resolving_a_numeric_id_never_seen_here_looks_among_the_accounts_c
     )
     assert resolved["status"] == "succeeded", resolved
     assert resolved["result"]["peer"] == {
-        "id": chat["chat_id"],
-        "kind": "group",
+        "id": marked_id(chat),
+        "kind": "supergroup",
         "username": None,
         "title": "Club",
     }

@@ -229,7 +229,8 @@ async def test_validation_uses_the_pool_client_a_job_shares_it_and_it_leaves_no_
     account_id = uuid.UUID(imported["id"])
     before = requests_counted(account_id, "ok")
     assert await validate_once(validator) == 1
-    assert requests_counted(account_id, "ok") == before + 1  # counted like any request
+    # Counted like any request: the check's, and the users.getUsers of its connect.
+    assert requests_counted(account_id, "ok") == before + 2
     assert not validator.pool.holds(account_id)  # not kept connected past the check
     await asyncio.sleep(0.1)  # the pool's background writes
     assert [kind for kind, _ in await _events(pg, account_id)] == ["imported"]  # no connects

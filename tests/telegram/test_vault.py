@@ -80,6 +80,19 @@ async def test_a_key_id_listed_twice_is_a_configuration_error_everywhere(
     assert capsys.readouterr().out.startswith("k2:")
 
 
+@pytest.mark.parametrize("key_id", ["a:b", "x,y", " ", "", " k1"])
+def test_keys_generate_refuses_an_id_the_vault_would_refuse(
+    key_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Workers would refuse to start with the entry: it is never printed."""
+    assert main(["keys", "generate", "--id", key_id]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"error: vault key id {key_id!r} is not a plain id" in err
+    with pytest.raises(VaultError, match="is not a plain id"):
+        Vault([(key_id, bytes(32))])
+
+
 def test_production_requires_vault_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     from shared.config import InsecureSettingsError
 

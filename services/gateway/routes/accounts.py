@@ -5,6 +5,7 @@ import binascii
 import struct
 import time
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -114,8 +115,15 @@ _ERROR_STATUS = {
     "login_attempts_exceeded": 409,  # the login is cancelled: only a new one can go on
     "password_not_expected": 409,
     "phone_number_invalid": 422,
+    "phone_number_unoccupied": 422,  # no Telegram account has the number
     "phone_number_banned": 403,
+    "user_deactivated_ban": 403,  # the number's Telegram account is banned
+    "user_deactivated": 403,  # ...or deleted
+    "login_expired": 409,  # Telegram forgot the login's session: only a new login goes on
+    "phone_number_flood": 429,  # codes asked for too often; Telegram names no wait
+    "phone_password_flood": 429,
     "flood_wait": 429,  # Telegram's flood wait on a login step or import: try again after it
+    "timeout": 504,  # Telegram did not answer in time: the same request may be sent again
 }
 
 
@@ -148,10 +156,23 @@ async def control(state: State, tenant: str, name: str, params: dict[str, Any]) 
         if waits:
             details["retry_after"] = retry_after
             headers = {"Retry-After": str(retry_after)}
-        # Any wait Telegram names (flood_premium_wait, slow_mode_wait...) is a 429 too.
-        status = _ERROR_STATUS.get(record.error.code, 429 if waits else 502)
+        status = _status_of(record.error.code, record.error.details, waits)
         raise ApiError(status, record.error.code, record.error.message, details, headers)
     return record.result
+
+
+def _status_of(code: str, details: dict[str, Any] | None, waits: bool) -> int:
+    """The HTTP status of a failed control job: the client's mistakes are 4xx, the rest
+    502."""
+    known = _ERROR_STATUS.get(code)
+    if known is not None:
+        return known
+    if waits:  # any wait Telegram names (flood_premium_wait, slow_mode_wait...)
+        return 429
+    refused = (details or {}).get("telegram_status")  # Telegram refused what was sent
+    if refused == 403:
+        return 403
+    return 422 if refused in (400, 406) else 502
 
 
 @router.post("/import", status_code=201, response_model=AccountView, summary="Adopt a session")
@@ -264,16 +285,18 @@ async def get_account(account_id: str, state: State, principal: Reader) -> Accou
     return account
 
 
-async def check_accounts(state: State, tenant: str, envs: list[Envelope]) -> None:
+async def check_accounts(
+    state: State, tenant: str, envs: list[Envelope], skip: Collection[int] = ()
+) -> None:
     """Refuse Telegram jobs for unknown or unusable accounts before they are queued.
 
     One query for any number of jobs; the first bad one is reported (with its index
-    when there are several).
+    when there are several). ``skip``: indexes of jobs not to check (replays).
     """
     refs = [
         (i, uuid.UUID(e.params["account_id"]))
         for i, e in enumerate(envs)
-        if "account_id" in e.params
+        if "account_id" in e.params and i not in skip
     ]
     if not refs:
         return

@@ -14,6 +14,7 @@ from services.gateway.routes.jobs import (
     check_params,
     envelope_of,
     find_job,
+    idempotency_conflict,
 )
 from services.gateway.routes.webhooks import check_webhook
 from services.gateway.schemas import Links
@@ -61,15 +62,22 @@ async def submit_batch(body: BatchRequest, state: State, principal: Writer) -> B
     ]
     for index, env in enumerate(envs):
         check_characters(env, index)
-    await check_accounts(state, principal.tenant, envs)
-    results = await state.jobs.submit_many(envs)
-    items = []
-    for index, (env, (job_id, created)) in enumerate(zip(envs, results, strict=True)):
+    # Replays are answered whatever has changed since (the account): not checked again.
+    answered = {
+        index: await _replay(state, index, envs[index], job_id)
+        for index, job_id in await _known(state, envs)
+    }
+    await check_accounts(state, principal.tenant, envs, skip=answered)
+    fresh = [index for index in range(len(envs)) if index not in answered]
+    results = await state.jobs.submit_many([envs[index] for index in fresh])
+    for index, (job_id, created) in zip(fresh, results, strict=True):
+        env = envs[index]
         if created:
             JOBS_ENQUEUED.labels(env.type).inc()
-            items.append(_item(index, job_id, "queued"))
-            continue
-        items.append(await _replay(state, principal.tenant, index, env, job_id))
+            answered[index] = _item(index, job_id, "queued")
+        else:
+            answered[index] = await _replay(state, index, env, job_id)
+    items = [answered[index] for index in range(len(envs))]
     return BatchAccepted(
         accepted=sum(1 for i in items if i.error is None and not i.replayed),
         replayed=sum(1 for i in items if i.replayed),
@@ -83,14 +91,23 @@ def _item(index: int, job_id: str, status: str, *, replayed: bool = False) -> Ba
     return BatchItem(index=index, id=job_id, status=status, replayed=replayed, links=links)
 
 
-async def _replay(state: State, tenant: str, index: int, env: Envelope, job_id: str) -> BatchItem:
-    existing = await find_job(state, tenant, job_id)
-    if existing is None or existing.type != env.type or existing.params != env.params:
-        return BatchItem(
-            index=index,
-            error={
-                "code": "idempotency_conflict",
-                "message": "This idempotency key was used for a job with another type or params.",
-            },
-        )
+async def _known(state: State, envs: list[Envelope]) -> list[tuple[int, str]]:
+    """(index, job id) of each job whose idempotency key names a job already: one round
+    trip, and none when no job has a key."""
+    keyed = [
+        (i, (env.tenant, env.idempotency_key)) for i, env in enumerate(envs) if env.idempotency_key
+    ]
+    found = await state.jobs.idempotent_jobs([key for _, key in keyed])
+    return [(i, job_id) for (i, _), job_id in zip(keyed, found, strict=True) if job_id]
+
+
+async def _replay(state: State, index: int, env: Envelope, job_id: str) -> BatchItem:
+    existing = await find_job(state, env.tenant, job_id)
+    conflict = idempotency_conflict(existing, env)
+    if conflict is not None:
+        error = {"code": conflict.code, "message": conflict.message}
+        if conflict.details is not None:
+            error["details"] = conflict.details
+        return BatchItem(index=index, error=error)
+    assert existing is not None
     return _item(index, existing.id, existing.status.value, replayed=True)

@@ -160,6 +160,10 @@ async def submit_job(
     check_webhook(body, state)
     env = envelope_of(body, principal.tenant, state.settings.max_defer_seconds)
     check_characters(env)
+    if env.idempotency_key:  # a replay is answered whatever has changed since (the account)
+        [known] = await state.jobs.idempotent_jobs([(env.tenant, env.idempotency_key)])
+        if known is not None:
+            return await _replayed(state, env, known, response)
     await check_accounts(state, principal.tenant, [env])
     job_id, created = await state.jobs.submit(env)
     if created:
@@ -172,22 +176,36 @@ async def submit_job(
             run_at=env.run_at,
             links=Links(self=f"/v1/jobs/{env.id}"),
         )
-    existing = await find_job(state, principal.tenant, job_id)
+    return await _replayed(state, env, job_id, response)
+
+
+async def _replayed(state: State, env: Envelope, job_id: str, response: Response) -> JobAccepted:
+    existing = await find_job(state, env.tenant, job_id)
+    conflict = idempotency_conflict(existing, env)
+    if conflict is not None:
+        raise conflict
+    assert existing is not None
+    response.headers["Idempotent-Replayed"] = "true"
+    return _accepted(existing)
+
+
+def idempotency_conflict(existing: JobRecord | None, env: Envelope) -> ApiError | None:
+    """The 409 for a submit whose idempotency key names ``existing`` (None when that job
+    is no longer known) but which does not repeat it; None for a true replay."""
     if existing is None:
-        raise ApiError(
+        return ApiError(
             409,
             "idempotency_conflict",
             "This idempotency key belongs to a job that is no longer known; use a new key.",
         )
     if existing.type != env.type or existing.params != env.params:
-        raise ApiError(
+        return ApiError(
             409,
             "idempotency_conflict",
             "This idempotency key was used for a job with another type or params.",
             {"job_id": existing.id},
         )
-    response.headers["Idempotent-Replayed"] = "true"
-    return _accepted(existing)
+    return None
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, summary="Get a job")

@@ -88,6 +88,8 @@ def sign_in(call: Call, req: Any) -> Any:
     phone = _check_code(call, req.phone_number, req.phone_code_hash, req.phone_code)
     world = call.core.world
     user_id = world.by_phone.get(phone)
+    if user_id is None and not call.core.settings.sign_up_unknown:
+        return types.auth.AuthorizationSignUpRequired()  # Telethon: PhoneNumberUnoccupied
     # Unknown numbers are signed up on the spot: the client library can no
     # longer call auth.signUp itself, and tests need fresh accounts.
     account = world.accounts[user_id] if user_id is not None else world.create_account(phone)

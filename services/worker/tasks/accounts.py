@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from opentelemetry import trace
 from telethon.sessions import StringSession
 
 from services.worker.context import JobContext
@@ -56,16 +57,18 @@ async def import_session(ctx: JobContext, params: ImportParams) -> AccountOut:
                     "session_in_use",
                     "A newer session of its account replaced this one; it is being logged out.",
                 )
-            return await _validate_and_store(ctx, session)
+            return _named(await _validate_and_store(ctx, session))
         if holder["tenant_id"] != ctx.tenant:
             raise PermanentFailure(
                 "session_in_use", "An account of another tenant holds this session."
             )
-        return AccountOut(
-            account_id=holder["id"],
-            tg_user_id=holder["tg_user_id"],
-            username=holder["username"],
-            state=holder["state"],
+        return _named(
+            AccountOut(
+                account_id=holder["id"],
+                tg_user_id=holder["tg_user_id"],
+                username=holder["username"],
+                state=holder["state"],
+            )
         )
     except RetryableFailure:
         keep = True
@@ -75,6 +78,13 @@ async def import_session(ctx: JobContext, params: ImportParams) -> AccountOut:
             await transit.drop(redis, params.session_ref)
         if await redis.get(lock) == ctx.job_id:
             await redis.delete(lock)
+
+
+def _named(out: AccountOut) -> AccountOut:
+    """The import's job span names the account once it is known (its validating
+    requests ran before there was one to name)."""
+    trace.get_current_span().set_attribute("tgflow.account.id", str(out.account_id))
+    return out
 
 
 async def _being_logged_out(ctx: JobContext, fingerprint: str) -> bool:
@@ -132,4 +142,6 @@ async def _validate_and_store(ctx: JobContext, given: str) -> AccountOut:
     )
     if stored.replaced:  # the account's owner logs the old session out
         await replaced.announce(ctx.state.redis, stored.id)
-    return AccountOut(account_id=stored.id, tg_user_id=me.id, username=me.username, state="active")
+    return AccountOut(
+        account_id=stored.id, tg_user_id=me.id, username=me.username, state=stored.state
+    )

@@ -23,7 +23,7 @@ from services.worker.context import JobContext
 from services.worker.telegram import accounts, replaced
 from services.worker.telegram.accounts import DisabledReason, State
 from services.worker.telegram.client import new_client
-from services.worker.telegram.errors import Kind, map_error
+from services.worker.telegram.errors import Kind, Mapped, map_error
 from services.worker.telegram.runtime import PASS_THROUGH
 from shared import transit
 from shared.aio import raise_if_cancelling
@@ -41,6 +41,32 @@ from shared.jobs.envelope import utcnow
 from shared.logs import get_logger
 
 log = get_logger(__name__)
+# A sealed session erased: its ciphertext, wrapped key, key id and fingerprint (SQL).
+_ERASED = (
+    "session_ciphertext = NULL, session_wrapped_key = NULL, session_key_id = NULL,"
+    " auth_key_hash = NULL"
+)
+# Telegram's refusals of a login step, told in the terms of whoever is logging in.
+_REFUSALS = {
+    "phone_number_unoccupied": "No Telegram account uses this phone number: sign it up in a"
+    " Telegram app first, then start a new login.",
+    "phone_number_flood": "Telegram was asked for this number's login code too many times and"
+    " refuses more for a while (it does not say how long).",
+    "phone_password_flood": "Too many wrong 2FA passwords were tried for this account;"
+    " Telegram refuses more for a while.",
+}
+# Telegram's classes of answer that refuse what the request carried (not the session's
+# or the server's fault): the caller's to change.
+_REFUSED_INPUT = (400, 403, 406)
+# The user, not the login's session, is what Telegram refuses: no new login helps either.
+_USER_GONE = {
+    DisabledReason.BANNED: "Telegram has banned the Telegram account of this number;"
+    " it cannot be logged in.",
+    DisabledReason.DEACTIVATED: "The Telegram account of this number is deleted;"
+    " it cannot be logged in.",
+}
+# Telegram did not answer, or the connection went: nothing of the login changed here.
+_SEND_AGAIN = "The login is as it was: the same request may be sent again."
 
 
 def _fresh_session(ctx: JobContext) -> StringSession:
@@ -52,9 +78,11 @@ def _fresh_session(ctx: JobContext) -> StringSession:
 
 
 @contextlib.asynccontextmanager
-async def _client(ctx: JobContext, session: StringSession) -> AsyncIterator[TelegramClient]:
+async def _client(
+    ctx: JobContext, session: StringSession, account_id: uuid.UUID
+) -> AsyncIterator[TelegramClient]:
     settings = ctx.state.settings
-    client = new_client(session, settings)
+    client = new_client(session, settings, account_id)  # its requests' spans name the account
     try:
         await asyncio.wait_for(client.connect(), settings.telegram_request_timeout)
         yield client
@@ -63,16 +91,59 @@ async def _client(ctx: JobContext, session: StringSession) -> AsyncIterator[Tele
     except Exception as exc:
         mapped = map_error(exc)
         if mapped.kind in (Kind.RETRY, Kind.RECONNECT):
-            raise RetryableFailure(mapped.code, mapped.message) from exc
+            raise RetryableFailure(mapped.code, f"{mapped.message} {_SEND_AGAIN}") from exc
         if mapped.kind is Kind.DEFER:
             # Someone is waiting on this login step: waiting out a flood in the queue would
             # only outlast them. Answer at once, with when to try again.
             raise PermanentFailure(
                 mapped.code, mapped.message, {"retry_after": max(1, mapped.seconds)}
             ) from exc
-        raise PermanentFailure(mapped.code, mapped.message) from exc
+        if mapped.kind is Kind.DISABLE:
+            raise await _dead_session(ctx, account_id, mapped) from exc
+        raise _refused(mapped, exc) from exc
     finally:
         await client.disconnect()
+
+
+def _refused(mapped: Mapped, exc: BaseException) -> PermanentFailure:
+    """A login step Telegram refused for good. ``telegram_status`` marks a refusal of
+    what the request carried (a number with no account, codes asked for too often): the
+    caller's to change, unlike a dead session or Telegram's own trouble."""
+    message = _REFUSALS.get(mapped.code, mapped.message)
+    status = exc.code if isinstance(exc, tg.RPCError) else None
+    if mapped.kind is Kind.FAIL and status in _REFUSED_INPUT:
+        return PermanentFailure(mapped.code, message, {"telegram_status": status})
+    return PermanentFailure(mapped.code, message)
+
+
+async def _dead_session(ctx: JobContext, account_id: uuid.UUID, mapped: Mapped) -> PermanentFailure:
+    """A login step Telegram answered as if the session were dead. Either way the login
+    ends (its further steps could only meet the same answer): a banned or deleted user is
+    told so; a session Telegram no longer knows (revoked, expired, duplicated) can only be
+    replaced by a new login."""
+    await _end_login(ctx, account_id, {"telegram_error": mapped.code})
+    gone = _USER_GONE.get(mapped.reason) if mapped.reason is not None else None
+    if gone is not None:
+        return PermanentFailure(mapped.code, gone)
+    return PermanentFailure(
+        "login_expired",
+        f"Telegram no longer knows this login's session ({mapped.code}); start a new login"
+        " with POST /v1/accounts.",
+    )
+
+
+async def _end_login(ctx: JobContext, account_id: uuid.UUID, details: dict[str, Any]) -> None:
+    """Erase a pending login's half-made session: its further steps are refused, and the
+    row expires like any unfinished login."""
+    ended = await ctx.state.db.fetchval(
+        f"""UPDATE accounts SET {_ERASED}, login_code_hash = NULL, updated_at = now()
+           WHERE id = $1 AND state = 'login_pending' RETURNING id""",  # noqa: S608
+        account_id,
+    )
+    if ended is not None:  # a first step's row does not exist yet
+        await accounts.record_event(
+            ctx.state.db, account_id, ctx.tenant, "login_cancelled", details
+        )
 
 
 async def _pending(ctx: JobContext, account_id: uuid.UUID) -> Any:
@@ -84,7 +155,11 @@ async def _pending(ctx: JobContext, account_id: uuid.UUID) -> Any:
     pending = row["state"] == State.LOGIN_PENDING.value
     if pending and row["login_attempts"] >= ctx.state.settings.telegram_login_max_attempts:
         raise _attempts_exceeded(row["login_attempts"])
-    if not pending or row["session_ciphertext"] is None:
+    if pending and row["session_ciphertext"] is None:
+        raise PermanentFailure(
+            "login_not_pending", "This login was cancelled; start a new one with POST /v1/accounts."
+        )
+    if not pending:
         raise PermanentFailure("login_not_pending", f"The account is {row['state']}.")
     return row
 
@@ -95,14 +170,16 @@ def _open_session(ctx: JobContext, row: Any) -> StringSession:
     return StringSession(ctx.state.telegram.vault.open(sealed, aad=row["id"].bytes))
 
 
-async def _save_session(ctx: JobContext, account_id: uuid.UUID, session: str, **cols: Any) -> None:
+async def _save_session(ctx: JobContext, account_id: uuid.UUID, session: str, **cols: Any) -> bool:
+    """Store the login's session in its row; False if the row is no longer a pending
+    login (deleted meanwhile): a session is never written back into a finished account."""
     sealed = ctx.state.telegram.vault.seal(session, aad=account_id.bytes)
     sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(cols, start=6))
-    await ctx.state.db.execute(
+    status: str = await ctx.state.db.execute(
         f"""UPDATE accounts SET session_ciphertext = $2, session_wrapped_key = $3,
                session_key_id = $4, auth_key_hash = $5{", " + sets if sets else ""},
                updated_at = now()
-           WHERE id = $1""",  # noqa: S608 - column names are ours, values are bound
+           WHERE id = $1 AND state = 'login_pending'""",  # noqa: S608 - names are ours
         account_id,
         sealed.ciphertext,
         sealed.wrapped_key,
@@ -110,12 +187,13 @@ async def _save_session(ctx: JobContext, account_id: uuid.UUID, session: str, **
         accounts.auth_key_hash(session),
         *cols.values(),
     )
+    return status.split()[-1] == "1"
 
 
 async def login_start(ctx: JobContext, params: LoginStartParams) -> LoginStep:
     account_id = uuid.uuid4()
     session = _fresh_session(ctx)
-    async with _client(ctx, session) as client:
+    async with _client(ctx, session, account_id) as client:
         sent = await client.send_code_request(params.phone)
         saved = session.save()
     await ctx.state.db.execute(
@@ -137,7 +215,7 @@ async def login_start(ctx: JobContext, params: LoginStartParams) -> LoginStep:
 
 
 async def _finish(ctx: JobContext, row: Any, client: TelegramClient) -> LoginStep:
-    me = await client.get_me()
+    me = await asyncio.wait_for(client.get_me(), ctx.state.settings.telegram_request_timeout)
     session, dc_id = client.session.save(), client.session.dc_id
     # Off the network before the session is stored: from then on only the owner of the
     # shard of the account that holds it may connect it (and may log it out, if replaced).
@@ -149,31 +227,64 @@ async def _finish(ctx: JobContext, row: Any, client: TelegramClient) -> LoginSte
         row["id"],
     )
     if known is not None:
-        return await _into_known_account(ctx, row, me, session, dc_id)
+        return await _into_known_account(ctx, row, me, session, dc_id, client)
+    fields = accounts.me_fields(me, dc_id)
     try:
-        await _save_session(
+        saved = await _save_session(
             ctx,
             row["id"],
             session,
             tg_user_id=me.id,
-            username=me.username,
-            first_name=me.first_name,
+            username=fields["username"],
+            first_name=fields["first_name"],
+            phone=fields["phone"] or row["phone"],  # Telegram's spelling of the number
+            dc_id=dc_id,
             login_code_hash=None,
             login_needs_password=False,
         )
     except UniqueViolationError:  # another login of this user finished a moment before
-        return await _into_known_account(ctx, row, me, session, dc_id)
+        return await _into_known_account(ctx, row, me, session, dc_id, client)
+    if not saved:
+        raise await _not_pending_any_more(ctx, row["id"], client)
     account = await accounts.load(ctx.state.db, row["id"])
     assert account is not None
     await accounts.set_state(ctx.state.db, account, State.ACTIVE)
     return LoginStep(account_id=row["id"], state="active", next=None, tg_user_id=me.id)
 
 
+async def _not_pending_any_more(
+    ctx: JobContext, account_id: uuid.UUID, client: TelegramClient
+) -> PermanentFailure:
+    """The login was deleted while its step signed in: the session it made is stored
+    nowhere, so nobody else will ever connect it or log it out. It is logged out here
+    (best effort), over the login's own client."""
+    timeout = ctx.state.settings.telegram_request_timeout
+    try:
+        await asyncio.wait_for(client.connect(), timeout)
+        await asyncio.wait_for(client.log_out(), timeout)
+    except Exception as exc:
+        raise_if_cancelling()
+        log.warning(
+            "session of a deleted login not logged out",
+            account_id=str(account_id),
+            error=type(exc).__name__,
+        )
+    return PermanentFailure(
+        "login_not_pending", "The login was deleted while this step ran; it is not finished."
+    )
+
+
 async def _into_known_account(
-    ctx: JobContext, row: Any, me: Any, session: str, dc_id: int
+    ctx: JobContext, row: Any, me: Any, session: str, dc_id: int, client: TelegramClient
 ) -> LoginStep:
     """A new login of a user the tenant has an account for: the new session goes to that
-    account (one account per user) and the login's own row is dropped."""
+    account (one account per user) and the login's own row is dropped (unless it was
+    deleted meanwhile: then the session goes nowhere)."""
+    claimed = await ctx.state.db.fetchval(
+        "DELETE FROM accounts WHERE id = $1 AND state = 'login_pending' RETURNING id", row["id"]
+    )
+    if claimed is None:
+        raise await _not_pending_any_more(ctx, row["id"], client)
     stored = await accounts.insert_active(
         ctx.state.db,
         vault=ctx.state.telegram.vault,
@@ -181,11 +292,10 @@ async def _into_known_account(
         session=session,
         me=accounts.me_fields(me, dc_id),
     )
-    await ctx.state.db.execute("DELETE FROM accounts WHERE id = $1", row["id"])
     if stored.replaced:
         await replaced.announce(ctx.state.redis, stored.id)
     log.info("login merged into the known account", account_id=str(stored.id))
-    return LoginStep(account_id=stored.id, state="active", next=None, tg_user_id=me.id)
+    return LoginStep(account_id=stored.id, state=stored.state, next=None, tg_user_id=me.id)
 
 
 @contextlib.asynccontextmanager
@@ -210,22 +320,23 @@ async def login_code(ctx: JobContext, params: LoginCodeParams) -> LoginStep:
 async def _login_code(ctx: JobContext, params: LoginCodeParams) -> LoginStep:
     row = await _pending(ctx, params.account_id)
     session = _open_session(ctx, row)
-    async with _client(ctx, session) as client:
+    async with _client(ctx, session, row["id"]) as client:
         try:
-            await client.sign_in(row["phone"], params.code, phone_code_hash=row["login_code_hash"])
+            signing_in = client.sign_in(
+                row["phone"], params.code, phone_code_hash=row["login_code_hash"]
+            )
+            await asyncio.wait_for(signing_in, ctx.state.settings.telegram_request_timeout)
         except tg.SessionPasswordNeededError:
             await ctx.state.db.execute(
-                "UPDATE accounts SET login_needs_password = true, updated_at = now() WHERE id = $1",
+                """UPDATE accounts SET login_needs_password = true, updated_at = now()
+                   WHERE id = $1 AND state = 'login_pending'""",
                 row["id"],
             )
             return LoginStep(account_id=row["id"], state="login_pending", next="password")
         except (tg.PhoneCodeInvalidError, tg.PhoneCodeExpiredError) as exc:
             await _count_attempt(ctx, row, client)
-            code = (
-                "phone_code_expired"
-                if isinstance(exc, tg.PhoneCodeExpiredError)
-                else ("phone_code_invalid")
-            )
+            expired = isinstance(exc, tg.PhoneCodeExpiredError)
+            code = "phone_code_expired" if expired else "phone_code_invalid"
             raise PermanentFailure(code, "The login code is wrong or expired.") from exc
         return await _finish(ctx, row, client)
 
@@ -246,9 +357,10 @@ async def _login_password(ctx: JobContext, params: LoginPasswordParams) -> Login
     if password is None:
         raise PermanentFailure("password_expired", "The password handed to this job is gone.")
     session = _open_session(ctx, row)
-    async with _client(ctx, session) as client:
+    async with _client(ctx, session, row["id"]) as client:
         try:
-            await client.sign_in(password=password)
+            timeout = ctx.state.settings.telegram_request_timeout
+            await asyncio.wait_for(client.sign_in(password=password), timeout)
         except tg.PasswordHashInvalidError as exc:
             await _count_attempt(ctx, row, client)
             raise PermanentFailure("password_invalid", "The 2FA password is wrong.") from exc
@@ -266,26 +378,24 @@ async def _count_attempt(ctx: JobContext, row: Any, client: TelegramClient) -> N
     )
     if attempts < ctx.state.settings.telegram_login_max_attempts:
         return
-    if row["login_code_hash"] and not row["login_needs_password"]:
-        try:  # best effort: the key is never used again whatever Telegram answers
-            timeout = ctx.state.settings.telegram_request_timeout
-            request = CancelCodeRequest(row["phone"], row["login_code_hash"])
-            await asyncio.wait_for(client(request), timeout)
-        except Exception as exc:
-            raise_if_cancelling()
-            log.info(
-                "login code not withdrawn", account_id=str(row["id"]), error=type(exc).__name__
-            )
-    await ctx.state.db.execute(
-        """UPDATE accounts SET session_ciphertext = NULL, session_wrapped_key = NULL,
-               session_key_id = NULL, auth_key_hash = NULL, login_code_hash = NULL
-           WHERE id = $1""",
-        row["id"],
-    )
-    await accounts.record_event(
-        ctx.state.db, row["id"], ctx.tenant, "login_cancelled", {"attempts": attempts}
-    )
+    await _withdraw_code(ctx, row, client)
+    await _end_login(ctx, row["id"], {"attempts": attempts})
     raise _attempts_exceeded(attempts)
+
+
+async def _withdraw_code(ctx: JobContext, row: Any, client: TelegramClient) -> bool:
+    """``auth.cancelCode`` for a login still waiting for its code; whether Telegram took
+    it. Best effort: the key is never used again whatever Telegram answers."""
+    if not row["login_code_hash"] or row["login_needs_password"]:
+        return False
+    try:
+        timeout = ctx.state.settings.telegram_request_timeout
+        request = CancelCodeRequest(row["phone"], row["login_code_hash"])
+        return bool(await asyncio.wait_for(client(request), timeout))
+    except Exception as exc:
+        raise_if_cancelling()
+        log.info("login code not withdrawn", account_id=str(row["id"]), error=type(exc).__name__)
+        return False
 
 
 def _attempts_exceeded(attempts: int) -> PermanentFailure:
@@ -297,23 +407,34 @@ def _attempts_exceeded(attempts: int) -> PermanentFailure:
 
 
 async def logout(ctx: JobContext, params: AccountIdParams) -> LoginStep:
-    """Log the session out at Telegram (best effort) and erase it here."""
+    """Log the session out at Telegram (best effort) and erase it here.
+
+    One step at a time with the account's login steps: a login step running now ends
+    first (and what it stored is what is logged out), rather than meet a logout that
+    connects its half-made session beside it and that it then undoes.
+    """
+    async with _one_step_at_a_time(ctx, params.account_id):
+        return await _logout(ctx, params)
+
+
+async def _logout(ctx: JobContext, params: AccountIdParams) -> LoginStep:
     runtime = ctx.state.telegram
     account = await accounts.load(ctx.state.db, params.account_id, ctx.tenant)
     if account is None:
         raise PermanentFailure("account_not_found", f"No account {params.account_id}.")
     confirmed = False
-    if account.sealed is not None and account.state is not State.DISABLED:
+    if account.state is State.LOGIN_PENDING:
+        confirmed = await _cancel_login(ctx, account.id)
+    elif account.sealed is not None and account.state is not State.DISABLED:
         await _drop_replaced_client(ctx, account)
         confirmed = await _log_out_at_telegram(ctx, account)
     # An account disabled already (revoked, say) is now one its owner logged out: the
     # reason says so, and health no longer counts it as a problem.
     await ctx.state.db.execute(
-        """UPDATE accounts SET session_ciphertext = NULL, session_wrapped_key = NULL,
-               auth_key_hash = NULL, session_key_id = NULL, updated_at = now(),
+        f"""UPDATE accounts SET {_ERASED}, login_code_hash = NULL, updated_at = now(),
                disabled_reason = CASE WHEN state = 'disabled' THEN 'logged_out'
                                       ELSE disabled_reason END
-           WHERE id = $1""",
+           WHERE id = $1""",  # noqa: S608
         account.id,
     )
     await accounts.set_state(
@@ -327,6 +448,22 @@ async def logout(ctx: JobContext, params: AccountIdParams) -> LoginStep:
     runtime.pool.retire(account.id)  # gone as soon as no job holds it
     await runtime.pool.drop(account.id, reason="logout")
     return LoginStep(account_id=account.id, state="disabled", next=None)
+
+
+async def _cancel_login(ctx: JobContext, account_id: uuid.UUID) -> bool:
+    """A login deleted before it finished: its half-made session is not signed in, so
+    there is nothing to log out; its code, if still waiting, is withdrawn over the
+    login's own client (never the pool's, which serves signed-in sessions). Whether
+    Telegram withdrew it."""
+    row = await ctx.state.db.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
+    if row is None or row["session_ciphertext"] is None or not row["login_code_hash"]:
+        return False
+    try:
+        async with _client(ctx, _open_session(ctx, row), account_id) as client:
+            return await _withdraw_code(ctx, row, client)
+    except (PermanentFailure, RetryableFailure) as exc:  # unreachable: erased all the same
+        log.info("login code not withdrawn", account_id=str(account_id), error=exc.code)
+        return False
 
 
 async def _drop_replaced_client(ctx: JobContext, account: accounts.Account) -> None:
@@ -356,6 +493,11 @@ async def _log_out_at_telegram(ctx: JobContext, account: accounts.Account) -> bo
             timeout = ctx.state.settings.telegram_request_timeout
             return bool(await asyncio.wait_for(client.log_out(), timeout))
     except Deferral as exc:
+        if exc.code == "session_replaced":
+            # A login or import stored a new session since the account was read: erasing
+            # now would leave that one signed in. The job comes back and reads it.
+            ctx.state.telegram.forget(account.id)
+            raise
         if exc.code in ("shard_moved", "pool_full"):
             raise  # this worker may not connect it now: the job comes back
         reason = exc.code
@@ -372,11 +514,10 @@ async def cleanup_sessions(ctx: JobContext, params: CleanupParams) -> CleanupRes
     if days is None:
         days = ctx.state.settings.telegram_session_retention_days
     rows = await ctx.state.db.fetch(
-        """UPDATE accounts SET session_ciphertext = NULL, session_wrapped_key = NULL,
-               auth_key_hash = NULL, session_key_id = NULL, updated_at = now()
+        f"""UPDATE accounts SET {_ERASED}, updated_at = now()
            WHERE tenant_id = $1 AND state = 'disabled' AND session_ciphertext IS NOT NULL
              AND invalid_since < now() - make_interval(days => $2)
-           RETURNING id""",
+           RETURNING id""",  # noqa: S608
         ctx.tenant,
         days,
     )

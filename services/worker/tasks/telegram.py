@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from telethon import errors, types, utils
 from telethon.extensions import html, markdown
 from telethon.tl.functions.contacts import ResolvePhoneRequest
-from telethon.tl.functions.messages import SendMessageRequest
+from telethon.tl.functions.messages import CheckChatInviteRequest, SendMessageRequest
 from telethon.tl.functions.users import GetUsersRequest
 
 from services.worker.context import JobContext
+from services.worker.telegram.errors import TRANSIENT
 from services.worker.telegram.runtime import (
     MESSAGES,
     AccountSession,
     message_out,
     random_id_for,
 )
+from shared.aio import outlast_cancellation
 from shared.errors import PermanentFailure
 from shared.jobs.telegram import (
     AccountParams,
@@ -36,6 +40,7 @@ from shared.jobs.telegram import (
 from shared.logs import get_logger
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 
 async def get_me(ctx: JobContext, params: AccountParams) -> UserOut:
@@ -66,14 +71,50 @@ PHONE_PEERS_MAX = 10_000
 DIALOGS_SCAN = 200
 
 
+# The method that fetches a peer of each kind by its id (and access hash).
+FETCHED_BY = {
+    types.PeerUser: "users.getUsers",
+    types.PeerChat: "messages.getChats",
+    types.PeerChannel: "channels.getChannels",
+}
+
+
 def _lookup(peer: str) -> tuple[str, Any]:
-    """The MTProto method that finding ``peer`` may call, and what Telethon is given."""
+    """The MTProto method that finding ``peer`` (an @username or a numeric id) may call,
+    and what Telethon is given."""
     if peer.startswith("@"):
         return "contacts.resolveUsername", peer
-    if invite_hash(peer) is not None:
-        return "messages.checkChatInvite", peer
-    number = int(peer)  # what remains of a normalised peer is a numeric id
-    return ("users.getUsers" if number > 0 else "channels.getChannels"), number
+    number = int(peer)  # what remains of a normalised peer is a numeric (marked) id
+    return FETCHED_BY[utils.resolve_id(number)[1]], number
+
+
+async def invited(tg: AccountSession, invite: str) -> Any:
+    """The chat an invite link's hash names, if the account is in it (or Telegram lets it
+    peek in). One it is not in fails as ``not_a_member``, with what the invite shows of
+    the chat: Telethon's own lookup would fail as if the link named nothing."""
+    found = await tg.call(
+        "messages.checkChatInvite", lambda: tg.client(CheckChatInviteRequest(invite))
+    )
+    if isinstance(found, types.ChatInviteAlready | types.ChatInvitePeek):
+        return found.chat
+    title = getattr(found, "title", None)
+    raise PermanentFailure(
+        "not_a_member",
+        f"The account is not a member of the chat this invite link names ({title!r}); "
+        "join it first with telegram.join_chat.",
+        {
+            "title": title,
+            "kind": _chat_kind(bool(found.channel), bool(found.broadcast)),
+            "member_count": found.participants_count,
+        },
+    )
+
+
+def _chat_kind(channel: bool, broadcast: bool) -> str:
+    """A chat's ``PeerOut.kind``: a basic group, a supergroup or a broadcast channel."""
+    if not channel:
+        return "group"
+    return "channel" if broadcast else "supergroup"
 
 
 async def _user_by_phone(tg: AccountSession, phone: str) -> Any:
@@ -103,9 +144,12 @@ async def input_peer(tg: AccountSession, peer: str) -> Any:
         return types.InputPeerSelf()
     if peer.startswith("+"):
         return utils.get_input_peer(await _user_by_phone(tg, peer))
+    if (invite := invite_hash(peer)) is not None:
+        known = tg.client.known_peer(peer)
+        return known if known is not None else utils.get_input_peer(await invited(tg, invite))
     method, value = _lookup(peer)
     try:
-        return await tg.call(method, lambda: tg.client.get_input_entity(value))
+        return await _find(tg, method, value)
     except PermanentFailure as failure:
         if failure.code != "peer_not_found" or not isinstance(value, int):
             raise
@@ -118,6 +162,15 @@ async def input_peer(tg: AccountSession, peer: str) -> Any:
     except BaseException:
         tg.runtime.dialogs_not_scanned(tg.account.id)
         raise
+    return await _find(tg, method, value)
+
+
+async def _find(tg: AccountSession, method: str, value: Any) -> Any:
+    """The InputPeer of ``value``: from what the client has seen, with no network call
+    (so a flood wait on ``method`` holds no job whose peer is known), else asked of
+    Telegram with ``method`` under its flood state."""
+    if (known := tg.client.known_peer(value)) is not None:
+        return known
     return await tg.call(method, lambda: tg.client.get_input_entity(value))
 
 
@@ -193,10 +246,12 @@ def method_for(method: str, peer: Any) -> str:
     return method
 
 
-def peer_key(peer: Any) -> str:
-    """One name per chat for the per-peer send budget, however the job spelled it."""
+def peer_key(tg: AccountSession, peer: Any) -> str:
+    """One name per chat for the per-peer send budget, however the job spelled it: its
+    marked id, the account's own for its Saved Messages (``me``, its @username or id)."""
     if isinstance(peer, types.InputPeerSelf):
-        return "me"
+        own = tg.account.tg_user_id
+        return "me" if own is None else str(own)
     return str(utils.get_peer_id(peer))
 
 
@@ -214,9 +269,9 @@ async def send_message(ctx: JobContext, params: SendMessageParams) -> SendMessag
     ctx.annotate(random_id=random_id)
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
         peer = await input_peer(tg, params.peer)
-        chat = peer_key(peer)
+        chat = peer_key(tg, peer)
         text, entities = await parse_text(tg, params.text, params.parse_mode)
-        await tg.take_send_budget(chat, "messages.sendMessage")  # once ready to send
+        await tg.take_send_budget(chat, "messages.sendMessage", ctx.job_id)  # once ready
         request = SendMessageRequest(
             peer=peer,
             message=text,
@@ -229,11 +284,11 @@ async def send_message(ctx: JobContext, params: SendMessageParams) -> SendMessag
 
         async def send() -> Any:
             try:
-                return await tg.client(request)
+                return await tg.client(request, flood_sleep_threshold=0)  # see send_once
             except errors.RandomIdDuplicateError:
                 return None  # an earlier attempt of this job stored the message
 
-        result = await tg.call("messages.sendMessage", send, flood_checked=True, peer=chat)
+        result = await send_once(ctx, tg, "messages.sendMessage", send, chat, random_id=random_id)
         if result is None:
             message_id, date = await _sent_before(ctx, tg, peer, text)
             return SendMessageResult(
@@ -241,6 +296,46 @@ async def send_message(ctx: JobContext, params: SendMessageParams) -> SendMessag
             )
     message_id, date = _sent_message(result, random_id)
     return SendMessageResult(message_id=message_id, random_id=random_id, date=date)
+
+
+async def send_once(
+    ctx: JobContext,
+    tg: AccountSession,
+    method: str,
+    request: Callable[[], Awaitable[T]],
+    peer: str,
+    **details: Any,
+) -> T:
+    """The call that sends, run to its end once it has gone out, whatever cancel comes
+    meanwhile (the API's, a shutdown's, the job's own timeout): the cancel waits for
+    its answer, which the request timeout bounds. Sent: the outcome stands (a message
+    that exists is never reported as not sent). Refused by Telegram: the cancel takes
+    effect. No answer (a timeout, a lost connection): the cancel takes effect, and a
+    job so cancelled by the API says in its error's details (``maybe_sent`` and
+    ``details``, the send's random ids) that the message may have been delivered.
+
+    Only the request on the wire outlasts a cancel: the client connects before, where a
+    cancel stops the job, and ``request`` must send with ``flood_sleep_threshold=0``, so
+    that a flood wait defers the job (which a cancel then ends) instead of being slept
+    through in here, with nothing sent."""
+    await tg.connect()
+    call = asyncio.ensure_future(tg.call(method, request, flood_checked=True, peer=peer))
+    if not await outlast_cancellation(call):
+        return call.result()
+    failure = None if call.cancelled() else call.exception()
+    if failure is None:
+        return call.result()
+    if not _refused(failure):
+        ctx.in_doubt.update(maybe_sent=True, **details)
+        log.warning("send cancelled with no answer; it may have been delivered", method=method)
+    raise asyncio.CancelledError from failure
+
+
+def _refused(failure: BaseException) -> bool:
+    """Whether a failed call's request was answered with an error by Telegram, which
+    then did not act on it (a server error or timeout may have acted first)."""
+    cause = failure.__cause__
+    return isinstance(cause, errors.RPCError) and not isinstance(cause, TRANSIENT)
 
 
 async def _sent_before(
@@ -311,6 +406,8 @@ async def resolve(ctx: JobContext, params: PeerParams) -> ResolveResult:
             entity = users[0]
         elif params.peer.startswith("+"):
             entity = await _user_by_phone(tg, params.peer)
+        elif (invite := invite_hash(params.peer)) is not None:
+            entity = await invited(tg, invite)
         else:
             method, value = _lookup(params.peer)
             if isinstance(value, int):  # a numeric id: found as any job's peer is first
@@ -320,12 +417,17 @@ async def resolve(ctx: JobContext, params: PeerParams) -> ResolveResult:
 
 
 def peer_out(entity: Any) -> PeerOut:
+    """A user or chat as results show it, ``id`` spelled as jobs take a peer and as
+    messages' ``sender_id`` is: the marked id (``-100...`` a channel, ``-...`` a basic
+    group)."""
     if isinstance(entity, types.User):
-        return PeerOut(id=entity.id, kind="user", username=entity.username, title=entity.first_name)
-    kind = "channel" if isinstance(entity, types.Channel) and entity.broadcast else "group"
+        kind = "user"
+    else:  # a basic group (Chat, ChatForbidden), a Channel or ChannelForbidden
+        channel = isinstance(entity, types.Channel | types.ChannelForbidden)
+        kind = _chat_kind(channel, channel and bool(entity.broadcast))
     return PeerOut(
-        id=entity.id,
+        id=utils.get_peer_id(entity),
         kind=kind,
         username=getattr(entity, "username", None),
-        title=getattr(entity, "title", None),
+        title=utils.get_display_name(entity) or None,
     )

@@ -16,14 +16,21 @@ from telethon.tl.functions.messages import (
 )
 
 from services.worker.context import JobContext
-from services.worker.tasks.telegram import input_peer, method_for, peer_key, peer_out, user_out
+from services.worker.tasks.telegram import (
+    input_peer,
+    method_for,
+    peer_key,
+    peer_out,
+    send_once,
+    user_out,
+)
 from services.worker.telegram.runtime import (
     MESSAGES,
     AccountSession,
     message_out,
     random_id_for,
 )
-from shared.errors import PermanentFailure
+from shared.errors import Deferral, PermanentFailure, RetryableFailure
 from shared.jobs.telegram import (
     DialogsParams,
     DialogsResult,
@@ -125,8 +132,8 @@ async def forward_messages(ctx: JobContext, params: ForwardParams) -> ForwardRes
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
         source = await input_peer(tg, params.from_peer)
         target = await input_peer(tg, params.to_peer)
-        chat = peer_key(target)
-        await tg.take_send_budget(chat, "messages.forwardMessages")
+        chat = peer_key(tg, target)
+        await tg.take_send_budget(chat, "messages.forwardMessages", ctx.job_id)
         request = ForwardMessagesRequest(
             from_peer=source,
             id=params.ids,
@@ -137,11 +144,12 @@ async def forward_messages(ctx: JobContext, params: ForwardParams) -> ForwardRes
 
         async def forward() -> Any:
             try:
-                return await tg.client(request)
+                return await tg.client(request, flood_sleep_threshold=0)  # see send_once
             except errors.RandomIdDuplicateError:
                 return None  # an earlier attempt of this job forwarded them
 
-        updates = await tg.call("messages.forwardMessages", forward, flood_checked=True, peer=chat)
+        method = "messages.forwardMessages"
+        updates = await send_once(ctx, tg, method, forward, chat, random_ids=random_ids)
     if updates is None:
         return ForwardResult(message_ids=[], resend_refused=True)
     by_random = {
@@ -180,11 +188,15 @@ async def get_participants(ctx: JobContext, params: ParticipantsParams) -> Parti
 
     An empty page ends the listing, whatever ``count`` says: Telegram lists at most
     10,000 of a chat's members but counts them all, so an offset past what it lists
-    would otherwise be handed back as ``next_offset`` for ever."""
+    would otherwise be handed back as ``next_offset`` for ever. A page that must wait
+    (a flood wait, a lost connection) or fails for now, once some were fetched, ends
+    the job with those and ``cut_short`` naming why: a re-run would fetch them again
+    (and a big chat's listing with recurring floods might never end)."""
     users: list[UserOut] = []
     total = 0
     offset = params.offset
     ended = False
+    cut_short = None
     async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
         channel = await input_peer(tg, params.peer)
         for page_number in itertools.count(1):
@@ -192,7 +204,13 @@ async def get_participants(ctx: JobContext, params: ParticipantsParams) -> Parti
             request = GetParticipantsRequest(
                 channel, types.ChannelParticipantsSearch(params.search), offset, want, hash=0
             )
-            page = await tg.call("channels.getParticipants", _sender(tg, request))
+            try:
+                page = await tg.call("channels.getParticipants", _sender(tg, request))
+            except (Deferral, RetryableFailure) as stopped:
+                if page_number == 1:
+                    raise
+                cut_short = stopped.code
+                break
             # ``participants`` is the page; ``users`` also holds whoever those entries
             # mention (inviters, promoters, banners), members or not.
             members = getattr(page, "participants", [])
@@ -210,5 +228,8 @@ async def get_participants(ctx: JobContext, params: ParticipantsParams) -> Parti
             if ended or len(users) >= params.limit:
                 break
     return ParticipantsResult(
-        participants=users, total=total, next_offset=None if ended else offset
+        participants=users,
+        total=total,
+        next_offset=None if ended else offset,
+        cut_short=cut_short,
     )

@@ -40,13 +40,15 @@ class DisabledReason(StrEnum):
     LOGGED_OUT = "logged_out"
 
 
-# Which health states may follow which; "disabled" is left only by a new login or import.
+# Which health states may follow which. "disabled" is left only by a new login or import
+# (``insert_active``), never here: a call that went through on a stale copy of the
+# account (read before it was disabled) says nothing about the session now.
 ALLOWED: dict[State, frozenset[State]] = {
     State.LOGIN_PENDING: frozenset({State.ACTIVE, State.DISABLED}),
     State.ACTIVE: frozenset({State.FLOOD_WAIT, State.RECONNECTING, State.DISABLED}),
     State.FLOOD_WAIT: frozenset({State.ACTIVE, State.RECONNECTING, State.DISABLED}),
     State.RECONNECTING: frozenset({State.ACTIVE, State.FLOOD_WAIT, State.DISABLED}),
-    State.DISABLED: frozenset({State.LOGIN_PENDING, State.ACTIVE}),
+    State.DISABLED: frozenset(),
 }
 
 
@@ -238,13 +240,21 @@ async def set_state(
     return True
 
 
+def e164(phone: str | None) -> str | None:
+    """A phone as accounts store it: E.164 with its ``+``, as logins are started with
+    (Telegram gives the digits alone)."""
+    digits = (phone or "").strip().lstrip("+")
+    return f"+{digits}" if digits else None
+
+
 def me_fields(me: Any, dc_id: int | None) -> dict[str, Any]:
-    """What ``insert_active`` keeps of a logged-in user (Telethon's ``get_me``)."""
+    """What an account keeps of its logged-in user (Telethon's ``get_me``), refreshed
+    whenever a login or import renews it."""
     return {
         "id": me.id,
         "username": me.username,
         "first_name": me.first_name,
-        "phone": me.phone,
+        "phone": e164(me.phone),
         "dc_id": dc_id,
     }
 
@@ -255,6 +265,7 @@ class Stored:
     # The account held a session of another auth key, now in replaced_sessions: the
     # account's shard owner is to drop its client of that key and log the key out.
     replaced: bool = False
+    state: State = State.ACTIVE  # flood_wait while a flood wait of its user still runs
 
 
 async def insert_active(
@@ -273,7 +284,7 @@ async def insert_active(
     transaction (see ``telegram.replaced``).
     """
     fingerprint = auth_key_hash(session)
-    replaced = False
+    replaced, state = False, State.ACTIVE
     async with db.acquire() as conn, conn.transaction():
         await conn.execute(
             "INSERT INTO tenants (id, name) VALUES ($1, $1) ON CONFLICT (id) DO NOTHING", tenant
@@ -322,25 +333,41 @@ async def insert_active(
                     stored,
                 )
             sealed = vault.seal(session, aad=stored.bytes)
-            # A new session starts clean: no flood wait, error or disabling of the old one.
-            await conn.execute(
-                """UPDATE accounts SET state = 'active', disabled_reason = NULL,
-                       invalid_since = NULL, flood_until = NULL, last_error = NULL,
-                       session_ciphertext = $2, session_wrapped_key = $3,
-                       session_key_id = $4, auth_key_hash = $5, updated_at = now()
-                   WHERE id = $1""",
+            # A new session starts clean: no error or disabling of the old one. A flood
+            # wait still running stays: Telegram keeps it for the user, not the session
+            # (and the shared flood state goes on deferring the account's jobs). What the
+            # user is called now, and the session's DC, replace what was kept before.
+            after = await conn.fetchrow(
+                """UPDATE accounts SET disabled_reason = NULL, invalid_since = NULL,
+                       state = CASE WHEN flood_until > now() THEN 'flood_wait'
+                                    ELSE 'active' END,
+                       flood_until = CASE WHEN flood_until > now() THEN flood_until END,
+                       last_error = NULL, session_ciphertext = $2, session_wrapped_key = $3,
+                       session_key_id = $4, auth_key_hash = $5, phone = COALESCE($6, phone),
+                       username = $7, first_name = $8, dc_id = COALESCE($9, dc_id),
+                       updated_at = now()
+                   WHERE id = $1
+                   RETURNING state, flood_until""",
                 stored,
                 sealed.ciphertext,
                 sealed.wrapped_key,
                 sealed.key_id,
                 fingerprint,
+                me.get("phone"),
+                me.get("username"),
+                me.get("first_name"),
+                me.get("dc_id"),
             )
-            if known["state"] != State.ACTIVE.value:
-                change = {"from": known["state"], "to": State.ACTIVE.value}
+            assert after is not None  # the row is locked above
+            state = State(after["state"])
+            if known["state"] != state.value:
+                change = {"from": known["state"], "to": state.value}
+                if after["flood_until"] is not None:
+                    change["until"] = after["flood_until"].isoformat()
                 await record_event(conn, stored, tenant, "state_change", change)
                 log.info("account state changed", account_id=str(stored), **change)
         await record_event(conn, stored, tenant, "imported", {"tg_user_id": me["id"]})
-    return Stored(stored, replaced)
+    return Stored(stored, replaced, state)
 
 
 async def touch(db: Pool, account_ids: list[uuid.UUID]) -> None:

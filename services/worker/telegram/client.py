@@ -14,16 +14,22 @@ alone used to trim (``get_dialogs`` fills it) is bounded by the client itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
-from telethon import TelegramClient, errors, functions
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from telethon import TelegramClient, errors, functions, utils
 from telethon._updates.entitycache import EntityCache
 from telethon.sessions import StringSession
 
+from services.worker.telegram import metrics
+from services.worker.telegram.errors import Kind, map_error
 from shared.config import WorkerSettings
 
 tracer = trace.get_tracer("tgflow.telegram")
@@ -58,6 +64,13 @@ _WRAPPERS = (
 )
 
 
+def unwrapped(request: Any) -> Any:
+    """The request itself, out of the envelopes Telethon sends it in."""
+    while isinstance(request, _WRAPPERS):
+        request = request.query
+    return request
+
+
 class ConnectRefused(Exception):
     """Telegram refused a request made inside a connect (Telethon's ``users.getUsers``,
     with a flood wait say). The pool has closed the connection; the error maps like a
@@ -66,10 +79,27 @@ class ConnectRefused(Exception):
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
         self.error = error
-        request = getattr(error, "request", None)
-        while isinstance(request, _WRAPPERS):  # the request itself, not its envelope
-            request = request.query
+        request = unwrapped(getattr(error, "request", None))
         self.method = mtproto_name(request) if request is not None else "connect"
+
+
+class NeedsNetwork(Exception):
+    """A request was about to go to Telegram where only local answers were wanted."""
+
+
+# Set (see ``local_only``) in the task whose client's requests must not go out.
+_LOCAL_ONLY: ContextVar[bool] = ContextVar("tgflow_local_only", default=False)
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Within the block, this task's requests raise ``NeedsNetwork`` before being sent:
+    what a ``WorkerClient`` answers from what it knows (a peer it has seen) still works."""
+    token = _LOCAL_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _LOCAL_ONLY.reset(token)
 
 
 class _Discard(asyncio.Queue[Any]):
@@ -116,6 +146,15 @@ _SLEPT_ON = (
 )
 
 
+# What Telethon's request loop sleeps through when short (its flood_sleep_threshold).
+_FLOODS = (
+    errors.FloodWaitError,
+    errors.FloodPremiumWaitError,
+    errors.SlowModeWaitError,
+    errors.FloodTestPhoneWaitError,
+)
+
+
 class _Answered(Exception):
     """One of those errors, carried past Telethon's request loop unslept."""
 
@@ -124,32 +163,70 @@ class _Answered(Exception):
         self.error = error
 
 
+def observe(
+    account_id: str, method: str, cancelled: bool, error: BaseException | None, sent: float
+) -> None:
+    """One request's answer: counted with its time; an error Telegram answered by its
+    code, and a flood or slow mode wait with its seconds too. A request abandoned (its
+    caller timed out) or lost with its connection is an error without a code here: the
+    caller's error map names it."""
+    metrics.observe_request(
+        account_id, method, not cancelled and error is None, time.perf_counter() - sent
+    )
+    if isinstance(error, errors.RPCError):
+        mapped = map_error(error)
+        metrics.ERRORS.labels(account_id, method, mapped.code).inc()
+        if mapped.kind is Kind.DEFER:
+            metrics.FLOOD_WAITS.labels(account_id, method).inc()
+            metrics.FLOOD_SECONDS.labels(account_id, method).inc(mapped.seconds)
+
+
 class _RaiseAtOnce:
     """The sender as Telethon's request loop sees it: a single request's server error
     comes out wrapped, so the loop raises it at once instead of sleeping 2 s first. The
     job's retry policy decides when to try again; the sleep only held a job slot (and
-    outlasted any request timeout under 2 s)."""
+    outlasted any request timeout under 2 s).
 
-    def __init__(self, sender: Any) -> None:
+    Each request it sends is counted when its answer arrives (``observe``): what
+    Telegram received, not what callers asked for (a lookup Telethon answers from its
+    cache sends nothing), and a flood wait before Telethon decides to sleep through it.
+    """
+
+    def __init__(self, sender: Any, account_id: str, method: str, sleeps: float | None) -> None:
         self.sender = sender
+        self.account_id = account_id
+        self.method = method
+        self.sleeps = sleeps  # the caller's flood_sleep_threshold, if it gave one
+
+    def _unslept(self, error: BaseException) -> bool:
+        """Whether Telethon must raise ``error`` at once: a server error, or a flood
+        longer than the caller's own threshold (Telethon's loop only knows the client's)."""
+        if isinstance(error, _SLEPT_ON):
+            return True
+        if self.sleeps is None or not isinstance(error, _FLOODS):
+            return False
+        return max(1, getattr(error, "seconds", 0)) > self.sleeps
 
     def send(self, request: Any, ordered: bool = False) -> Any:
         inner = self.sender.send(request, ordered=ordered)
         if isinstance(inner, list):  # several at once: Telethon's own handling
             return inner
         outer = inner.get_loop().create_future()
+        sent = time.perf_counter()
 
         def settle(done: asyncio.Future[Any]) -> None:
+            error = None if done.cancelled() else done.exception()
+            if self.account_id:  # none yet: an import's requests, before it stores one
+                observe(self.account_id, self.method, done.cancelled(), error, sent)
             if outer.done():
                 return
             if done.cancelled():
                 outer.cancel()
                 return
-            error = done.exception()
             if error is None:
                 outer.set_result(done.result())
             else:
-                outer.set_exception(_Answered(error) if isinstance(error, _SLEPT_ON) else error)
+                outer.set_exception(_Answered(error) if self._unslept(error) else error)
 
         def forward_cancel(done: asyncio.Future[Any]) -> None:
             if done.cancelled():
@@ -164,9 +241,13 @@ class WorkerClient(TelegramClient):  # type: ignore[misc]
     """A TelegramClient that traces each MTProto request and keeps no update state.
 
     Each request is a span named by its method and carrying the account id (never the
-    session). The span wraps Telethon's ``_call``, the one path every request takes
-    (those Telethon sends inside a higher-level method too, each page of ``get_dialogs``
-    say), so a retry after a short flood sleep stays in its request's span.
+    session). The span wraps Telethon's ``_call``, the path every request takes (those
+    Telethon sends inside a higher-level method too, each page of ``get_dialogs`` say),
+    so a retry after a short flood sleep stays in its request's span; the request
+    metrics count each one sent there, when its answer arrives (``_RaiseAtOnce``). The
+    one request that bypasses it, the connect's ``help.getConfig`` (sent inside
+    ``initConnection`` straight to the sender), has its span and is counted in
+    ``_traced_init``.
     """
 
     def __init__(self, *args: Any, account_id: str = "", **kwargs: Any) -> None:
@@ -175,13 +256,76 @@ class WorkerClient(TelegramClient):  # type: ignore[misc]
         sink = _Discard()
         self._updates_queue = sink
         self._sender._updates_queue = sink
+        self._sender.send = self._traced_init(self._sender.send)
         self._mb_entity_cache = _BoundedEntities(self._entity_cache_limit)
+
+    def _span_attributes(self, method: str) -> dict[str, str]:
+        return {"rpc.system": "mtproto", "rpc.method": method, "tgflow.account.id": self.account_id}
+
+    def _traced_init(self, send: Callable[..., Any]) -> Callable[..., Any]:
+        """The sender's ``send``, tracing the request a connect hands it directly
+        (``invokeWithLayer(initConnection(help.getConfig))``) as ``help.getConfig``: a
+        span under the current one (the job's, when a job connects), ended when Telegram
+        answers, and the request counted then like any other (``observe``), an answer
+        refusing it by its error code. Every other request passes untouched (``_call``
+        traces it)."""
+
+        def traced(request: Any, ordered: bool = False) -> Any:
+            if not isinstance(request, functions.InvokeWithLayerRequest):
+                return send(request, ordered=ordered)
+            method = mtproto_name(unwrapped(request))
+            span = tracer.start_span(
+                f"telegram {method}", kind=SpanKind.CLIENT, attributes=self._span_attributes(method)
+            )
+            try:
+                answer = send(request, ordered=ordered)
+            except Exception as exc:
+                _end_span(span, exc)
+                raise
+            sent = time.perf_counter()
+
+            def settle(done: asyncio.Future[Any]) -> None:
+                error = None if done.cancelled() else done.exception()
+                if self.account_id:  # counted like any request (see ``_RaiseAtOnce``)
+                    observe(self.account_id, method, done.cancelled(), error, sent)
+                _end_span(span, error)
+
+            answer.add_done_callback(settle)
+            return answer
+
+        return traced
 
     async def _on_login(self, user: Any) -> Any:
         """At connect or sign-in: remember who we are, but fetch no update state."""
         self._mb_entity_cache.set_self_user(user.id, user.bot, user.access_hash)
         self._authorized = True
         return user
+
+    def known_peer(self, peer: str | int) -> Any | None:
+        """The InputPeer of ``peer`` (an @username, a marked id, ...) as this client has
+        seen it, in memory or in its session, found without the network; None when it
+        has not seen it. These are the steps ``get_input_entity`` takes before it would
+        ask Telegram, so a caller may skip the flood state of what it would have asked."""
+        if isinstance(peer, int):
+            cached = self._mb_entity_cache.get(utils.get_peer_id(peer, add_mark=False))
+            if cached is not None:
+                return cached._as_input_peer()
+        try:
+            return self.session.get_input_entity(peer)
+        except ValueError:
+            return None
+
+    async def __call__(
+        self, request: Any, ordered: bool = False, flood_sleep_threshold: Any = None
+    ) -> Any:
+        """Send a request (Telethon's higher-level methods send theirs here too).
+
+        ``flood_sleep_threshold``: the longest flood wait slept through for this request
+        (Telethon's own ``__call__`` drops it, and its loop then uses the client's); 0
+        for none, so that a flood comes back to the caller at once."""
+        if _LOCAL_ONLY.get():
+            raise NeedsNetwork
+        return await self._call(self._sender, request, ordered, flood_sleep_threshold)
 
     async def _call(
         self, sender: Any, request: Any, ordered: bool = False, flood_sleep_threshold: Any = None
@@ -193,18 +337,25 @@ class WorkerClient(TelegramClient):  # type: ignore[misc]
         with tracer.start_as_current_span(
             f"telegram {method}",
             kind=SpanKind.CLIENT,
-            attributes={
-                "rpc.system": "mtproto",
-                "rpc.method": method,
-                "tgflow.account.id": self.account_id,
-            },
+            attributes=self._span_attributes(method),
         ):
             try:
                 return await super()._call(
-                    _RaiseAtOnce(sender), request, ordered, flood_sleep_threshold
+                    _RaiseAtOnce(sender, self.account_id, method, flood_sleep_threshold),
+                    request,
+                    ordered,
+                    flood_sleep_threshold,
                 )
             except _Answered as answered:
                 raise answered.error from None
+
+
+def _end_span(span: Span, error: BaseException | None) -> None:
+    """End a request's span, failed as ``start_as_current_span`` fails one."""
+    if isinstance(error, Exception):
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    span.end()
 
 
 def client_options(settings: WorkerSettings) -> dict[str, Any]:

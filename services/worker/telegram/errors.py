@@ -2,9 +2,10 @@
 
 defer: wait, then run again without spending a try (flood waits, every other 420 that
        names a wait, and slow-mode waits, which hold only the chat they came from);
-reconnect: the connection is gone: mark the account reconnecting and defer its jobs
-           with backoff, never failing them for it;
-retry: transient, with backoff (server errors, timeouts, lost connections);
+reconnect: the connection is gone (or Telegram's transport asked to back off): mark the
+           account reconnecting and defer its jobs with backoff, never failing them for it;
+retry: transient, with backoff (server errors, timeouts, a message Telegram rejected); a
+       request that got no answer in time recycles its client too (``recycle``);
 disable: the session is dead (revoked, duplicated, deactivated, banned): disable the
          account, fail the job with that code and raise an alert-worthy event;
 fail: anything else the server refused, with a stable snake_case code.
@@ -37,6 +38,9 @@ class Mapped:
     seconds: int = 0
     reason: DisabledReason | None = None
     per_peer: bool = False  # the wait holds one chat, not the method everywhere
+    # No answer came in time: the connection may have died without a word (a NAT or a
+    # firewall forgot it, and no reset ever comes), so the next try needs a new one.
+    recycle: bool = False
 
 
 DISABLING: dict[type[BaseException], DisabledReason] = {
@@ -56,15 +60,19 @@ DISABLING: dict[type[BaseException], DisabledReason] = {
 WAITS: tuple[type[BaseException], ...] = (tg.FloodError, tg.SlowModeWaitError)
 UNNAMED_WAIT_SECONDS = 60  # a 420 that names no wait
 
+# Telegram answered, but not with a result: the request may be sent again as it is.
 TRANSIENT: tuple[type[BaseException], ...] = (
     tg.ServerError,
     tg.RpcCallFailError,
     tg.RpcMcgetFailError,
     tg.TimedOutError,
-    TimeoutError,
+    tg.BadMessageError,  # the message was rejected (a time or sequence skew), not the call
 )
 
-DISCONNECTED: tuple[type[BaseException], ...] = (ConnectionError, OSError)
+# The connection is gone; an EOFError (asyncio.IncompleteReadError is one) is how a
+# read on a connection closed under it ends, when Telethon's own reconnect failed too.
+DISCONNECTED: tuple[type[BaseException], ...] = (ConnectionError, OSError, EOFError)
+TRANSPORT_FLOOD = 429  # the transport's -429 instead of a frame: too many connections
 
 
 def code_of(exc: BaseException) -> str:
@@ -82,11 +90,23 @@ def code_of(exc: BaseException) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
+def telegram_says(exc: BaseException) -> str:
+    """An error in a sentence for people: Telethon's description of an RPC error without
+    the request it names (``... (caused by InvokeWithoutUpdatesRequest(SignInRequest))``),
+    or the error's own name where Telethon has no description."""
+    if not isinstance(exc, tg.RPCError):
+        return str(exc)
+    if type(exc).__module__ == "telethon.errors.rpcbaseerrors":
+        return f"Telegram refused the request ({exc.message})."
+    text = str(exc).partition(" (caused by ")[0].strip()
+    return text if text.endswith(".") else f"{text}."
+
+
 def map_error(exc: BaseException) -> Mapped:
     """The outcome for one exception raised by a Telegram call."""
     for kind, reason in DISABLING.items():
         if isinstance(exc, kind):
-            return Mapped(Kind.DISABLE, code_of(exc), str(exc), reason=reason)
+            return Mapped(Kind.DISABLE, code_of(exc), telegram_says(exc), reason=reason)
     if isinstance(exc, WAITS):
         named = getattr(exc, "seconds", None)
         seconds = UNNAMED_WAIT_SECONDS if named is None else int(named)
@@ -96,19 +116,33 @@ def map_error(exc: BaseException) -> Mapped:
     if isinstance(exc, tg.RandomIdDuplicateError):  # a 500, but resending repeats it
         text = "Telegram already has a message with this job's random_id; it is not sent again."
         return Mapped(Kind.FAIL, code_of(exc), text)
-    if isinstance(exc, TRANSIENT):  # before DISCONNECTED: TimeoutError is an OSError
+    if isinstance(exc, TimeoutError):  # before DISCONNECTED: a TimeoutError is an OSError
+        return Mapped(Kind.RETRY, "timeout", "Telegram did not answer in time.", recycle=True)
+    if isinstance(exc, TRANSIENT):
         return Mapped(Kind.RETRY, code_of(exc), f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, tg.InvalidBufferError) and exc.code == TRANSPORT_FLOOD:
+        # Telethon has closed the connection: a new one, after a backoff.
+        text = "Telegram's transport asked to slow down (-429); reconnecting with backoff."
+        return Mapped(Kind.RECONNECT, "transport_flood", text)
     if isinstance(exc, DISCONNECTED):
         return Mapped(Kind.RECONNECT, code_of(exc), f"{type(exc).__name__}: {exc}")
-    if isinstance(exc, ValueError):  # Telethon's own peer resolution failures
-        text = str(exc)
+    unresolved = _unresolved_peer(exc)
+    if unresolved is not None:
+        return unresolved
+    if isinstance(exc, tg.RPCError):
+        return Mapped(Kind.FAIL, code_of(exc), telegram_says(exc))
+    return Mapped(Kind.FAIL, "telegram_error", f"{type(exc).__name__}: {exc}")
+
+
+def _unresolved_peer(exc: BaseException) -> Mapped | None:
+    """Telethon's own failures to resolve a peer, before any request."""
+    text = str(exc)
+    if isinstance(exc, ValueError):
         if "as username" in text:
             return Mapped(Kind.FAIL, "username_not_occupied", text)
         if "entity" in text.lower():
             return Mapped(Kind.FAIL, "peer_not_found", text)
-    if isinstance(exc, TypeError) and "InputChannel" in str(exc):
+    if isinstance(exc, TypeError) and "InputChannel" in text:
         # Telethon could not make the peer a channel (a user, a basic group).
         return Mapped(Kind.FAIL, "peer_not_a_channel", "The peer is not a supergroup or channel.")
-    if isinstance(exc, tg.RPCError):
-        return Mapped(Kind.FAIL, code_of(exc), str(exc))
-    return Mapped(Kind.FAIL, "telegram_error", f"{type(exc).__name__}: {exc}")
+    return None

@@ -2,9 +2,9 @@
 
 A FLOOD_WAIT seen by any worker blocks that (account, method) for every worker until
 it ends, and a SLOWMODE_WAIT that (account, chat); jobs meeting either are deferred
-without a network call. Send budgets are token
-buckets per account and per (account, peer), spent before each send so a burst of jobs
-is paced below Telegram's limits instead of provoking floods.
+without a network call. Send budgets, per account and per (account, peer), are spent
+before each send so a burst of jobs is paced below Telegram's limits instead of
+provoking floods: a job that cannot send now holds a slot of its own and waits once.
 """
 
 from __future__ import annotations
@@ -18,51 +18,101 @@ from redis.asyncio import Redis
 
 from shared.pipelining import AutoPipeline
 
-# Take one token from both buckets, or from neither; answer how long to wait (ms). With
-# flood keys given (KEYS[3], the method's; KEYS[4], the chat's slow mode) and a wait
-# recorded there, take nothing and answer the latest wait's end instead as a negative
-# number (its epoch seconds, negated): one round trip decides whether a send may go now.
+# Pace one send: answer how long to wait (ms), 0 for "go now". Each bucket is a GCRA
+# schedule (its theoretical arrival time, ``tat``, in a hash): ``burst`` sends may go at
+# once, then one per 1/rate. A send that a bucket cannot take now is given that bucket's
+# next slot, held for its holder (the job) in the bucket's zset of held slots: the job is
+# deferred once to it, and asking again once it is due, goes without contending again. A
+# bucket is charged only at its own slot (never at a later one the other bucket imposes,
+# which would leave it a hole no send uses): a send that waits on both holds the later
+# slot first, and takes the other bucket's (or is given its slot) when it is back; a slot
+# held already stays held, moved along, until then.
+#
+# KEYS: the account's bucket, the chat's bucket, their zsets of held slots, then with a
+# method the flood keys (its flood wait, the chat's slow mode). A wait recorded there wins:
+# nothing is taken and the latest wait's end is answered as a negative number (its epoch
+# seconds, negated). ARGV: now (ms), rate, burst, peer rate, peer burst, holder, horizon
+# (ms), how long a held slot is kept past its time (ms). No slot is given further ahead
+# than the horizon: a send that would need one holds nothing and is told to come back
+# when half the horizon has passed. A held slot stays held until its job is back, however
+# late the queue picks it up (a job that lost its slot for coming back late would be
+# charged a new one behind every other waiting send, and under a backlog none would ever
+# go): the bucket was charged for it at its time. Only a slot whose job never comes back
+# (cancelled, or failed before sending) is dropped, ``HELD_SLOT_KEEP`` after its time;
+# the most a bucket owes to such jobs is the horizon, the slots held ahead of now.
 _TAKE = """
 local latest = nil
-for i = 3, 4 do
+for i = 5, 6 do
   local flood = KEYS[i] and redis.call('GET', KEYS[i])
   if flood and (not latest or tonumber(flood) > tonumber(latest)) then latest = flood end
 end
 if latest then return '-' .. latest end
 local now = tonumber(ARGV[1])
-local waits = {}
-local state = {}
+local holder = ARGV[6]
+local horizon = tonumber(ARGV[7])
+local keep = tonumber(ARGV[8])
+local step, burst, held = {}, {}, {}
+local ahead = 0
 for i = 1, 2 do
-  local rate = tonumber(ARGV[2 * i])
-  local burst = tonumber(ARGV[2 * i + 1])
-  local b = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
-  local tokens = tonumber(b[1]) or burst
-  local ts = tonumber(b[2]) or now
-  tokens = math.min(burst, tokens + (now - ts) / 1000 * rate)
-  state[i] = tokens
-  if tokens < 1 then waits[#waits + 1] = math.ceil((1 - tokens) / rate * 1000) end
+  step[i] = 1000 / tonumber(ARGV[2 * i])
+  burst[i] = tonumber(ARGV[2 * i + 1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i + 2], '-inf', now - keep)
+  held[i] = tonumber(redis.call('ZSCORE', KEYS[i + 2], holder))
+  if held[i] then ahead = math.max(ahead, held[i] - now) end
 end
-if #waits > 0 then
-  return math.max(unpack(waits))
+if ahead > 50 then return math.ceil(ahead) end  -- back before its slot: it keeps it
+
+local function hold(i, at)
+  redis.call('ZADD', KEYS[i + 2], at, holder)
+  redis.call('PEXPIRE', KEYS[i + 2], math.ceil(2 * horizon + keep) + 2000)
+end
+local function charge(i, tat)
+  redis.call('HSET', KEYS[i], 'tat', tat)
+  redis.call('PEXPIRE', KEYS[i], math.ceil(tat - now) + 1000)
+end
+
+local tat, allow, last = {}, {}, nil
+for i = 1, 2 do
+  if not held[i] then
+    tat[i] = math.max(tonumber(redis.call('HGET', KEYS[i], 'tat')) or now, now)
+    allow[i] = tat[i] - (burst[i] - 1) * step[i]
+    if allow[i] > now and (not last or allow[i] > allow[last]) then last = i end
+  end
+end
+if last then
+  local at = allow[last]
+  if at - now > horizon then  -- no slot that far ahead: back once half the horizon passed
+    at = at - horizon / 2
+  else
+    charge(last, tat[last] + step[last])
+    hold(last, at)
+  end
+  for i = 1, 2 do
+    if held[i] then hold(i, at) end  -- a slot taken already stays held until it is back
+  end
+  return math.ceil(at - now)
 end
 for i = 1, 2 do
-  local rate = tonumber(ARGV[2 * i])
-  local burst = tonumber(ARGV[2 * i + 1])
-  redis.call('HSET', KEYS[i], 'tokens', state[i] - 1, 'ts', now)
-  redis.call('PEXPIRE', KEYS[i], math.ceil(burst / rate * 1000) + 1000)
+  if held[i] then redis.call('ZREM', KEYS[i + 2], holder) else charge(i, tat[i] + step[i]) end
 end
 return 0
 """
+# How long a held slot waits for its job past its time, a day: a job deferred to its slot
+# goes whenever the queue picks it up; only the slot of a job that never comes back is
+# dropped.
+HELD_SLOT_KEEP = 86_400.0
 
 
 @dataclass(frozen=True)
 class SendBudget:
-    """Token buckets for sends: per account, and per (account, peer)."""
+    """Send budgets: per account, and per (account, peer); ``horizon``: how far ahead
+    (seconds) a slot may be reserved."""
 
     rate: float
     burst: int
     peer_rate: float
     peer_burst: int
+    horizon: float = 60.0
 
 
 def flood_key(account_id: uuid.UUID, method: str) -> str:
@@ -111,14 +161,22 @@ class Limits:
         return datetime.fromtimestamp(float(held), UTC)
 
     async def gate_send(
-        self, account_id: uuid.UUID, peer: str, method: str | None, budget: SendBudget
+        self,
+        account_id: uuid.UUID,
+        peer: str,
+        method: str | None,
+        budget: SendBudget,
+        holder: str,
     ) -> tuple[float, datetime | None]:
         """One round trip before a send: (seconds to wait for the budget, flood end).
 
-        With ``method``, a flood wait recorded for it, or a slow mode recorded for this
-        chat, wins and no token is spent.
+        ``holder`` (the job) keeps the slot it is told to wait for: asking again once it
+        is due, it goes without contending again. With ``method``, a flood wait recorded
+        for it, or a slow mode recorded for this chat, wins and nothing is taken.
         """
-        keys = [f"tgflow:budget:{account_id}", f"tgflow:budget:{account_id}:{peer}"]
+        account = f"tgflow:budget:{account_id}"
+        chat = f"{account}:{peer}"
+        keys = [account, chat, f"{account}:held", f"{chat}:held"]
         if method is not None:
             keys += [flood_key(account_id, method), slow_mode_key(account_id, peer)]
         answer = await self._batch.run(
@@ -130,6 +188,9 @@ class Limits:
                 budget.burst,
                 budget.peer_rate,
                 budget.peer_burst,
+                holder,
+                int(budget.horizon * 1000),
+                int(HELD_SLOT_KEEP * 1000),
             ],
         )
         text = answer.decode() if isinstance(answer, bytes) else str(answer)
@@ -137,5 +198,5 @@ class Limits:
             until = datetime.fromtimestamp(float(text[1:]), UTC)
             if until > datetime.now(UTC):
                 return 0.0, until
-            return await self.gate_send(account_id, peer, None, budget)  # it just ended
+            return await self.gate_send(account_id, peer, None, budget, holder)  # it just ended
         return int(text) / 1000, None

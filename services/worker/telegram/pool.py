@@ -14,14 +14,14 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from telethon import TelegramClient, types
-from telethon.tl.functions.users import GetUsersRequest
+from telethon import TelegramClient
 
 from services.worker.telegram import accounts, metrics
 from services.worker.telegram.accounts import Account
@@ -45,9 +45,17 @@ from shared.telegram_keys import PRESENCE_TTL, presence_key
 
 log = get_logger(__name__)
 TOUCH_SECONDS = 60.0  # an account's last_used_at is written at most this often by a worker
+MIN_BACKOFF, MAX_BACKOFF = 0.5, 60.0  # seconds before connecting again after a loss
+HEALTH_CHECKS_AT_ONCE = 32  # per worker; each is one request, waiting at most its timeout
 
 
-@dataclass
+def reconnect_backoff(failures: int) -> float:
+    """The wait after the ``failures``-th connection lost in a row: full jitter over
+    [0.5 s, a ceiling that doubles with each loss, from 1 s up to a minute]."""
+    return random.uniform(MIN_BACKOFF, min(MAX_BACKOFF, MIN_BACKOFF * 2 ** min(failures, 7)))
+
+
+@dataclass(eq=False)  # each entry is itself: a replaced one is found by identity
 class Entry:
     client: TelegramClient
     tenant: str
@@ -62,17 +70,37 @@ class Entry:
     quiet: bool = True
     key_hash: str | None = None  # the fingerprint of the auth key the client was made with
     keep_seen: bool = True  # whether its entities are kept for the next client when dropped
+    # Its connection timed out or was lost: replaced for new leases, closed once unused.
+    recycled: bool = False
+
+
+# The client this task leased last (pool, account, entry), while it holds it: what a
+# failure it reports happened on, where the pool may have replaced it since.
+_HELD: ContextVar[tuple[ClientPool, uuid.UUID, Entry] | None] = ContextVar(
+    "tgflow_pool_held", default=None
+)
+
+
+# One check of an idle client's account (account id, tenant); whether its call went through.
+HealthCheck = Callable[[uuid.UUID, str], Awaitable[bool]]
 
 
 class ClientPool:
     def __init__(
-        self, settings: WorkerSettings, vault: Vault, redis: Redis, worker_id: str, db: Pool
+        self,
+        settings: WorkerSettings,
+        vault: Vault,
+        redis: Redis,
+        worker_id: str,
+        db: Pool,
+        check_health: HealthCheck,
     ) -> None:
         self.settings = settings
         self.vault = vault
         self.redis = redis
         self.worker_id = worker_id
         self.db = db
+        self.check_health = check_health  # a call like a job's (``TelegramRuntime``)
         # Account events and last-use times wait here for one background writer, which
         # takes all that is pending in each round (a connect storm is a few statements).
         self._pending_events: list[accounts.EventRow] = []
@@ -84,10 +112,15 @@ class ClientPool:
         self._creating: dict[uuid.UUID, asyncio.Lock] = {}
         self._failures: dict[uuid.UUID, int] = {}  # connection failures since the last connect
         self._retry_at: dict[uuid.UUID, float] = {}  # no new connection before (monotonic)
+        # Accounts whose last connection was recycled for a call that timed out.
+        self._timed_out: set[uuid.UUID] = set()
+        # Recycled clients, replaced in the pool, that calls still use (closed after them).
+        self._replaced: list[tuple[uuid.UUID, Entry]] = []
         # What the clients dropped lately had seen (ids, access hashes, usernames), by
         # account, least recently dropped first: a client made again for the account
         # starts with it, so a numeric id that worked before an idle drop still does.
         self._kept_entities: OrderedDict[uuid.UUID, list[Row]] = OrderedDict()
+        self._checks: set[asyncio.Task[None]] = set()  # health checks under way
         # Whether this worker may connect an account now (it holds the account's shard).
         self.may_connect: Callable[[uuid.UUID], bool] = lambda _account_id: True
 
@@ -111,32 +144,68 @@ class ClientPool:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, account: Account, *, quiet: bool = False
+        self, account: Account, *, quiet: bool = False, connect: bool = True
     ) -> AsyncIterator[TelegramClient]:
-        """A connected client for ``account``, held for the duration of the block.
+        """A connected client for ``account``, held for the duration of the block; with
+        ``connect=False``, connected or not, for ``connect`` to connect when needed.
 
-        ``quiet``: a connection made only to check the session (periodic validation)
-        writes no connect or disconnect events, unless a job comes to use it too.
+        ``quiet``: a connection made or used only to check the session (periodic
+        validation, health checks) writes no connect or disconnect events, unless a job
+        comes to use it too, and is no use of the client: an idle client stays idle.
         """
         entry = await self._entry(account)
         entry.in_use += 1
+        held = _HELD.set((self, account.id, entry))
         try:
-            await self._ensure_connected(account, entry, quiet)
-            if entry.quiet and not quiet:  # the first job on this connection: on record
-                entry.quiet = False
-                self._record([(account.id, entry.tenant, "connect", {"worker": self.worker_id})])
+            if connect:
+                await self._use_connected(account, entry, quiet)
             yield entry.client
         finally:
+            _HELD.reset(held)
             entry.in_use -= 1
-            entry.last_used = time.monotonic()
-            if entry.last_used - entry.touched >= TOUCH_SECONDS:
-                entry.touched = entry.last_used
-                self._pending_touches.add(account.id)
-                self._write_soon()
-            if account.id in self._entries:
-                self._entries.move_to_end(account.id)
+            if not quiet:
+                self._used(account.id, entry)
             if entry.retired and entry.in_use == 0:
-                await self.drop(account.id, reason="retired")
+                if self._entries.get(account.id) is entry:
+                    await self.drop(account.id, reason="retired")
+                elif (account.id, entry) in self._replaced:  # the last call on it ended
+                    self._replaced.remove((account.id, entry))
+                    await self._close(account.id, entry, "retired")
+
+    def _used(self, account_id: uuid.UUID, entry: Entry) -> None:
+        """A job used the client: it is the most recently used, and not idle."""
+        entry.last_used = time.monotonic()
+        if entry.last_used - entry.touched >= TOUCH_SECONDS:
+            entry.touched = entry.last_used
+            self._pending_touches.add(account_id)
+            self._write_soon()
+        if account_id in self._entries:
+            self._entries.move_to_end(account_id)
+
+    async def connect(self, account: Account, client: TelegramClient, *, quiet: bool) -> None:
+        """Connect a client leased with ``connect=False`` (if it is not already)."""
+        entry = self._entries.get(account.id)
+        if entry is not None and entry.client is client:
+            await self._use_connected(account, entry, quiet)
+            return
+        if self.may_connect(account.id):  # recycled under the lease: the next try connects anew
+            left = self._retry_at.get(account.id, 0.0) - time.monotonic()
+            raise Deferral(
+                "reconnecting",
+                "The account's connection failed and is being replaced.",
+                utcnow() + timedelta(seconds=max(left, MIN_BACKOFF)),
+            )
+        raise Deferral(  # let go under the lease: a hand-off
+            "shard_moved",
+            "The account's shard is moving to another worker.",
+            utcnow() + timedelta(seconds=1),
+        )
+
+    async def _use_connected(self, account: Account, entry: Entry, quiet: bool) -> None:
+        await self._ensure_connected(account, entry, quiet)
+        if entry.quiet and not quiet:  # the first job on this connection: on record
+            entry.quiet = False
+            self._record([(account.id, entry.tenant, "connect", {"worker": self.worker_id})])
 
     async def _entry(self, account: Account) -> Entry:
         entry = self._entries.get(account.id)
@@ -195,7 +264,9 @@ class ClientPool:
 
     async def _ensure_connected(self, account: Account, entry: Entry, quiet: bool) -> None:
         self._wait_out_backoff(account.id)
-        if entry.client.is_connected():
+        # Telethon shows a client connected as soon as its socket is, before the DC has
+        # answered the connect's own requests: while a connect is under way, wait for it.
+        if entry.client.is_connected() and not entry.lock.locked():
             return
         async with entry.lock:
             # Jobs that queued behind a failed connect: they wait out its backoff too,
@@ -247,7 +318,7 @@ class ClientPool:
                 raise ConnectRefused(exc) from exc
             entry.last_health = time.monotonic()
             entry.connected_at = time.time()
-            await self._announce(account.id, entry)
+            await self._announce([(account.id, entry)])
             metrics.CONNECTS.labels("ok").inc()
             metrics.CLIENTS_CONNECTED.set(len(self.connected()))
             metrics.account_connected(str(account.id), True)
@@ -275,24 +346,84 @@ class ClientPool:
             utcnow() + timedelta(seconds=1),
         )
 
-    def connection_lost(self, account_id: uuid.UUID) -> float:
-        """Count a failure and recycle the client; the backoff before the next attempt.
+    def _held(self, account_id: uuid.UUID) -> Entry | None:
+        """The account's client as this task leased it (replaced since, maybe), or else
+        as the pool holds it."""
+        held = _HELD.get()
+        if held is not None and held[0] is self and held[1] == account_id:
+            return held[2]
+        return self._entries.get(account_id)
 
-        Exponential with full jitter, capped at a minute, and never giving up: the jobs
-        wait (deferred, no try spent) while the account shows as reconnecting.
+    def connection_lost(self, account_id: uuid.UUID) -> float:
+        """Count a lost connection and recycle its client; the time until the next try.
+
+        Every call in flight on a connection fails when it drops, and each reports it:
+        the loss counts once, by the first report (which retires the client), and the
+        backoff it starts is never replaced, so the others are deferred to its end. The
+        backoff grows with the connections lost since a call last went through
+        (``reconnect_backoff``), and never gives up: the jobs wait (deferred, no try
+        spent) while the account shows as reconnecting.
         """
+        now = time.monotonic()
+        entry = self._held(account_id)
+        running = self._retry_at.get(account_id, now) - now
+        if running > 0 or (entry is not None and entry.retired):
+            self._recycle(account_id, entry)  # counted already: only the wait is left
+            return max(running, MIN_BACKOFF)
         failures = self._failures.get(account_id, 0) + 1
         self._failures[account_id] = failures
         metrics.RECONNECTS.labels(str(account_id)).inc()
-        self.retire(account_id)
-        delay = random.uniform(0.5, min(60.0, 0.5 * 2 ** min(failures, 7)))
-        self._retry_at[account_id] = time.monotonic() + delay
+        self._recycle(account_id, entry)
+        delay = reconnect_backoff(failures)
+        self._retry_at[account_id] = now + delay
         return delay
+
+    def timed_out(self, account_id: uuid.UUID) -> float | None:
+        """A call got no answer in time; the backoff to wait when that means a lost
+        connection, or None for the job to retry on a new one.
+
+        A connection can die without a word (a NAT or a firewall forgets it: no reset
+        ever comes), and every call on it then times out, so its client is recycled: the
+        retry, and every job leasing the account from then on, connects anew. A call
+        still on the recycled connection that times out too waits for the new one
+        (deferred, no try spent: its failure is the one already reported). When the new
+        connection times out too (no call went through in between), the connection
+        counts as lost (``connection_lost``): the account's jobs wait with backoff rather
+        than spend their tries one timeout at a time.
+        """
+        now = time.monotonic()
+        running = self._retry_at.get(account_id, now) - now
+        entry = self._held(account_id)
+        if running > 0:
+            return self.connection_lost(account_id)  # the backoff running: its end
+        if entry is not None and entry.recycled:  # replaced already: the next try is anew
+            return MIN_BACKOFF
+        if entry is None or entry.retired:  # to be closed already, for another reason
+            return None
+        if account_id in self._timed_out:
+            return self.connection_lost(account_id)
+        self._timed_out.add(account_id)
+        self._recycle(account_id, entry)
+        return None
 
     def connection_ok(self, account_id: uuid.UUID) -> None:
         """A call went through: the next loss starts the backoff from the beginning."""
         self._failures.pop(account_id, None)
         self._retry_at.pop(account_id, None)
+        self._timed_out.discard(account_id)
+
+    def _recycle(self, account_id: uuid.UUID, entry: Entry | None) -> None:
+        """Replace the account's client, whose connection timed out or was lost: the
+        jobs that lease the account from now on get a new one (connected anew), with what
+        it had seen; the old one is closed once the calls still on it end (they can only
+        fail), and no job is given it again."""
+        if entry is None or entry.recycled:
+            return
+        entry.retired = entry.recycled = True
+        self._keep_entities(account_id, entry)
+        if entry.in_use and self._entries.get(account_id) is entry:
+            del self._entries[account_id]
+            self._replaced.append((account_id, entry))
 
     def retire(self, account_id: uuid.UUID) -> None:
         """Disconnect this account's client as soon as no job uses it (a dead session)."""
@@ -306,17 +437,27 @@ class ClientPool:
         if entry is None or entry.in_use:
             return False
         del self._entries[account_id]
-        self._keep_entities(account_id, entry)
+        if not entry.recycled:  # a recycled one's were kept when it was
+            self._keep_entities(account_id, entry)
+        await self._close(account_id, entry, reason)
+        return True
+
+    async def _close(self, account_id: uuid.UUID, entry: Entry, reason: str) -> None:
+        """Disconnect a client no longer in the pool (a recycled one's replacement may
+        be: the account shows as connected while that one is)."""
         with contextlib.suppress(Exception):
             await entry.client.disconnect()
-        with contextlib.suppress(RedisError, OSError):
-            await self.redis.delete(presence_key(account_id))
-        metrics.DISCONNECTS.labels(reason).inc()
         metrics.CLIENTS_CONNECTED.set(len(self.connected()))
-        metrics.account_connected(str(account_id), False)
-        log.info("telegram client disconnected", account_id=str(account_id), reason=reason)
+        replaced = self.is_connected(account_id)
+        if not replaced:
+            metrics.account_connected(str(account_id), False)
+        if entry.connected_at:  # a client leased but never connected closes no connection
+            if not replaced:
+                with contextlib.suppress(RedisError, OSError):
+                    await self.redis.delete(presence_key(account_id))
+            metrics.DISCONNECTS.labels(reason).inc()
+            log.info("telegram client disconnected", account_id=str(account_id), reason=reason)
         self._record_disconnects([(account_id, entry)], reason)
-        return True
 
     def forget_entities(self, account_id: uuid.UUID) -> None:
         """A logout: what the account's clients saw goes with its session, now for a
@@ -345,74 +486,104 @@ class ClientPool:
         the connections must be closed before the lease can pass to another worker.
         """
         doomed = [(k, e) for k, e in self._entries.items() if match(k)]
+        replaced = [(k, e) for k, e in self._replaced if match(k)]
+        self._replaced = [(k, e) for k, e in self._replaced if not match(k)]
         for account_id, entry in doomed:
             del self._entries[account_id]
             self._keep_entities(account_id, entry)
+        doomed += replaced
+        for account_id, entry in doomed:
             with contextlib.suppress(Exception):
                 await entry.client.disconnect()
-            metrics.DISCONNECTS.labels(reason).inc()
             metrics.account_connected(str(account_id), False)
         self._record_disconnects(doomed, reason)
-        if doomed:
+        metrics.CLIENTS_CONNECTED.set(len(self.connected()))
+        # Only those that had connected closed a connection (and showed one).
+        closed = [a for a, e in doomed if e.connected_at]
+        if closed:
+            metrics.DISCONNECTS.labels(reason).inc(len(closed))
             with contextlib.suppress(RedisError, OSError):
-                await self.redis.delete(*(presence_key(a) for a, _ in doomed))
-            metrics.CLIENTS_CONNECTED.set(len(self.connected()))
-            log.info("telegram clients disconnected", count=len(doomed), reason=reason)
+                await self.redis.delete(*(presence_key(a) for a in closed))
+            log.info("telegram clients disconnected", count=len(closed), reason=reason)
         return len(doomed)
 
-    async def _announce(self, account_id: uuid.UUID, entry: Entry) -> None:
-        fields = {"worker": self.worker_id, "connected_at": repr(entry.connected_at)}
+    async def _announce(self, connected: list[tuple[uuid.UUID, Entry]]) -> None:
+        """Show these clients' accounts as connected here, for PRESENCE_TTL: one trip."""
+        if not connected:
+            return
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(presence_key(account_id), mapping=fields)
-            pipe.expire(presence_key(account_id), PRESENCE_TTL)
+            for account_id, entry in connected:
+                fields = {"worker": self.worker_id, "connected_at": repr(entry.connected_at)}
+                pipe.hset(presence_key(account_id), mapping=fields)
+                pipe.expire(presence_key(account_id), PRESENCE_TTL)
             await pipe.execute()
 
-    async def maintain(self) -> None:
-        """One pass: drop idle clients, recycle unhealthy ones, refresh presence."""
+    async def maintain(self) -> list[asyncio.Task[None]]:
+        """One pass: refresh presence, drop lost and idle clients, start health checks.
+
+        Answers the checks it started. They run on after it returns, at most
+        ``HEALTH_CHECKS_AT_ONCE`` at a time (those due beyond wait for a later pass): a
+        check waits up to the request timeout for a DC that does not answer, and the
+        presence of every other connected client must be refreshed well within its TTL.
+        """
         now = time.monotonic()
-        for account_id, entry in list(self._entries.items()):
-            connected = entry.client.is_connected()
-            metrics.account_connected(str(account_id), connected)  # a connection it lost too
-            if connected:
-                with contextlib.suppress(RedisError, OSError):
-                    await self._announce(account_id, entry)
-            if entry.in_use:
-                continue
-            if now - entry.last_used > self.settings.telegram_idle_seconds:
+        entries = list(self._entries.items())
+        connected = [(a, e) for a, e in entries if e.client.is_connected()]
+        for account_id, entry in entries:  # a connection it lost too
+            metrics.account_connected(str(account_id), entry.client.is_connected())
+        with contextlib.suppress(RedisError, OSError):
+            await self._announce(connected)
+        started = []
+        for account_id, entry in entries:
+            if entry.in_use or self._entries.get(account_id) is not entry:
+                continue  # a job (or a running check) uses it, or it went meanwhile
+            if not entry.client.is_connected() and entry.connected_at:  # Telethon gave up
+                await self.drop(account_id, reason="lost")
+            elif now - entry.last_used > self.settings.telegram_idle_seconds:
                 await self.drop(account_id, reason="idle")
-            elif now - entry.last_health > self.settings.telegram_health_seconds:
-                await self._health_check(account_id, entry)
+            elif (
+                now - entry.last_health > self.settings.telegram_health_seconds
+                and len(self._checks) < HEALTH_CHECKS_AT_ONCE
+            ):
+                started.append(self._start_check(account_id, entry))
+        metrics.CLIENTS_CONNECTED.set(len(self.connected()))  # connections lost in use too
+        return started
+
+    def _start_check(self, account_id: uuid.UUID, entry: Entry) -> asyncio.Task[None]:
+        """Check a client's health in the background."""
+        # Held from now, like a job holds it: never dropped, evicted or checked again
+        # under its check; given back by the check (or by close, which cancels it).
+        entry.in_use += 1
+        entry.last_health = time.monotonic()
+        task = asyncio.create_task(self._health_check(account_id, entry))
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+        return task
 
     async def _health_check(self, account_id: uuid.UUID, entry: Entry) -> None:
-        """One cheap request on an idle client; a failure recycles it.
+        """One cheap call on an idle client, made and mapped like a job's call
+        (``check_health``): a flood wait recorded for it holds it back, a flood it meets
+        is recorded and keeps the client, a dead session disables the account, and a
+        lost or silent connection recycles the client (dropped here as unhealthy).
 
         The check holds the client like a job does, so a requested disconnect waits for
         it to end; a disconnect that will not wait (a hand-off, a fence) cancels the
         request under it, which counts as a failed check, not as the end of upkeep.
         """
-        entry.last_health = time.monotonic()
-        if not entry.client.is_connected():
-            return
-        method, account = "users.getUsers", str(account_id)
-        start = time.perf_counter()
-        entry.in_use += 1
-        try:  # traced by the client like any request
-            request = GetUsersRequest([types.InputUserSelf()])
-            await asyncio.wait_for(entry.client(request), self.settings.telegram_request_timeout)
-        except (Exception, asyncio.CancelledError) as exc:  # start over with a new connection
+        try:
+            if not entry.client.is_connected() or entry.retired:
+                return
+            ok = await self.check_health(account_id, entry.tenant)
+        except Exception as exc:  # tgflow's own stores: the next interval's check tries again
             raise_if_cancelling()
-            failed: BaseException | None = exc
-        else:
-            failed = None
+            log.warning(
+                "health check not made", account_id=str(account_id), error=type(exc).__name__
+            )
+            return
         finally:
             entry.in_use -= 1
-        ok = failed is None
-        metrics.observe_request(account, method, ok, time.perf_counter() - start)
-        if not ok:
-            log.warning("health check failed", account_id=account, error=type(failed).__name__)
-            await self.drop(account_id, reason="unhealthy")
-        elif entry.retired:  # a disconnect was asked for while the check ran
-            await self.drop(account_id, reason="retired")
+        if entry.retired and self._entries.get(account_id) is entry and not entry.in_use:
+            await self.drop(account_id, reason="retired" if ok else "unhealthy")
 
     async def run_maintenance(self, stop: asyncio.Event) -> None:
         interval = min(
@@ -426,9 +597,13 @@ class ClientPool:
                 log.warning("client pool upkeep failed", error=type(exc).__name__)
 
     async def close(self) -> None:
-        closed = list(self._entries.items())
+        for check in list(self._checks):
+            check.cancel()
+        await asyncio.gather(*self._checks, return_exceptions=True)
+        closed = [*self._entries.items(), *self._replaced]
+        self._entries.clear()
+        self._replaced = []
         for account_id, entry in closed:
-            del self._entries[account_id]
             metrics.account_connected(str(account_id), False)
             with contextlib.suppress(Exception):
                 await entry.client.disconnect()

@@ -18,10 +18,12 @@ from asyncpg import InterfaceError, PostgresError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from telethon import TelegramClient, types
+from telethon.errors import RPCError
+from telethon.tl.functions.users import GetUsersRequest
 
 from services.worker.telegram import accounts, metrics
 from services.worker.telegram.accounts import Account, State
-from services.worker.telegram.client import ClosedUnderRequest, ConnectRefused
+from services.worker.telegram.client import ClosedUnderRequest, ConnectRefused, local_only
 from services.worker.telegram.errors import Kind, Mapped, map_error
 from services.worker.telegram.limits import Limits, SendBudget
 from services.worker.telegram.pool import ClientPool
@@ -59,7 +61,7 @@ class TelegramRuntime:
         self.redis = redis
         self.vault = vault
         self.limits = Limits(redis)
-        self.pool = ClientPool(settings, vault, redis, worker_id, db)
+        self.pool = ClientPool(settings, vault, redis, worker_id, db, self.check_health)
         # Account rows read per job: cached briefly, dropped on every local state change.
         self._accounts: dict[uuid.UUID, tuple[float, Account]] = {}
         self._loading: dict[uuid.UUID, asyncio.Future[Account | None]] = {}
@@ -168,16 +170,26 @@ class TelegramRuntime:
     async def session(
         self, tenant: str, account_id: uuid.UUID, *, quiet: bool = False
     ) -> AsyncIterator[AccountSession]:
-        """The account's client with its calls' outcomes handled (``quiet``: see lease)."""
+        """The account's client with its calls' outcomes handled (``quiet``: see lease).
+
+        The client is connected by the first call that needs Telegram, once that call's
+        own flood check has passed (``AccountSession.call``): a job deferred by a flood
+        wait, a send budget or a slow mode, or answered from what the client knows, opens
+        no connection.
+        """
         account = await self.load_usable(tenant, account_id)
-        if not self.pool.is_connected(account.id):  # a connect makes this call too
+        async with self.pool.lease(account, quiet=quiet, connect=False) as client:
+            yield AccountSession(self, account, client, quiet=quiet)
+
+    async def connect(self, account: Account, client: TelegramClient, *, quiet: bool) -> None:
+        """Connect a session's client (if it is not): what the connect meets is recorded
+        and raised as the job's outcome, like a call's."""
+        if not client.is_connected():  # a connect makes this call too
             until = await self.limits.flood_until(account.id, CONNECT_CALL)
             if until is not None:
                 raise _flooded(CONNECT_CALL, until)
-        start = time.perf_counter()
         try:
-            async with self.pool.lease(account, quiet=quiet) as client:
-                yield AccountSession(self, account, client)
+            await self.pool.connect(account, client, quiet=quiet)
         except Deferral as exc:
             if exc.code == "reconnecting":
                 await accounts.set_state(self.db, account, State.RECONNECTING, error=exc.message)
@@ -185,9 +197,7 @@ class TelegramRuntime:
             elif exc.code == "session_replaced":  # read again, with the new session
                 self.forget(account.id)
             raise
-        except ConnectRefused as exc:  # counted and mapped like the call it was
-            seconds = time.perf_counter() - start
-            metrics.observe_request(str(account.id), exc.method, False, seconds)
+        except ConnectRefused as exc:  # mapped like the call it was (the client counted it)
             mapped = map_error(exc.error)
             outcome = "flood_wait" if mapped.kind is Kind.DEFER else "error"
             self.count(account.tenant, exc.method, outcome)
@@ -196,6 +206,18 @@ class TelegramRuntime:
             raise
         except Exception as exc:  # failures while connecting map like any call's
             await self.fail(account, "connect", exc)
+
+    async def check_health(self, account_id: uuid.UUID, tenant: str) -> bool:
+        """The pool's check of an idle client: one ``users.getUsers``, with the flood
+        state and the error map of any call. Answers whether it went through."""
+        request = GetUsersRequest([types.InputUserSelf()])
+        try:
+            async with self.session(tenant, account_id, quiet=True) as tg:
+                await tg.call(CONNECT_CALL, lambda: tg.client(request))
+        except (PermanentFailure, RetryableFailure, Deferral) as exc:  # recorded by fail()
+            log.info("health check found a problem", account_id=str(account_id), code=exc.code)
+            return False
+        return True
 
     async def fail(
         self,
@@ -212,11 +234,10 @@ class TelegramRuntime:
         ``mapped``: ``map_error(exc)``, when the caller has it already.
         """
         mapped = mapped or map_error(exc)
-        metrics.ERRORS.labels(str(account.id), method, mapped.code).inc()
+        if not isinstance(exc, RPCError):  # Telegram's answers: counted by the client
+            metrics.ERRORS.labels(str(account.id), method, mapped.code).inc()
         self.forget(account.id)
         if mapped.kind is Kind.DEFER:
-            metrics.FLOOD_WAITS.labels(str(account.id), method).inc()
-            metrics.FLOOD_SECONDS.labels(str(account.id), method).inc(mapped.seconds)
             if mapped.per_peer:  # slow mode: that chat waits, the account's other chats flow
                 if peer is None:  # no chat to keep it for: this job alone waits
                     until = utcnow() + timedelta(seconds=max(1, mapped.seconds))
@@ -237,16 +258,23 @@ class TelegramRuntime:
                 )
             raise Deferral(mapped.code, mapped.message, until) from exc
         if mapped.kind is Kind.RECONNECT:
-            delay = self.pool.connection_lost(account.id)
-            await accounts.set_state(self.db, account, State.RECONNECTING, error=mapped.code)
-            until = utcnow() + timedelta(seconds=delay)
-            raise Deferral("reconnecting", mapped.message, until) from exc
+            await self._reconnecting(account, mapped, self.pool.connection_lost(account.id), exc)
         if mapped.kind is Kind.RETRY:
+            if mapped.recycle and (delay := self.pool.timed_out(account.id)) is not None:
+                await self._reconnecting(account, mapped, delay, exc)
             raise RetryableFailure(mapped.code, mapped.message) from exc
         if mapped.kind is Kind.DISABLE and mapped.reason is not None:
             await accounts.disable(self.db, account, mapped.reason, code=mapped.code, method=method)
             self.pool.retire(account.id)
         raise PermanentFailure(mapped.code, mapped.message) from exc
+
+    async def _reconnecting(
+        self, account: Account, mapped: Mapped, delay: float, exc: BaseException
+    ) -> NoReturn:
+        """The connection is lost: the account shows it, the job waits for the backoff."""
+        await accounts.set_state(self.db, account, State.RECONNECTING, error=mapped.code)
+        until = utcnow() + timedelta(seconds=delay)
+        raise Deferral("reconnecting", mapped.message, until) from exc
 
     async def close(self) -> None:
         await self.flush_counts()
@@ -256,10 +284,19 @@ class TelegramRuntime:
 class AccountSession:
     """One job's use of one account's client."""
 
-    def __init__(self, runtime: TelegramRuntime, account: Account, client: TelegramClient) -> None:
+    def __init__(
+        self,
+        runtime: TelegramRuntime,
+        account: Account,
+        client: TelegramClient,
+        *,
+        quiet: bool = False,
+    ) -> None:
         self.runtime = runtime
         self.account = account
         self.client = client
+        self.quiet = quiet
+        self.connected = False  # whether a call of this session has needed the connection
 
     async def call(
         self,
@@ -274,6 +311,10 @@ class AccountSession:
         ``flood_checked``: the caller has just looked at this method's flood state (the
         send gate does, in the same round trip as the budget). ``peer``: the chat a send
         goes to (``peer_key``), so that a slow mode met there holds that chat only.
+
+        A call that the client answers from what it knows (a peer it has seen) needs no
+        connection: on a client not connected, it is first tried without one, and only a
+        call that would send a request connects the client, then runs again.
         """
         if not self.runtime.pool.may_connect(self.account.id):
             later = utcnow() + timedelta(seconds=1)
@@ -282,9 +323,13 @@ class AccountSession:
             until = await self.runtime.limits.flood_until(self.account.id, method)
             if until is not None:
                 raise _flooded(method, until)
-        start = time.perf_counter()
-        account_id = str(self.account.id)
-        try:  # each MTProto request inside makes its own span (client.WorkerClient)
+        if not self.connected:
+            if not self.client.is_connected():
+                # What needs Telegram (or fails here) runs again, connected, as any call.
+                with contextlib.suppress(Exception), local_only():
+                    return await request()  # nothing reached Telegram: nothing counted
+            await self.connect()
+        try:  # each MTProto request inside is traced and counted (client.WorkerClient)
             try:
                 async with asyncio.timeout(self.runtime.settings.telegram_request_timeout):
                     result = await request()
@@ -298,12 +343,10 @@ class AccountSession:
                 later = utcnow() + timedelta(seconds=1)
                 moved = "The account's shard moved meanwhile."
                 raise Deferral("shard_moved", moved, later) from exc
-            metrics.observe_request(account_id, method, False, time.perf_counter() - start)
             mapped = map_error(exc)
             waited = mapped.kind is Kind.DEFER  # a flood or slow mode wait
             self.runtime.count(self.account.tenant, method, "flood_wait" if waited else "error")
             await self.runtime.fail(self.account, method, exc, peer, mapped=mapped)
-        metrics.observe_request(account_id, method, True, time.perf_counter() - start)
         self.runtime.count(self.account.tenant, method, "ok")
         self.runtime.pool.connection_ok(self.account.id)
         if self._may_be_back():
@@ -311,6 +354,13 @@ class AccountSession:
             await accounts.set_state(self.runtime.db, self.account, State.ACTIVE)
             self.runtime.forget(self.account.id)
         return result
+
+    async def connect(self) -> None:
+        """The connect half of ``call``: connect the client now if no call of this session
+        has (a send connects before it goes out, where a cancel still stops it)."""
+        if not self.connected:
+            await self.runtime.connect(self.account, self.client, quiet=self.quiet)
+            self.connected = True
 
     def _may_be_back(self) -> bool:
         """After a call went through: reconnecting, or in a flood wait that (as far as
@@ -322,17 +372,19 @@ class AccountSession:
         running = account.flood_until is not None and account.flood_until > utcnow()
         return account.state is State.FLOOD_WAIT and not running
 
-    async def take_send_budget(self, peer: str, method: str) -> None:
-        """Before a send: defer on a flood wait for ``method``, or when over budget."""
+    async def take_send_budget(self, peer: str, method: str, job_id: str) -> None:
+        """Before a send: defer on a flood wait for ``method``, or when over budget (to
+        the slot the job then holds: back at that time, it goes)."""
         settings = self.runtime.settings
         budget = SendBudget(
             rate=settings.telegram_send_rate,
             burst=settings.telegram_send_burst,
             peer_rate=settings.telegram_peer_send_rate,
             peer_burst=settings.telegram_peer_send_burst,
+            horizon=settings.telegram_send_horizon_seconds,
         )
         wait, flooded_until = await self.runtime.limits.gate_send(
-            self.account.id, peer, method, budget
+            self.account.id, peer, method, budget, job_id
         )
         if flooded_until is not None:
             raise _flooded(method, flooded_until)
@@ -351,20 +403,29 @@ def _flooded(method: str, until: datetime) -> Deferral:
 MESSAGES = (types.Message, types.MessageService)
 # Where a word starts in a CamelCase name, an acronym being one word (``SetMessagesTTL``).
 _WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+# What a message's ``media`` may hold that is no media: none, an empty one, a preview of
+# a link in its text.
+NOT_MEDIA = (type(None), types.MessageMediaEmpty, types.MessageMediaWebPage)
+
+
+def _snake(name: str) -> str:
+    """``GiveawayResults`` -> ``giveaway_results``, ``SetMessagesTTL`` -> ``set_messages_ttl``."""
+    return _WORD_START.sub("_", name).lower()
 
 
 def message_out(message: Any, own_user_id: int | None = None) -> dict[str, Any]:
     """A message as job results show it; ``own_user_id`` is the sender of outgoing
     private messages, which Telegram sends without a sender. A service message (a
     ``MessageService``: someone joined, the chat was created) has no text and names
-    its action (``MessageActionChatAddUser`` -> ``chat_add_user``)."""
+    its action (``MessageActionChatAddUser`` -> ``chat_add_user``). ``media`` names the
+    kind the same way (``MessageMediaGeoLive`` -> ``geo_live``); a link's preview
+    (``MessageMediaWebPage``) is part of a text message, not media of its own."""
     media = None
-    if message.media is not None:
-        media = type(message.media).__name__.removeprefix("MessageMedia").lower()
+    if not isinstance(message.media, NOT_MEDIA):
+        media = _snake(type(message.media).__name__.removeprefix("MessageMedia"))
     action = None
     if message.action is not None:
-        name = type(message.action).__name__.removeprefix("MessageAction")
-        action = _WORD_START.sub("_", name).lower()
+        action = _snake(type(message.action).__name__.removeprefix("MessageAction"))
     return {
         "id": message.id,
         "date": message.date,

@@ -268,5 +268,6 @@ async def _check(runtime: TelegramRuntime, account: accounts.Account) -> None:
     except (PermanentFailure, RetryableFailure, Deferral) as exc:  # recorded by the runtime
         log.info("session validation found a problem", account_id=str(account.id), code=exc.code)
     finally:
-        if not known:  # connected for the check alone: not kept past it
-            await runtime.pool.drop(account.id, reason="validated")
+        # Connected for the check: not kept past it, nor past a job that came to share it.
+        if not known and not await runtime.pool.drop(account.id, reason="validated"):
+            runtime.pool.retire(account.id)

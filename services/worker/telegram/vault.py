@@ -47,6 +47,17 @@ def _decrypt(key: bytes, blob: bytes, aad: bytes) -> bytes:
         raise VaultError("sealed value does not authenticate") from exc
 
 
+def check_key_id(key_id: str) -> None:
+    """Refuse an id TGFLOW_VAULT_KEYS cannot carry: one with no characters, a ``:`` or
+    ``,`` (they separate entries and their parts), or spaces at either end (which the
+    list's reader trims away)."""
+    if not key_id or ":" in key_id or "," in key_id or key_id != key_id.strip():
+        raise VaultError(
+            f"vault key id {key_id!r} is not a plain id: it needs at least one character,"
+            " no ':' or ',', and no spaces at either end"
+        )
+
+
 class Vault:
     """Seals and opens session strings; the first key is the one new seals use."""
 
@@ -55,8 +66,9 @@ class Vault:
             raise VaultError("the vault needs at least one key")
         seen: set[str] = set()
         for key_id, key in keys:
-            if len(key) != 32 or not key_id or ":" in key_id or "," in key_id:
-                raise VaultError(f"vault key {key_id!r} must be 32 bytes with a plain id")
+            check_key_id(key_id)
+            if len(key) != 32:
+                raise VaultError(f"vault key {key_id!r} must be 32 bytes")
             if key_id in seen:  # one id would name two keys: seals and opens would disagree
                 raise VaultError(
                     f"vault key id {key_id!r} is listed more than once; every key needs its"
@@ -88,8 +100,11 @@ class Vault:
 
     @staticmethod
     def generate_entry(key_id: str | None = None) -> str:
+        """A new ``id:base64key`` entry (a random id unless one is given)."""
+        key_id = "k" + secrets.token_hex(4) if key_id is None else key_id
+        check_key_id(key_id)
         key = base64.urlsafe_b64encode(AESGCM.generate_key(bit_length=256)).decode().rstrip("=")
-        return f"{key_id or 'k' + secrets.token_hex(4)}:{key}"
+        return f"{key_id}:{key}"
 
     def has_key(self, key_id: str) -> bool:
         return key_id in self._keys

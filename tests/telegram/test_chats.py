@@ -1,0 +1,296 @@
+"""Chats through jobs: joining, reading members page by page, forwarding, invite links
+and the ids results name chats by."""
+
+from __future__ import annotations
+
+import httpx
+from telethon.tl import types
+
+from services.sandbox.admin_client import SandboxAdmin
+from services.worker.tasks import telegram as telegram_tasks
+from tests.telegram.conftest import crowd, import_account, marked_id, requests_counted
+from tests.telegram.test_jobs import run
+
+
+async def test_channel_join_read_members_and_forward_once(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    account, me = await import_account(api, admin)
+    owner = await admin.create_account(username="owner_sb", first_name="Owner")
+    members = [(await admin.create_account(first_name=f"M{i}"))["user_id"] for i in range(5)]
+    invited = list(members)
+    chat = await admin.create_chat(
+        title="News",
+        kind="supergroup",
+        creator_id=owner["user_id"],
+        username="news_sb",
+        invite_hash="joinme123",
+        members=members,
+        messages=[{"text": f"post {i}"} for i in range(3)],
+    )
+    joined = await run(api, "telegram.join_chat", account_id=account["id"], target="@news_sb")
+    assert joined["status"] == "succeeded", joined
+    assert joined["result"]["peer"] == {
+        "id": marked_id(chat),
+        "kind": "supergroup",
+        "username": "news_sb",
+        "title": "News",
+    }
+    history = await run(
+        api, "telegram.get_history", account_id=account["id"], peer="@news_sb", limit=10
+    )
+    posts = history["result"]["messages"]
+    # The chat's first message is the service message of its creation: shown, textless,
+    # so that a page is as long as Telegram's and paging by offset_id reaches it.
+    assert [(m["text"], m["action"]) for m in posts] == [
+        ("post 2", None),
+        ("post 1", None),
+        ("post 0", None),
+        ("", "channel_create"),
+    ]
+    posts = posts[:3]
+    last = await run(
+        api,
+        "telegram.get_history",
+        account_id=account["id"],
+        peer="@news_sb",
+        limit=1,
+        offset_id=posts[-1]["id"],
+    )
+    assert [(m["id"], m["action"]) for m in last["result"]["messages"]] == [(1, "channel_create")]
+    service = await run(
+        api, "telegram.get_messages", account_id=account["id"], peer="@news_sb", ids=[1]
+    )
+    assert service["result"]["messages"] == last["result"]["messages"]
+    by_id = await run(
+        api,
+        "telegram.get_messages",
+        account_id=account["id"],
+        peer="@news_sb",
+        ids=[posts[-1]["id"]],
+    )
+    assert [m["text"] for m in by_id["result"]["messages"]] == ["post 0"]
+    page = await run(
+        api, "telegram.get_participants", account_id=account["id"], peer="@news_sb", limit=3
+    )
+    assert len(page["result"]["participants"]) == 3
+    assert page["result"]["total"] >= 5
+    assert page["result"]["next_offset"] == 3
+    assert page["progress"] == {"pages": 1, "fetched": 3, "total": page["result"]["total"]}
+    paged = await run(
+        api,
+        "telegram.get_participants",
+        account_id=account["id"],
+        peer="@news_sb",
+        limit=4,
+        page_size=2,
+        offset=1,
+    )  # two requests of two, each reported as it lands
+    members = [u["id"] for u in paged["result"]["participants"]]
+    assert len(set(members)) == 4
+    assert members[:2] == [u["id"] for u in page["result"]["participants"]][1:]
+    assert paged["progress"] == {"pages": 2, "fetched": 4, "total": page["result"]["total"]}
+    assert paged["result"]["next_offset"] == (5 if page["result"]["total"] > 5 else None)
+    # A page's users also hold whoever its entries mention (this account's own entry
+    # names its inviter, the owner): every member once, none but members.
+    everyone = await run(
+        api,
+        "telegram.get_participants",
+        account_id=account["id"],
+        peer="@news_sb",
+        limit=100,
+        page_size=2,
+    )
+    walked = [u["id"] for u in everyone["result"]["participants"]]
+    assert sorted(walked) == sorted([owner["user_id"], *invited, me["user_id"]])
+    assert everyone["result"]["total"] == 7
+    user = await run(api, "telegram.get_participants", account_id=account["id"], peer="@owner_sb")
+    assert user["error"]["code"] == "peer_not_a_channel"  # a user's @username
+    dialogs = await run(api, "telegram.get_dialogs", account_id=account["id"])
+    assert marked_id(chat) in [d["peer"]["id"] for d in dialogs["result"]["dialogs"]]
+    read = await run(api, "telegram.mark_read", account_id=account["id"], peer="@news_sb")
+    assert read["status"] == "succeeded", read
+    forwarded = await run(
+        api,
+        "telegram.forward_messages",
+        account_id=account["id"],
+        from_peer="@news_sb",
+        to_peer="me",
+        ids=[posts[0]["id"], posts[1]["id"]],
+    )
+    assert forwarded["status"] == "succeeded", forwarded
+    saved = await admin.messages(me["user_id"], peer=me["user_id"])
+    assert sorted(m["id"] for m in saved) == sorted(forwarded["result"]["message_ids"])
+    assert len(saved) == 2
+
+
+async def test_joining_a_chat_the_account_is_in_already_succeeds_with_the_chat(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    account, me = await import_account(api, admin)
+    owner = await admin.create_account(first_name="Owner")
+    chat = await admin.create_chat(
+        title="Private", kind="channel", creator_id=owner["user_id"], invite_hash="privhash1"
+    )
+    expected = {"id": marked_id(chat), "kind": "channel", "username": None, "title": "Private"}
+    await run(api, "telegram.get_me", account_id=account["id"])  # connected
+    # The join executes, the answer is lost, and Telethon's resend meets
+    # USER_ALREADY_PARTICIPANT: the join happened, so the job succeeds.
+    await admin.add_fault(me["user_id"], "drop_after", method="messages.importChatInvite", times=1)
+    joined = await run(
+        api, "telegram.join_chat", account_id=account["id"], target="https://t.me/+privhash1"
+    )
+    assert joined["status"] == "succeeded", joined
+    assert joined["result"]["peer"] == expected
+    dialogs = await run(api, "telegram.get_dialogs", account_id=account["id"])
+    assert [d["peer"] for d in dialogs["result"]["dialogs"]] == [expected]
+    # Joining again, by either spelling of the invite, is the same success.
+    for target in ("t.me/joinchat/privhash1", "https://t.me/+privhash1"):
+        again = await run(api, "telegram.join_chat", account_id=account["id"], target=target)
+        assert again["status"] == "succeeded", again
+        assert again["result"] == joined["result"]
+
+
+async def test_a_chats_id_in_a_result_is_taken_back_as_its_peer(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    """Results name a chat by its marked id, the spelling jobs take as a peer and
+    messages' sender_id uses; a supergroup and a channel are told apart."""
+    account, me = await import_account(api, admin)
+    owner = await admin.create_account(first_name="Owner")
+    team = await admin.create_chat(
+        title="Team", kind="supergroup", creator_id=owner["user_id"], members=[me["user_id"]]
+    )
+    news = await admin.create_chat(
+        title="News",
+        kind="channel",
+        creator_id=owner["user_id"],
+        members=[me["user_id"]],
+        messages=[{"text": "post"}],
+    )
+    dialogs = await run(api, "telegram.get_dialogs", account_id=account["id"])
+    peers = {d["peer"]["title"]: d["peer"] for d in dialogs["result"]["dialogs"]}
+    assert {t: (p["id"], p["kind"]) for t, p in peers.items()} == {
+        "Team": (marked_id(team), "supergroup"),
+        "News": (marked_id(news), "channel"),
+    }
+    for peer in peers.values():
+        resolved = await run(api, "telegram.resolve", account_id=account["id"], peer=peer["id"])
+        assert resolved["result"]["peer"] == peer
+    members = await run(
+        api, "telegram.get_participants", account_id=account["id"], peer=peers["Team"]["id"]
+    )
+    assert members["result"]["total"] == 2
+    history = await run(
+        api, "telegram.get_history", account_id=account["id"], peer=peers["News"]["id"], limit=1
+    )
+    assert [m["sender_id"] for m in history["result"]["messages"]] == [peers["News"]["id"]]
+
+
+def test_a_basic_group_is_a_group_named_by_its_negative_id() -> None:
+    chat = types.Chat(
+        id=123,
+        title="Old",
+        photo=types.ChatPhotoEmpty(),
+        participants_count=3,
+        date=None,
+        version=1,
+    )
+    assert telegram_tasks.peer_out(chat).model_dump() == {
+        "id": -123,
+        "kind": "group",
+        "username": None,
+        "title": "Old",
+    }
+
+
+async def test_an_invite_to_a_chat_not_joined_yet_is_told_from_a_bad_one(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    account, _ = await import_account(api, admin)
+    owner = await admin.create_account(first_name="Owner")
+    others = [(await admin.create_account(first_name=f"M{i}"))["user_id"] for i in range(2)]
+    chat = await admin.create_chat(
+        title="Priv",
+        kind="supergroup",
+        creator_id=owner["user_id"],
+        invite_hash="privhash1",
+        members=others,
+        messages=[{"text": "inside"}],
+    )
+    link = "https://t.me/+privhash1"
+    outside = {
+        "title": "Priv",
+        "kind": "supergroup",
+        "member_count": 3,
+    }
+    for job_type, params in [
+        ("telegram.resolve", {}),
+        ("telegram.get_history", {"limit": 1}),
+    ]:
+        refused = await run(api, job_type, account_id=account["id"], peer=link, **params)
+        assert refused["status"] == "failed", refused
+        assert (refused["error"]["code"], refused["error"]["details"]) == ("not_a_member", outside)
+    bad = await run(api, "telegram.resolve", account_id=account["id"], peer="t.me/+nosuchhash")
+    assert bad["error"]["code"] == "invite_hash_invalid"
+    joined = await run(api, "telegram.join_chat", account_id=account["id"], target=link)
+    assert joined["status"] == "succeeded", joined
+    resolved = await run(api, "telegram.resolve", account_id=account["id"], peer=link)
+    assert resolved["result"] == joined["result"]
+    assert resolved["result"]["peer"]["id"] == marked_id(chat)
+    history = await run(api, "telegram.get_history", account_id=account["id"], peer=link, limit=1)
+    assert [m["text"] for m in history["result"]["messages"]] == ["inside"]
+
+
+async def test_members_past_what_telegram_lists_end_the_paging(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    # Telegram lists at most 10,000 members of a chat but counts them all: past that,
+    # pages come back empty, and next_offset must not send a client round again.
+    account, me = await import_account(api, admin)
+    await crowd(admin, me, 4)
+    await admin.set_participants_listed(4)
+    walked = await run(
+        api,
+        "telegram.get_participants",
+        account_id=account["id"],
+        peer="@crowd_sb",
+        limit=100,
+        page_size=2,
+    )
+    assert walked["status"] == "succeeded", walked
+    result = walked["result"]
+    assert (len(result["participants"]), result["total"], result["next_offset"]) == (4, 6, None)
+    past = await run(
+        api, "telegram.get_participants", account_id=account["id"], peer="@crowd_sb", offset=4
+    )
+    assert (past["result"]["participants"], past["result"]["next_offset"]) == ([], None)
+    # Within what Telegram lists, a page cut short by the limit still says where to go on.
+    first = await run(
+        api, "telegram.get_participants", account_id=account["id"], peer="@crowd_sb", limit=3
+    )
+    assert first["result"]["next_offset"] == 3
+
+
+async def test_a_member_listing_a_flood_cuts_short_keeps_its_pages_and_goes_on_from_there(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    account, me = await import_account(api, admin)
+    others = await crowd(admin, me, 9)
+    # 11 members in pages of 2: the fourth page meets a flood wait longer than the
+    # client sleeps through (faults match in order: three pages pass first).
+    method = "channels.getParticipants"
+    await admin.add_fault(me["user_id"], "delay", method=method, seconds=0, times=3)
+    await admin.add_fault(me["user_id"], "flood_wait", method=method, seconds=4, times=1)
+    params = {"account_id": account["id"], "peer": "@crowd_sb", "limit": 100, "page_size": 2}
+    first = await run(api, "telegram.get_participants", **params)
+    assert first["status"] == "succeeded", first
+    assert first["attempts"] == 1
+    cut = first["result"]
+    assert (len(cut["participants"]), cut["next_offset"], cut["cut_short"]) == (6, 6, "flood_wait")
+    rest = await run(api, "telegram.get_participants", **params, offset=cut["next_offset"])
+    assert rest["status"] == "succeeded", rest
+    assert (rest["result"]["next_offset"], rest["result"]["cut_short"]) == (None, None)
+    listed = [u["id"] for u in cut["participants"] + rest["result"]["participants"]]
+    assert sorted(listed) == sorted([me["user_id"], *others])
+    assert requests_counted(account["id"], "ok", method) == 6  # no page fetched twice
