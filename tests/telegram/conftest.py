@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from services.worker.telegram.vault import Sealed, vault_from_settings
 from shared.config import WorkerSettings
 from shared.db import create_pool
 from shared.redis_client import create_redis
-from tests.helpers import auth, gateway_client, running_worker
+from tests.helpers import auth, eventually, gateway_client, running_worker, wait_for_status
 from tests.proxy import DcProxy, dc_proxy
 
 
@@ -73,6 +74,40 @@ async def import_account(
     )
     assert response.status_code == 201, response.text
     return response.json(), created
+
+
+@contextlib.asynccontextmanager
+async def busy_account(
+    api: httpx.AsyncClient, admin: SandboxAdmin, account_id: str, user_id: int
+) -> AsyncIterator[list[str]]:
+    """``telegram.get_me`` jobs for the account, one every 0.2 s, each held 0.6 s by the
+    DC: about three on its client at any moment, never a pause. Yields the job ids
+    (growing); once the block ends, every one of them must succeed."""
+    slow = {"method": "users.getUsers", "seconds": 0.6, "times": 10_000}
+    fault = await admin.add_fault(user_id, "delay", **slow)
+    stop = asyncio.Event()
+    ids: list[str] = []
+
+    async def traffic() -> None:
+        body = {"type": "telegram.get_me", "params": {"account_id": account_id}}
+        while not stop.is_set():
+            ids.append((await api.post("/v1/jobs", json=body, headers=auth())).json()["id"])
+            await asyncio.sleep(0.2)
+
+    feeding = asyncio.create_task(traffic())
+    try:
+        await eventually(lambda: asyncio.sleep(0, len(ids) > 3))
+        await wait_for_status(api, ids[0], {"running", "succeeded"}, timeout=10)
+        yield ids
+        after = len(ids)
+        await eventually(lambda: asyncio.sleep(0, len(ids) > after + 3))
+    finally:
+        stop.set()
+        await feeding
+        await admin.delete_fault(fault)
+    for job_id in ids:
+        job = await wait_for_status(api, job_id, {"succeeded", "failed"}, timeout=15)
+        assert job["status"] == "succeeded", job
 
 
 async def crowd(admin: SandboxAdmin, member: dict[str, Any], others: int) -> list[int]:

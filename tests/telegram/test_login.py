@@ -26,6 +26,7 @@ from shared.errors import Deferral
 from tests.helpers import auth, eventually, wait_for_status
 from tests.telegram.conftest import (
     another_session,
+    busy_account,
     close_runtime,
     import_account,
     insert_sealed,
@@ -141,6 +142,31 @@ async def test_logout_right_after_a_login_replaced_a_busy_session_logs_out_the_s
     await eventually(old_key_logged_out)
     job = await wait_for_status(api, busy.json()["id"], {"succeeded", "failed"}, timeout=15)
     assert job["status"] == "succeeded", job
+    assert await admin.overlaps() == []
+
+
+async def test_a_replaced_session_is_logged_out_while_its_account_stays_busy(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox, pg: asyncpg.Connection[Any]
+) -> None:
+    """Jobs keep the account's client in use without a pause: the client of the replaced
+    key still goes (the jobs that come after the login get a client of the new session
+    at once), and the old key is logged out while the jobs go on, all of them served."""
+    first, created = await import_account(api, admin, phone="+15550002230")
+    old = created["session_string"]
+    async with busy_account(api, admin, first["id"], created["user_id"]):
+        started = await api.post("/v1/accounts", json={"phone": "+15550002230"}, headers=auth())
+        pending = started.json()["account_id"]
+        done = await api.post(
+            f"/v1/accounts/{pending}/login/code", json={"code": CODE}, headers=auth()
+        )
+        assert done.json()["account_id"] == first["id"], done.text
+        new = await stored_session(pg, first["id"])
+
+        async def old_key_logged_out() -> bool:
+            return not signed_in(sandbox, old)
+
+        await eventually(old_key_logged_out, timeout=10)
+    assert signed_in(sandbox, new)
     assert await admin.overlaps() == []
 
 

@@ -11,7 +11,7 @@ import httpx
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.server import Sandbox
 from tests.helpers import auth, eventually
-from tests.telegram.conftest import close_runtime, import_account, open_runtime
+from tests.telegram.conftest import busy_account, close_runtime, import_account, open_runtime
 from tests.telegram.test_jobs import run
 
 
@@ -48,6 +48,29 @@ async def test_health_stats_connections_and_disconnect(
     assert again["status"] == "succeeded"
     other = await api.get(f"/v1/telegram/connections/{account['id']}", headers=auth("globex"))
     assert other.status_code == 404
+
+
+async def test_disconnect_now_closes_a_connection_jobs_keep_busy(
+    api: httpx.AsyncClient, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
+    """A client in use without a pause still goes: the account's next jobs connect a new
+    one at once, and the old one closes when its last job ends."""
+    account, created = await import_account(api, admin)
+
+    async def disconnects() -> int:
+        n: int = await pg.fetchval(
+            "SELECT count(*) FROM account_events WHERE account_id = $1 AND kind = 'disconnect'"
+            " AND details->>'reason' = 'requested'",
+            uuid.UUID(account["id"]),
+        )
+        return n
+
+    async with busy_account(api, admin, account["id"], created["user_id"]):
+        dropped = await api.delete(f"/v1/telegram/connections/{account['id']}", headers=auth())
+        assert dropped.status_code == 202
+        await eventually(disconnects, timeout=5)
+    assert await disconnects() == 1
+    assert await admin.overlaps() == []
 
 
 async def test_validation_disables_dead_idle_sessions_and_cleanup_erases_them(

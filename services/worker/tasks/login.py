@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Any
 
 from asyncpg import UniqueViolationError
@@ -37,7 +36,6 @@ from shared.jobs.accounts import (
     LoginStartParams,
     LoginStep,
 )
-from shared.jobs.envelope import utcnow
 from shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -469,7 +467,8 @@ async def _cancel_login(ctx: JobContext, account_id: uuid.UUID) -> bool:
 async def _drop_replaced_client(ctx: JobContext, account: accounts.Account) -> None:
     """Close this worker's client of the account if it holds a session the account no
     longer stores (a login or import replaced it just now): what is logged out is the
-    stored session. A job still using that client is waited for."""
+    stored session, over a client of its own. A job still using the old client keeps it
+    until it ends (its key is logged out as a replaced session then)."""
     assert account.sealed is not None
     runtime = ctx.state.telegram
     held = runtime.pool.key_of(account.id)
@@ -480,9 +479,7 @@ async def _drop_replaced_client(ctx: JobContext, account: accounts.Account) -> N
         return
     runtime.forget(account.id)
     if not await runtime.pool.drop(account.id, reason="session_replaced"):
-        runtime.pool.retire(account.id)
-        later = utcnow() + timedelta(seconds=1)
-        raise Deferral("session_replaced", "A job still uses the replaced session.", later)
+        runtime.pool.replace(account.id, reason="session_replaced")
 
 
 async def _log_out_at_telegram(ctx: JobContext, account: accounts.Account) -> bool:

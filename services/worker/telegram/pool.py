@@ -72,6 +72,7 @@ class Entry:
     keep_seen: bool = True  # whether its entities are kept for the next client when dropped
     # Its connection timed out or was lost: replaced for new leases, closed once unused.
     recycled: bool = False
+    closing_reason: str = "retired"  # why it is closed once its last job lets go of it
 
 
 # The client this task leased last (pool, account, entry), while it holds it: what a
@@ -142,6 +143,14 @@ class ClientPool:
         entry = self._entries.get(account_id)
         return entry.key_hash if entry is not None else None
 
+    def holds_key(self, account_id: uuid.UUID, key_hash: str) -> bool:
+        """Whether a client here, the account's or one replaced and still in use, is of
+        that auth key."""
+        entry = self._entries.get(account_id)
+        if entry is not None and entry.key_hash == key_hash:
+            return True
+        return any(a == account_id and e.key_hash == key_hash for a, e in self._replaced)
+
     @contextlib.asynccontextmanager
     async def lease(
         self, account: Account, *, quiet: bool = False, connect: bool = True
@@ -170,7 +179,7 @@ class ClientPool:
                     await self.drop(account.id, reason="retired")
                 elif (account.id, entry) in self._replaced:  # the last call on it ended
                     self._replaced.remove((account.id, entry))
-                    await self._close(account.id, entry, "retired")
+                    await self._close(account.id, entry, entry.closing_reason)
 
     def _used(self, account_id: uuid.UUID, entry: Entry) -> None:
         """A job used the client: it is the most recently used, and not idle."""
@@ -188,6 +197,12 @@ class ClientPool:
         if entry is not None and entry.client is client:
             await self._use_connected(account, entry, quiet)
             return
+        held = self._held(account.id)
+        if held is not None and held.client is client and held.retired and not held.recycled:
+            # Replaced under the lease (``replace``): the next try has the account's new one.
+            replaced = held.closing_reason == "session_replaced"
+            code = "session_replaced" if replaced else "client_closed"
+            raise Deferral(code, "The account's client was closed; the job runs again.", utcnow())
         if self.may_connect(account.id):  # recycled under the lease: the next try connects anew
             left = self._retry_at.get(account.id, 0.0) - time.monotonic()
             raise Deferral(
@@ -281,6 +296,13 @@ class ClientPool:
                     utcnow() + timedelta(seconds=1),
                 )
             await self._refuse_replaced(account.id, entry)
+            if self._closing(account.id, entry.key_hash):  # one connection per key
+                raise Deferral(
+                    "client_closing",
+                    "The account's previous connection closes when its jobs end; "
+                    "the job runs again then.",
+                    utcnow() + timedelta(seconds=MIN_BACKOFF),
+                )
             entry.quiet = True  # a new connection: on record once a job leases it
             try:
                 try:
@@ -339,11 +361,19 @@ class ClientPool:
         )
         if not stored or stored == entry.key_hash:  # not fingerprinted yet: nothing to tell
             return
-        self.retire(account_id)
+        self.replace(account_id, reason="session_replaced")
         raise Deferral(
             "session_replaced",
             "The account's session was replaced; the job runs again with the new one.",
             utcnow() + timedelta(seconds=1),
+        )
+
+    def _closing(self, account_id: uuid.UUID, key_hash: str | None) -> bool:
+        """Whether a client of this key, retired (``replace``) but still in use, has its
+        connection yet: a second one to the same key would overlap it. A recycled one's
+        connection is dead already, and is not waited for."""
+        return any(
+            a == account_id and e.key_hash == key_hash and not e.recycled for a, e in self._replaced
         )
 
     def _held(self, account_id: uuid.UUID) -> Entry | None:
@@ -425,11 +455,27 @@ class ClientPool:
             del self._entries[account_id]
             self._replaced.append((account_id, entry))
 
-    def retire(self, account_id: uuid.UUID) -> None:
-        """Disconnect this account's client as soon as no job uses it (a dead session)."""
+    def retire(self, account_id: uuid.UUID, *, reason: str = "retired") -> None:
+        """Disconnect this account's client as soon as no job uses it (a dead session, a
+        connection made only to validate the session)."""
         entry = self._entries.get(account_id)
         if entry is not None:
             entry.retired = True
+            entry.closing_reason = reason
+
+    def replace(self, account_id: uuid.UUID, *, reason: str) -> None:
+        """Retire this account's client, and give the jobs that lease the account from
+        now on a new one, even while jobs keep the old one in use without a pause (a
+        replaced session's key, a disconnect asked for): the old one is closed when the
+        last job on it ends."""
+        entry = self._entries.get(account_id)
+        if entry is None:
+            return
+        self.retire(account_id, reason=reason)
+        if entry.in_use:
+            del self._entries[account_id]
+            self._keep_entities(account_id, entry)
+            self._replaced.append((account_id, entry))
 
     async def drop(self, account_id: uuid.UUID, *, reason: str) -> bool:
         """Disconnect and forget a client (unless a job is using it)."""

@@ -94,10 +94,12 @@ async def _log_out_one(runtime: TelegramRuntime, row_id: int, account_id: uuid.U
         session = _open(runtime, row)
         key = accounts.auth_key_hash(session) if session is not None else None
         # This worker's client still holds the old key: closed before the key is logged
-        # out, or left to its running job and tried again on the next pass.
-        held_here = key is not None and runtime.pool.key_of(account_id) == key
-        if held_here and not await runtime.pool.drop(account_id, reason="session_replaced"):
-            runtime.pool.retire(account_id)
+        # out, or left to the jobs running on it (the account's next jobs get a client of
+        # the new key at once, however busy the old one stays) and tried again next pass.
+        current = key is not None and runtime.pool.key_of(account_id) == key
+        if current and not await runtime.pool.drop(account_id, reason="session_replaced"):
+            runtime.pool.replace(account_id, reason="session_replaced")
+        if key is not None and runtime.pool.holds_key(account_id, key):
             return False
         if session is not None and key != row["current_key"]:
             confirmed = await _log_out(runtime, account_id, session)

@@ -72,7 +72,8 @@ async def _disconnect(runtime: TelegramRuntime, raw: str) -> None:
     except ValueError:
         return
     if not await runtime.pool.drop(account_id, reason="requested"):
-        runtime.pool.retire(account_id)  # in use: as soon as its job ends
+        # In use: closed when its jobs end; jobs from now on connect a new client.
+        runtime.pool.replace(account_id, reason="requested")
 
 
 async def validate_idle_sessions(runtime: TelegramRuntime, stop: asyncio.Event) -> None:
