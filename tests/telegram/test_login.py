@@ -767,3 +767,119 @@ async def test_deleting_an_account_disabled_already_records_it_logged_out(
     assert row["session_ciphertext"] is None
     health = (await api.get("/v1/telegram/health", headers=auth())).json()
     assert health["status"] == "ok"  # ...until its owner deletes it
+
+
+async def _at_password_step(api: httpx.AsyncClient, account_id: str) -> None:
+    asked = await api.post(
+        f"/v1/accounts/{account_id}/login/code", json={"code": CODE}, headers=auth()
+    )
+    assert asked.json()["next"] == "password", asked.text
+
+
+@pytest.mark.parametrize(
+    ("method", "kind"),
+    [
+        ("auth.signIn", "delay_after"),
+        ("auth.signIn", "drop_after"),
+        ("auth.checkPassword", "delay_after"),
+        ("auth.checkPassword", "drop_after"),
+    ],
+)
+async def test_a_login_step_whose_answer_is_lost_finishes_the_sign_in_it_made(
+    sandbox: Sandbox, admin: SandboxAdmin, pg: asyncpg.Connection[Any], method: str, kind: str
+) -> None:
+    """Telegram signed the login's key in but its answer never came back: held past
+    TGFLOW_TELEGRAM_REQUEST_TIMEOUT, or the connection dropped and Telethon's resend
+    found the code (or the password's challenge) used up. The step asks the key and
+    finishes the login as the answer would have, rather than 504 or a wrong code."""
+    phone = "+15550008801"
+    password = "pw" if method == "auth.checkPassword" else None
+    created = await admin.create_account(phone=phone, password=password, authorized=False)
+    async with serving(sandbox, telegram_request_timeout=1.0) as api:
+        started = await api.post("/v1/accounts", json={"phone": phone}, headers=auth())
+        account_id = started.json()["account_id"]
+        url = f"/v1/accounts/{account_id}/login"
+        if password:
+            await _at_password_step(api, account_id)
+        await admin.add_fault(created["user_id"], kind, method=method, seconds=5, times=1)
+        if password:
+            answer = await api.post(f"{url}/password", json={"password": "pw"}, headers=auth())
+        else:
+            answer = await api.post(f"{url}/code", json={"code": CODE}, headers=auth())
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["state"] == "active"
+        assert answer.json()["tg_user_id"] == created["user_id"]
+        me = await run(api, "telegram.get_me", account_id=account_id)
+        assert me["result"]["id"] == created["user_id"], me
+    row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", uuid.UUID(account_id))
+    assert (row["state"], row["tg_user_id"], row["login_attempts"]) == (
+        "active",
+        created["user_id"],
+        0,
+    )
+    key = StringSession(await stored_session(pg, account_id)).auth_key
+    assert key is not None
+    assert [k.key_id for k in sandbox.core.keys.for_user(created["user_id"])] == [key.key_id]
+
+
+async def lost_sign_in(api: httpx.AsyncClient, admin: SandboxAdmin, created: dict[str, Any]) -> str:
+    """A login of the sandbox account ``created`` whose code step answered 504 although
+    Telegram signed its key in: the answer to auth.signIn is held, and so is the one call
+    that could have told (the step's users.getUsers on the key once signed in). Its id."""
+    phone = f"+{created['phone'].lstrip('+')}"
+    started = await api.post("/v1/accounts", json={"phone": phone}, headers=auth())
+    account_id: str = started.json()["account_id"]
+    user_id = created["user_id"]
+    await admin.add_fault(user_id, "delay_after", method="auth.signIn", seconds=5, times=1)
+    probe = await admin.add_fault(user_id, "delay", method="users.getUsers", seconds=5)
+    lost = await api.post(
+        f"/v1/accounts/{account_id}/login/code", json={"code": CODE}, headers=auth()
+    )
+    assert lost.status_code == 504, lost.text
+    await admin.delete_fault(probe)  # Telegram answers again
+    return account_id
+
+
+async def test_deleting_a_login_whose_lost_step_signed_in_logs_the_key_out(
+    sandbox: Sandbox, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
+    """A DELETE of a login whose key a lost step signed in logs that key out: nothing
+    stores the key once the DELETE has erased it, and it would stay a live authorization
+    of the user that nobody sees (its code, used up, can no longer be withdrawn)."""
+    async with serving(sandbox, telegram_request_timeout=1.0) as api:
+        created = await admin.create_account(phone="+15550008802", authorized=False)
+        user_id = created["user_id"]
+        account_id = await lost_sign_in(api, admin, created)
+        assert sandbox.core.keys.for_user(user_id) != []  # signed in at Telegram
+        out = await api.delete(f"/v1/accounts/{account_id}", headers=auth())
+    assert out.status_code == 200, out.text
+    assert sandbox.core.keys.for_user(user_id) == []
+    row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", uuid.UUID(account_id))
+    assert (row["state"], row["session_ciphertext"]) == ("disabled", None)
+    event = await pg.fetchrow(
+        "SELECT details FROM account_events WHERE account_id = $1 AND kind = 'logout'",
+        uuid.UUID(account_id),
+    )
+    assert json.loads(event["details"]) == {"confirmed_by_telegram": True}
+
+
+async def test_the_step_after_a_lost_one_finishes_the_login_it_signed_in(
+    sandbox: Sandbox, admin: SandboxAdmin, pg: asyncpg.Connection[Any]
+) -> None:
+    """The code sent again after a 504 whose sign-in went through finishes the login
+    (Telegram would refuse the used code): Telethon's sign_in asks the key for its user
+    before it signs in. A user the tenant has an account for is merged into it, as a
+    login that was answered would be."""
+    async with serving(sandbox, telegram_request_timeout=1.0) as api:
+        known, created = await import_account(api, admin, phone="+15550008803")
+        user_id = created["user_id"]
+        account_id = await lost_sign_in(api, admin, created)
+        again = await api.post(
+            f"/v1/accounts/{account_id}/login/code", json={"code": CODE}, headers=auth()
+        )
+        assert again.status_code == 200, again.text
+        assert again.json()["account_id"] == known["id"]
+        assert again.json()["state"] == "active"
+        me = await run(api, "telegram.get_me", account_id=known["id"])
+        assert me["result"]["id"] == user_id, me
+    assert await pg.fetchval("SELECT count(*) FROM accounts") == 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from asyncpg import UniqueViolationError
@@ -17,9 +17,11 @@ from telethon import TelegramClient
 from telethon import errors as tg
 from telethon.sessions import StringSession
 from telethon.tl.functions.auth import CancelCodeRequest
+from telethon.tl.functions.users import GetUsersRequest
+from telethon.tl.types import InputUserSelf
 
 from services.worker.context import JobContext
-from services.worker.telegram import accounts, replaced
+from services.worker.telegram import accounts, metrics, replaced
 from services.worker.telegram.accounts import DisabledReason, State
 from services.worker.telegram.client import new_client
 from services.worker.telegram.errors import Kind, Mapped, map_error
@@ -65,6 +67,15 @@ _USER_GONE = {
 }
 # Telegram did not answer, or the connection went: nothing of the login changed here.
 _SEND_AGAIN = "The login is as it was: the same request may be sent again."
+# What a sign-in step meets when Telegram signed the key in but the answer was lost: no
+# answer in time, or (the connection dropped and Telethon sent the call again) the code or
+# the password's challenge used up by the call that went through.
+_LOST: dict[str, tuple[type[BaseException], ...]] = {
+    "code": (TimeoutError, tg.PhoneCodeExpiredError),
+    "password": (TimeoutError, tg.PasswordHashInvalidError, tg.SrpIdInvalidError),
+}
+# What Telegram answers a call that needs a user on a key not (or not yet) signed in.
+_NOT_SIGNED_IN = (tg.AuthKeyUnregisteredError, tg.SessionPasswordNeededError)
 
 
 def _fresh_session(ctx: JobContext) -> StringSession:
@@ -212,8 +223,45 @@ async def login_start(ctx: JobContext, params: LoginStartParams) -> LoginStep:
     return LoginStep(account_id=account_id, state="login_pending", next="code")
 
 
-async def _finish(ctx: JobContext, row: Any, client: TelegramClient) -> LoginStep:
-    me = await asyncio.wait_for(client.get_me(), ctx.state.settings.telegram_request_timeout)
+async def _signed_in(ctx: JobContext, client: TelegramClient) -> Any:
+    """The user the login's key is signed in as, or None (``users.getUsers`` of self)."""
+    request = GetUsersRequest([InputUserSelf()])
+    try:
+        users = await asyncio.wait_for(client(request), ctx.state.settings.telegram_request_timeout)
+    except _NOT_SIGNED_IN:
+        return None
+    return users[0]
+
+
+async def _sign_in(
+    ctx: JobContext,
+    row: Any,
+    client: TelegramClient,
+    signing_in: Awaitable[Any],
+    step: str,
+) -> Any:
+    """Run a step's sign-in; the user its key is signed in as. A sign-in whose answer is
+    lost (``_LOST``) may have gone through at Telegram all the same, using up the code:
+    the key is asked, and one signed in finishes the step as the answer would have. (A
+    step sent again after one lost like this finds the key signed in too: Telethon's
+    ``sign_in`` asks the key for its user before it signs in.)"""
+    try:
+        return await asyncio.wait_for(signing_in, ctx.state.settings.telegram_request_timeout)
+    except _LOST[step] as exc:
+        me = await _signed_in(ctx, client)
+        if me is None:
+            raise
+        metrics.LOST_SIGN_INS.labels(step).inc()
+        log.info(
+            "login step found its key signed in",
+            account_id=str(row["id"]),
+            step=step,
+            error=type(exc).__name__,
+        )
+        return me
+
+
+async def _finish(ctx: JobContext, row: Any, client: TelegramClient, me: Any) -> LoginStep:
     session, dc_id = client.session.save(), client.session.dc_id
     # Off the network before the session is stored: from then on only the owner of the
     # shard of the account that holds it may connect it (and may log it out, if replaced).
@@ -254,12 +302,20 @@ async def _not_pending_any_more(
     ctx: JobContext, account_id: uuid.UUID, client: TelegramClient
 ) -> PermanentFailure:
     """The login was deleted while its step signed in: the session it made is stored
-    nowhere, so nobody else will ever connect it or log it out. It is logged out here
-    (best effort), over the login's own client."""
+    nowhere, so nobody else will ever connect it or log it out. It is logged out here."""
+    await _log_out_unstored(ctx, account_id, client)
+    return PermanentFailure(
+        "login_not_pending", "The login was deleted while this step ran; it is not finished."
+    )
+
+
+async def _log_out_unstored(ctx: JobContext, account_id: uuid.UUID, client: TelegramClient) -> bool:
+    """``auth.logOut`` of a login's signed-in key that no account will store, over the
+    login's own client (best effort); whether Telegram confirmed it."""
     timeout = ctx.state.settings.telegram_request_timeout
     try:
-        await asyncio.wait_for(client.connect(), timeout)
-        await asyncio.wait_for(client.log_out(), timeout)
+        await asyncio.wait_for(client.connect(), timeout)  # nothing if connected
+        return bool(await asyncio.wait_for(client.log_out(), timeout))
     except Exception as exc:
         raise_if_cancelling()
         log.warning(
@@ -267,9 +323,7 @@ async def _not_pending_any_more(
             account_id=str(account_id),
             error=type(exc).__name__,
         )
-    return PermanentFailure(
-        "login_not_pending", "The login was deleted while this step ran; it is not finished."
-    )
+        return False
 
 
 async def _into_known_account(
@@ -323,7 +377,7 @@ async def _login_code(ctx: JobContext, params: LoginCodeParams) -> LoginStep:
             signing_in = client.sign_in(
                 row["phone"], params.code, phone_code_hash=row["login_code_hash"]
             )
-            await asyncio.wait_for(signing_in, ctx.state.settings.telegram_request_timeout)
+            me = await _sign_in(ctx, row, client, signing_in, "code")
         except tg.SessionPasswordNeededError:
             await ctx.state.db.execute(
                 """UPDATE accounts SET login_needs_password = true, updated_at = now()
@@ -336,7 +390,7 @@ async def _login_code(ctx: JobContext, params: LoginCodeParams) -> LoginStep:
             expired = isinstance(exc, tg.PhoneCodeExpiredError)
             code = "phone_code_expired" if expired else "phone_code_invalid"
             raise PermanentFailure(code, "The login code is wrong or expired.") from exc
-        return await _finish(ctx, row, client)
+        return await _finish(ctx, row, client, me)
 
 
 async def login_password(ctx: JobContext, params: LoginPasswordParams) -> LoginStep:
@@ -357,12 +411,12 @@ async def _login_password(ctx: JobContext, params: LoginPasswordParams) -> Login
     session = _open_session(ctx, row)
     async with _client(ctx, session, row["id"]) as client:
         try:
-            timeout = ctx.state.settings.telegram_request_timeout
-            await asyncio.wait_for(client.sign_in(password=password), timeout)
+            signing_in = client.sign_in(password=password)
+            me = await _sign_in(ctx, row, client, signing_in, "password")
         except tg.PasswordHashInvalidError as exc:
             await _count_attempt(ctx, row, client)
             raise PermanentFailure("password_invalid", "The 2FA password is wrong.") from exc
-        return await _finish(ctx, row, client)
+        return await _finish(ctx, row, client, me)
 
 
 async def _count_attempt(ctx: JobContext, row: Any, client: TelegramClient) -> None:
@@ -449,18 +503,24 @@ async def _logout(ctx: JobContext, params: AccountIdParams) -> LoginStep:
 
 
 async def _cancel_login(ctx: JobContext, account_id: uuid.UUID) -> bool:
-    """A login deleted before it finished: its half-made session is not signed in, so
-    there is nothing to log out; its code, if still waiting, is withdrawn over the
-    login's own client (never the pool's, which serves signed-in sessions). Whether
-    Telegram withdrew it."""
+    """A login deleted before it finished, over its own client (never the pool's, which
+    serves stored signed-in sessions). A step whose answer was lost may have signed its
+    key in: that key, stored nowhere once erased here, is logged out. Otherwise the code,
+    if still waiting, is withdrawn. Whether Telegram confirmed either."""
     row = await ctx.state.db.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
-    if row is None or row["session_ciphertext"] is None or not row["login_code_hash"]:
+    if row is None or row["session_ciphertext"] is None:
         return False
     try:
         async with _client(ctx, _open_session(ctx, row), account_id) as client:
-            return await _withdraw_code(ctx, row, client)
+            if await _signed_in(ctx, client) is None:
+                return await _withdraw_code(ctx, row, client)
+            metrics.LOST_SIGN_INS.labels("delete").inc()
+            log.info("deleted login found its key signed in", account_id=str(account_id))
+            return await _log_out_unstored(ctx, account_id, client)
     except (PermanentFailure, RetryableFailure) as exc:  # unreachable: erased all the same
-        log.info("login code not withdrawn", account_id=str(account_id), error=exc.code)
+        log.warning(
+            "deleted login not cancelled at Telegram", account_id=str(account_id), error=exc.code
+        )
         return False
 
 

@@ -45,6 +45,12 @@ PRUNED = Counter(
     "Rows dropped by age: abandoned logins and old account events.",
     ["what"],
 )
+LOST_SIGN_INS = Counter(
+    "tgflow_telegram_login_lost_sign_ins_total",
+    "Login keys found signed in after a sign-in whose answer was lost, by what found them"
+    " (a code or password step, which finishes the login; a delete, which logs the key out).",
+    ["step"],
+)
 BUDGET_WAITS = Counter(
     "tgflow_telegram_budget_waits_total", "Sends paced by the send budget.", ["scope"]
 )
