@@ -20,6 +20,7 @@ from .admin_schemas import (
     ChatIn,
     ConfigIn,
     FaultIn,
+    FolderIn,
     MessageIn,
     error_response,
     int_param,
@@ -216,6 +217,19 @@ class AdminApi:
                 )
         return JSONResponse({"messages": found})
 
+    async def file_dialog(self, request: Request) -> Response:
+        """Archive a dialog of the account (folder 1) or bring it back (0)."""
+        body = await parse_body(request, FolderIn)
+        account = _account(self.world, body.user_id)
+        peer = parse_peer(self.world, body.peer)
+        try:
+            account.file_dialogs([(peer, body.folder_id)])
+        except RpcFail as fail:
+            raise _rpc_to_admin(fail) from None
+        return JSONResponse(
+            {"user_id": account.id, "peer": peer.marked, "folder_id": body.folder_id}
+        )
+
     async def add_fault(self, request: Request) -> Response:
         body = await parse_body(request, FaultIn)
         account = _account(self.world, body.user_id)
@@ -301,6 +315,7 @@ class AdminApi:
             Route("/admin/chats", self.create_chat, methods=["POST"]),
             Route("/admin/messages", self.list_messages, methods=["GET"]),
             Route("/admin/messages", self.post_message, methods=["POST"]),
+            Route("/admin/folders", self.file_dialog, methods=["POST"]),
             Route("/admin/faults", self.add_fault, methods=["POST"]),
             Route("/admin/faults", self.list_faults, methods=["GET"]),
             Route("/admin/faults/{fault_id}", self.delete_fault, methods=["DELETE"]),

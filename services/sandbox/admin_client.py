@@ -61,6 +61,11 @@ class SandboxAdmin:
         ]
         return result
 
+    async def file_dialog(self, user_id: int, peer: int | str, folder_id: int = 1) -> None:
+        """Archive the user's dialog with ``peer`` (folder 1) or bring it back (0)."""
+        body = {"user_id": user_id, "peer": str(peer), "folder_id": folder_id}
+        await self._call("POST", "/admin/folders", json=body)
+
     async def add_fault(self, user_id: int, kind: str, **fields: Any) -> int:
         body = {"user_id": user_id, "kind": kind, **fields}
         fault_id: int = (await self._call("POST", "/admin/faults", json=body))["id"]

@@ -93,6 +93,12 @@ class MessageIn(_Strict):
     random_id: int | None = None
 
 
+class FolderIn(_Strict):
+    user_id: int
+    peer: str = Field(min_length=1, max_length=64)
+    folder_id: Literal[0, 1] = 1
+
+
 class FaultIn(_Strict):
     user_id: int
     kind: FaultKind

@@ -75,14 +75,27 @@ def messages_result(
     return types.messages.Messages(messages=rendered, topics=[], chats=chats, users=users)
 
 
-def dialog_tops(world: World, account: Account) -> list[StoredMessage]:
-    """The top message of every dialog, most recent first."""
+DialogKey = tuple[int, bool, int, int]
+
+
+def dialog_key(date: int, peer: PeerRef | None, message_id: int) -> DialogKey:
+    """Where a dialog whose top message is ``message_id`` of ``date`` sorts: by date,
+    then by peer kind and message id, then by peer id, so that no two dialogs tie (a
+    list paged by the last dialog's key neither skips nor repeats one)."""
+    channel = peer is not None and peer.kind == "channel"
+    return (date, channel, message_id, peer.id if peer is not None else 0)
+
+
+def dialog_tops(world: World, account: Account, folder: int | None = None) -> list[StoredMessage]:
+    """The top message of every dialog of ``folder`` (None: of both), most recent first."""
     tops: list[StoredMessage] = [account.box[ids[-1]] for ids in account.by_peer.values() if ids]
     for channel_id in account.channels:
         channel = world.channels.get(channel_id)
         if channel is not None and channel.last_msg_id in channel.messages:
             tops.append(channel.messages[channel.last_msg_id])
-    tops.sort(key=lambda m: (m.date, m.peer.kind == "channel", m.id), reverse=True)
+    if folder is not None:
+        tops = [m for m in tops if (m.peer in account.archived) == (folder == 1)]
+    tops.sort(key=lambda m: dialog_key(m.date, m.peer, m.id), reverse=True)
     return tops
 
 
@@ -107,6 +120,7 @@ def dialog_tl(world: World, account: Account, top: StoredMessage) -> Any:
         unread_poll_votes_count=0,
         notify_settings=types.PeerNotifySettings(),
         pts=channel.pts if channel else None,
+        folder_id=1 if top.peer in account.archived else None,
     )
 
 

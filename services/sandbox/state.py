@@ -117,10 +117,28 @@ class Account:
     sent: dict[int, SentRef] = field(default_factory=dict)
     read_inbox: dict[PeerRef, int] = field(default_factory=dict)
     channels: set[int] = field(default_factory=set)
+    archived: set[PeerRef] = field(default_factory=set)  # dialogs in folder 1
 
     @property
     def peer(self) -> PeerRef:
         return PeerRef("user", self.id)
+
+    def has_dialog(self, peer: PeerRef) -> bool:
+        return bool(self.by_peer.get(peer)) or (peer.kind == "channel" and peer.id in self.channels)
+
+    def file_dialogs(self, moves: list[tuple[PeerRef, int]]) -> None:
+        """Move dialogs to the archive (folder 1) or back to the main list (0): all of
+        them, or none when one is not a dialog of the account or names another folder."""
+        for peer, folder in moves:
+            if folder not in (0, 1):
+                raise bad_request("FOLDER_ID_INVALID")
+            if not self.has_dialog(peer):
+                raise bad_request("PEER_ID_INVALID")
+        for peer, folder in moves:
+            if folder:
+                self.archived.add(peer)
+            else:
+                self.archived.discard(peer)
 
     def store(self, message: StoredMessage) -> int:
         """Put a message into the private box; returns the new pts."""

@@ -241,3 +241,44 @@ async def test_get_difference_returns_missed_messages(
     )
     assert [m.message for m in channel_diff.new_messages][-1] == "in channel"
     assert channel_diff.final
+
+
+async def test_a_dialog_moves_to_the_archive_and_back(
+    admin: httpx.AsyncClient, new_account: AccountFactory, new_client: ClientFactory
+) -> None:
+    alice = await new_account()
+    owner = await new_account()
+    friend = await new_account(username="friend_sb")
+    chat = await _chat(
+        admin,
+        title="Quiet",
+        kind="channel",
+        creator_id=owner["user_id"],
+        members=[alice["user_id"]],
+    )
+    client = new_client(alice["session_string"])
+    await client.connect()
+    await client.send_message("friend_sb", "hi")
+    channel = next(d.entity for d in await client.get_dialogs() if d.id == chat["peer"])
+    await client.edit_folder(channel, 1)  # folders.editPeerFolders
+    archived = await client.get_dialogs(folder=1)
+    assert [(d.id, d.folder_id) for d in archived] == [(chat["peer"], 1)]
+    assert [d.id for d in await client.get_dialogs(folder=0)] == [friend["user_id"]]
+    assert {d.id for d in await client.get_dialogs()} == {chat["peer"], friend["user_id"]}
+    with pytest.raises(errors.FolderIdInvalidError):
+        await client.edit_folder(channel, 2)
+    stranger = types.InputPeerUser(owner["user_id"], owner["access_hash"])  # no dialog
+    with pytest.raises(errors.PeerIdInvalidError):
+        await client.edit_folder([channel, stranger], 0)  # neither moves
+    assert [d.id for d in await client.get_dialogs(folder=1)] == [chat["peer"]]
+    await client.edit_folder(channel, 0)
+    assert await client.get_dialogs(folder=1) == []
+    # The admin API files a dialog as well, and refuses one the account does not have.
+    body = {"user_id": alice["user_id"], "peer": "@friend_sb", "folder_id": 1}
+    response = await admin.post("/admin/folders", json=body)
+    assert response.status_code == 200, response.text
+    assert [d.id for d in await client.get_dialogs(folder=1)] == [friend["user_id"]]
+    body = {"user_id": alice["user_id"], "peer": str(owner["user_id"])}
+    response = await admin.post("/admin/folders", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "peer_id_invalid"

@@ -1,5 +1,15 @@
 """RPC method handlers, one module per TL namespace; importing registers them."""
 
-from . import account, auth, channels, contacts, help, messages, updates, users
+from . import account, auth, channels, contacts, folders, help, messages, updates, users
 
-__all__ = ["account", "auth", "channels", "contacts", "help", "messages", "updates", "users"]
+__all__ = [
+    "account",
+    "auth",
+    "channels",
+    "contacts",
+    "folders",
+    "help",
+    "messages",
+    "updates",
+    "users",
+]

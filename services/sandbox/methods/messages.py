@@ -142,30 +142,39 @@ def get_messages(call: Call, req: Any) -> Any:
     return result
 
 
-def _dialog_page(world: World, me: Account, req: Any) -> tuple[list[StoredMessage], bool]:
-    tops = queries.dialog_tops(world, me)
-    start = 0
+def _dialog_folder(req: Any) -> int | None:
+    """The folder asked for: 0 the main list, 1 the archive, None (not set) both."""
+    if req.folder_id not in (None, 0, 1):
+        raise bad_request("FOLDER_ID_INVALID")
+    folder: int | None = req.folder_id
+    return folder
+
+
+def _dialog_page(world: World, me: Account, req: Any) -> tuple[list[StoredMessage], int]:
+    """One page of the folder's dialogs after the offset (the last dialog of the page
+    before: its top message's date and id and its peer), and the folder's size."""
+    tops = queries.dialog_tops(world, me, _dialog_folder(req))
+    total = len(tops)
     offset_peer = req.offset_peer
+    peer = None
     if not isinstance(offset_peer, types.InputPeerEmpty):
-        after = input_peer(world, me, offset_peer)
-        start = next((i + 1 for i, m in enumerate(tops) if m.peer == after), len(tops))
-    elif epoch(req.offset_date):
-        cutoff = epoch(req.offset_date)
-        start = next((i for i, m in enumerate(tops) if m.date < cutoff), len(tops))
+        peer = input_peer(world, me, offset_peer)
+    date = epoch(req.offset_date)
+    if peer is not None or date or req.offset_id:
+        offset = queries.dialog_key(date, peer, req.offset_id)
+        tops = [m for m in tops if queries.dialog_key(m.date, m.peer, m.id) < offset]
     limit = max(1, min(req.limit or 100, queries.MAX_PAGE))
-    page = tops[start : start + limit]
-    return page, start + len(page) < len(tops)
+    return tops[:limit], total
 
 
 @method(functions.messages.GetDialogsRequest)
 def get_dialogs(call: Call, req: Any) -> Any:
     me = call.account
     world = call.core.world
-    page, more = _dialog_page(world, me, req)
+    page, total = _dialog_page(world, me, req)
     result = queries.messages_result(world, me, page, len(page))
     dialogs = [queries.dialog_tl(world, me, m) for m in page]
-    if more:
-        total = len(queries.dialog_tops(world, me))
+    if len(page) < total:
         return types.messages.DialogsSlice(
             count=total,
             dialogs=dialogs,
