@@ -22,6 +22,8 @@ from pydantic_core import PydanticCustomError
 from telethon.extensions import html, markdown
 
 from shared.jobs.contract import JobType, QueueKind, RetryPolicy, register
+from shared.jobs.dialog_cursor import INVALID as INVALID_CURSOR
+from shared.jobs.dialog_cursor import DialogCursor
 from shared.text import NUL_REFUSED
 
 _USERNAME = re.compile(r"@?([A-Za-z][A-Za-z0-9_]{3,31})")
@@ -321,8 +323,41 @@ class GetMessagesParams(PeerParams):
     ids: list[MessageId] = Field(min_length=1, max_length=100)
 
 
+DIALOGS_PAGE_MAX = 100  # what Telegram lists per messages.getDialogs
+
+
 class DialogsParams(AccountParams):
-    limit: JsonInt = Field(default=100, ge=1, le=500)
+    archived: StrictBool = Field(
+        default=False, description="List the archive (folder 1) instead of the main list."
+    )
+    offset: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The previous page's next_offset, to go on from there; null: the top.",
+    )
+    limit: JsonInt = Field(default=100, ge=1, le=500, description="Chats to fetch, page by page.")
+    page_size: JsonInt = Field(
+        default=DIALOGS_PAGE_MAX,
+        ge=1,
+        le=DIALOGS_PAGE_MAX,
+        description=f"Chats per Telegram request (at most {DIALOGS_PAGE_MAX}).",
+    )
+
+    @field_validator("offset")
+    @classmethod
+    def _a_cursor_of_this_list(cls, offset: str | None, info: ValidationInfo) -> str | None:
+        """A cursor this job type returned, for the list (main or archive) asked for."""
+        if offset is None:
+            return None
+        cursor = DialogCursor.decode(offset)
+        archived = info.data.get("archived", False)
+        if cursor.folder != int(archived):
+            raise PydanticCustomError(
+                INVALID_CURSOR,
+                "offset is a cursor of the {other} list, not of the one asked for",
+                {"other": "archived" if cursor.folder else "main"},
+            )
+        return offset
 
 
 class DialogOut(BaseModel):
@@ -334,6 +369,15 @@ class DialogOut(BaseModel):
 
 class DialogsResult(BaseModel):
     dialogs: list[DialogOut]
+    next_offset: str | None = Field(
+        description="Pass it back as offset for the chats after these; null once the list ends."
+    )
+    cut_short: str | None = Field(
+        default=None,
+        description="Why the listing stopped before limit with next_offset to go on from "
+        "(flood_wait, reconnecting, ...: what made a page wait or fail after others were "
+        "fetched); null when it stopped at limit or at the end.",
+    )
 
 
 class JoinChatParams(AccountParams):
@@ -424,7 +468,13 @@ RESOLVE = _register(
     "telegram.resolve", PeerParams, ResolveResult, "Resolve a username, phone, id or t.me link."
 )
 _register("telegram.get_messages", GetMessagesParams, MessagesResult, "Messages by id.")
-_register("telegram.get_dialogs", DialogsParams, DialogsResult, "The account's chats.", timeout=120)
+_register(
+    "telegram.get_dialogs",
+    DialogsParams,
+    DialogsResult,
+    "One page of the account's chats, main list or archive, newest first.",
+    timeout=120,
+)
 _register("telegram.join_chat", JoinChatParams, ResolveResult, "Join by @username or invite link.")
 _register(
     "telegram.forward_messages",

@@ -3,12 +3,22 @@ and the ids results name chats by."""
 
 from __future__ import annotations
 
+import time
+import uuid
+from typing import Any
+
 import httpx
+import pytest
 from telethon.tl import types
 
+from services.sandbox import messaging as sandbox_messaging
+from services.sandbox import state as sandbox_state
 from services.sandbox.admin_client import SandboxAdmin
+from services.sandbox.server import Sandbox
 from services.worker.tasks import telegram as telegram_tasks
-from tests.telegram.conftest import crowd, import_account, marked_id, requests_counted
+from shared.jobs.dialog_cursor import DialogCursor, PeerKind
+from tests.helpers import auth
+from tests.telegram.conftest import crowd, import_account, marked_id, requests_counted, serving
 from tests.telegram.test_jobs import run
 
 
@@ -294,3 +304,140 @@ async def test_a_member_listing_a_flood_cuts_short_keeps_its_pages_and_goes_on_f
     listed = [u["id"] for u in cut["participants"] + rest["result"]["participants"]]
     assert sorted(listed) == sorted([me["user_id"], *others])
     assert requests_counted(account["id"], "ok", method) == 6  # no page fetched twice
+
+
+async def tied_dialogs(
+    admin: SandboxAdmin, me: dict[str, Any], monkeypatch: pytest.MonkeyPatch, chats: int
+) -> list[int]:
+    """``chats`` private chats and ``chats`` channels of ``me`` whose top messages all
+    carry the same date (each channel's top message id is 2 as well): the marked ids."""
+    frozen = int(time.time())
+    ids = []
+    with monkeypatch.context() as clock:
+        clock.setattr(sandbox_messaging, "now", lambda: frozen)
+        clock.setattr(sandbox_state, "now", lambda: frozen)
+        owner = await admin.create_account(first_name="Owner")
+        for i in range(chats):
+            writer = await admin.create_account(first_name=f"W{i}")
+            await admin.post_message(writer["user_id"], me["user_id"], f"hello {i}")
+            ids.append(writer["user_id"])
+            chat = await admin.create_chat(
+                title=f"C{i}",
+                kind="channel",
+                creator_id=owner["user_id"],
+                members=[me["user_id"]],
+                messages=[{"text": "post"}],
+            )
+            ids.append(marked_id(chat))
+    return ids
+
+
+async def test_dialogs_page_on_with_next_offset_without_gap_or_repeat_on_any_worker(
+    sandbox: Sandbox, admin: SandboxAdmin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten chats, every one's top message of the same second, listed four at a time in
+    requests of three: the cursor tells ties apart, and a worker whose client never saw
+    the chat it names (a new worker) goes on from it."""
+    async with serving(sandbox) as api:
+        account, me = await import_account(api, admin)
+        chats = await tied_dialogs(admin, me, monkeypatch, 5)
+        every = await run(api, "telegram.get_dialogs", account_id=account["id"])
+        assert every["result"]["next_offset"] is None
+        listed = [d["peer"]["id"] for d in every["result"]["dialogs"]]
+        assert sorted(listed) == sorted(chats)
+        first = await run(
+            api, "telegram.get_dialogs", account_id=account["id"], limit=4, page_size=3
+        )
+        assert first["status"] == "succeeded", first
+        assert first["progress"] == {"pages": 2, "fetched": 4}  # a request of 3, one of 1
+        assert first["result"]["cut_short"] is None
+        offset = first["result"]["next_offset"]
+        assert offset is not None
+    pages = [d["peer"]["id"] for d in first["result"]["dialogs"]]
+    requests = requests_counted(account["id"], "ok", "messages.getDialogs")
+    async with serving(sandbox) as api:  # a new worker: its client has seen no chat yet
+        while offset is not None:
+            page = await run(
+                api,
+                "telegram.get_dialogs",
+                account_id=account["id"],
+                offset=offset,
+                limit=4,
+                page_size=3,
+            )
+            assert page["status"] == "succeeded", page
+            pages += [d["peer"]["id"] for d in page["result"]["dialogs"]]
+            offset = page["result"]["next_offset"]
+    assert pages == listed
+    # A job of two requests (3 + 1 chats), then one whose request came back short (2 of
+    # 3: the end): the offset peer went as the cursor named it, nothing was looked up.
+    assert requests_counted(account["id"], "ok", "messages.getDialogs") == requests + 3
+
+
+async def test_archived_chats_are_listed_apart_and_paged_by_their_own_cursor(
+    api: httpx.AsyncClient, admin: SandboxAdmin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account, me = await import_account(api, admin)
+    chats = await tied_dialogs(admin, me, monkeypatch, 3)
+    archived = chats[1:4]  # a channel between two private chats
+    for peer in archived:
+        await admin.file_dialog(me["user_id"], peer)
+    main = await run(api, "telegram.get_dialogs", account_id=account["id"])
+    assert sorted(d["peer"]["id"] for d in main["result"]["dialogs"]) == sorted(
+        set(chats) - set(archived)
+    )
+    first = await run(api, "telegram.get_dialogs", account_id=account["id"], archived=True, limit=2)
+    assert first["status"] == "succeeded", first
+    offset = first["result"]["next_offset"]
+    rest = await run(
+        api, "telegram.get_dialogs", account_id=account["id"], archived=True, offset=offset
+    )
+    assert rest["result"]["next_offset"] is None
+    walked = [d["peer"]["id"] for d in first["result"]["dialogs"] + rest["result"]["dialogs"]]
+    assert sorted(walked) == sorted(archived)
+    assert len(walked) == 3
+    # The archive's cursor goes on in the archive only.
+    body = {
+        "type": "telegram.get_dialogs",
+        "params": {"account_id": account["id"], "offset": offset},
+    }
+    response = await api.post("/v1/jobs", json=body, headers=auth())
+    assert response.status_code == 422, response.text
+    assert [(d["field"], d["type"]) for d in response.json()["error"]["details"]] == [
+        ("params.offset", "invalid_cursor")
+    ]
+
+
+def _cursor(**fields: Any) -> str:
+    return DialogCursor(**{"folder": 0, **fields}).encode()
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [
+        "",
+        "not a cursor",
+        "A" * 36,  # base64url of the right length, version 0
+        _cursor(kind=PeerKind.USER, peer_id=5, message_id=3)[:-1] + "!",
+        _cursor(kind=PeerKind.USER, peer_id=5, message_id=3) + "AAAA",
+        _cursor(kind=PeerKind.USER, peer_id=0, message_id=3),  # no chat
+        _cursor(kind=PeerKind.CHAT, peer_id=5, access_hash=7),  # basic groups have none
+        _cursor(kind=PeerKind.NONE, date=5),  # the list past its pinned chats: no date
+        _cursor(kind=PeerKind.CHANNEL, peer_id=5, message_id=-1),
+        _cursor(folder=1, kind=PeerKind.USER, peer_id=5),  # the archive's
+    ],
+)
+async def test_an_offset_no_listing_returned_is_422_before_any_worker(
+    api: httpx.AsyncClient, offset: str
+) -> None:
+    body = {
+        "type": "telegram.get_dialogs",
+        "params": {"account_id": str(uuid.uuid4()), "offset": offset},
+    }
+    response = await api.post("/v1/jobs", json=body, headers=auth())
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_params"
+    assert [(d["field"], d["type"]) for d in error["details"]] == [
+        ("params.offset", "invalid_cursor")
+    ]

@@ -6,7 +6,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from services.worker.context import JobContext
-from services.worker.tasks import accounts, ai, login, system, telegram, telegram_more
+from services.worker.tasks import (
+    accounts,
+    ai,
+    login,
+    system,
+    telegram,
+    telegram_dialogs,
+    telegram_more,
+)
 
 Handler = Callable[[JobContext, Any], Awaitable[Any]]
 
@@ -27,7 +35,7 @@ HANDLERS: dict[str, Handler] = {
     "telegram.get_history": telegram.get_history,
     "telegram.resolve": telegram.resolve,
     "telegram.get_messages": telegram_more.get_messages,
-    "telegram.get_dialogs": telegram_more.get_dialogs,
+    "telegram.get_dialogs": telegram_dialogs.get_dialogs,
     "telegram.join_chat": telegram_more.join_chat,
     "telegram.forward_messages": telegram_more.forward_messages,
     "telegram.mark_read": telegram_more.mark_read,

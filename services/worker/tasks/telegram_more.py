@@ -32,8 +32,6 @@ from services.worker.telegram.runtime import (
 )
 from shared.errors import Deferral, PermanentFailure, RetryableFailure
 from shared.jobs.telegram import (
-    DialogsParams,
-    DialogsResult,
     ForwardParams,
     ForwardResult,
     GetMessagesParams,
@@ -59,26 +57,6 @@ async def get_messages(ctx: JobContext, params: GetMessagesParams) -> MessagesRe
         own = tg.account.tg_user_id
     return MessagesResult.model_validate(
         {"messages": [message_out(m, own) for m in found if isinstance(m, MESSAGES)]}
-    )
-
-
-async def get_dialogs(ctx: JobContext, params: DialogsParams) -> DialogsResult:
-    async with ctx.state.telegram.session(ctx.tenant, params.account_id) as tg:
-        dialogs = await tg.call(
-            "messages.getDialogs", lambda: tg.client.get_dialogs(limit=params.limit)
-        )
-    return DialogsResult.model_validate(
-        {
-            "dialogs": [
-                {
-                    "peer": peer_out(d.entity),
-                    "unread_count": d.unread_count,
-                    "last_message_id": d.message.id if d.message else None,
-                    "pinned": bool(d.pinned),
-                }
-                for d in dialogs
-            ]
-        }
     )
 
 

@@ -1,0 +1,93 @@
+"""The cursor ``telegram.get_dialogs`` hands back as ``next_offset``.
+
+Telegram pages a chat list by the last listed dialog's top message: its date, its id
+and its peer, which it takes only as an input peer, access hash included. The cursor
+carries all of that, so that any worker's client can send the next request, one that
+has never seen the peer too, and the folder it belongs to, so that it cannot be
+passed to the other list. It is opaque to callers: 27 bytes, base64url.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import re
+import struct
+from dataclasses import dataclass
+
+from pydantic_core import PydanticCustomError
+
+_VERSION = 1
+_LAYOUT = struct.Struct("<BBIiBqq")  # version, folder, date, message id, kind, id, hash
+_TEXT = re.compile(r"[A-Za-z0-9_-]{36}")  # 27 bytes of base64url, no padding
+_INT32_MAX = 2**31 - 1
+INVALID = "invalid_cursor"
+
+
+class PeerKind(enum.IntEnum):
+    """What a cursor's peer is; NONE: no peer, the list past its pinned dialogs."""
+
+    NONE = 0
+    USER = 1
+    CHAT = 2  # a basic group: no access hash
+    CHANNEL = 3
+
+
+_KINDS = frozenset(k.value for k in PeerKind)
+
+
+@dataclass(frozen=True)
+class DialogCursor:
+    """Where the next page of a folder's chat list starts: after the dialog whose top
+    message is ``message_id`` of ``date`` (Unix seconds) in the chat ``peer_id``."""
+
+    folder: int
+    date: int = 0
+    message_id: int = 0
+    kind: PeerKind = PeerKind.NONE
+    peer_id: int = 0
+    access_hash: int = 0
+
+    def encode(self) -> str:
+        raw = _LAYOUT.pack(
+            _VERSION,
+            self.folder,
+            self.date,
+            self.message_id,
+            self.kind,
+            self.peer_id,
+            self.access_hash,
+        )
+        return base64.urlsafe_b64encode(raw).decode("ascii")
+
+    @classmethod
+    def decode(cls, text: str) -> DialogCursor:
+        """The cursor ``text`` spells; ``invalid_cursor`` for anything ``encode`` could
+        not have written."""
+        if not _TEXT.fullmatch(text):
+            raise _invalid()
+        try:
+            fields = _LAYOUT.unpack(base64.urlsafe_b64decode(text))
+        except (binascii.Error, struct.error):
+            raise _invalid() from None
+        version, folder, date, message_id, kind, peer_id, access_hash = fields
+        if version != _VERSION or folder not in (0, 1) or kind not in _KINDS:
+            raise _invalid()
+        cursor = cls(folder, date, message_id, PeerKind(kind), peer_id, access_hash)
+        if not cursor._consistent():
+            raise _invalid()
+        return cursor
+
+    def _consistent(self) -> bool:
+        if not 0 <= self.message_id <= _INT32_MAX:
+            return False
+        if self.kind is PeerKind.NONE:  # past the pinned dialogs: nothing else set
+            return self.date == self.message_id == self.peer_id == self.access_hash == 0
+        return self.peer_id > 0 and (self.kind is not PeerKind.CHAT or self.access_hash == 0)
+
+
+def _invalid() -> PydanticCustomError:
+    return PydanticCustomError(
+        INVALID, "offset is not a next_offset that telegram.get_dialogs returned"
+    )
