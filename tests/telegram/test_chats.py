@@ -441,3 +441,26 @@ async def test_an_offset_no_listing_returned_is_422_before_any_worker(
     assert [(d["field"], d["type"]) for d in error["details"]] == [
         ("params.offset", "invalid_cursor")
     ]
+
+
+async def test_a_chat_listing_a_flood_cuts_short_keeps_its_pages_and_goes_on_from_there(
+    api: httpx.AsyncClient, admin: SandboxAdmin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account, me = await import_account(api, admin)
+    chats = await tied_dialogs(admin, me, monkeypatch, 3)
+    # Six chats in requests of two: the second meets a flood wait longer than the
+    # client sleeps through.
+    method = "messages.getDialogs"
+    await admin.add_fault(me["user_id"], "delay", method=method, seconds=0, times=1)
+    await admin.add_fault(me["user_id"], "flood_wait", method=method, seconds=4, times=1)
+    params = {"account_id": account["id"], "page_size": 2}
+    first = await run(api, "telegram.get_dialogs", **params)
+    assert first["status"] == "succeeded", first
+    cut = first["result"]
+    assert (len(cut["dialogs"]), cut["cut_short"]) == (2, "flood_wait")
+    rest = await run(api, "telegram.get_dialogs", **params, offset=cut["next_offset"])
+    assert rest["status"] == "succeeded", rest
+    assert (rest["result"]["next_offset"], rest["result"]["cut_short"]) == (None, None)
+    listed = [d["peer"]["id"] for d in cut["dialogs"] + rest["result"]["dialogs"]]
+    assert sorted(listed) == sorted(chats)
+    assert requests_counted(account["id"], "ok", method) == 4  # no page fetched twice
