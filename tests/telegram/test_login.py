@@ -548,7 +548,7 @@ async def test_a_code_step_telegram_does_not_answer_gives_up_in_time_and_frees_t
     assert answer.status_code == 504, answer.text
     error = answer.json()["error"]
     assert error["code"] == "timeout"
-    assert "the same request may be sent again" in error["message"]
+    assert "send the same request again" in error["message"]
     assert out.status_code == 200, out.text
     row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", uuid.UUID(account_id))
     assert (row["state"], row["session_ciphertext"]) == ("disabled", None)

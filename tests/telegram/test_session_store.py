@@ -13,7 +13,7 @@ from telethon.tl import types
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.server import Sandbox
 from services.worker.context import JobContext
-from services.worker.tasks import login as login_tasks
+from services.worker.tasks import logout as logout_tasks
 from services.worker.tasks import telegram as telegram_tasks
 from services.worker.telegram import accounts
 from services.worker.telegram.runtime import TelegramRuntime
@@ -237,11 +237,11 @@ async def test_what_an_account_had_seen_goes_with_its_logout(
         assert loaded is not None
         async with rt.pool.lease(loaded):
             params = {"account_id": busy["id"]}
-            await login_tasks.logout(
+            await logout_tasks.logout(
                 _job(rt, "account.logout", params), AccountIdParams.model_validate(params)
             )
         params = {"account_id": idle["id"]}
-        await login_tasks.logout(
+        await logout_tasks.logout(
             _job(rt, "account.logout", params), AccountIdParams.model_validate(params)
         )
         left = {

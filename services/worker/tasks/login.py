@@ -28,11 +28,8 @@ from services.worker.telegram.errors import Kind, Mapped, map_error
 from services.worker.telegram.runtime import PASS_THROUGH
 from shared import transit
 from shared.aio import raise_if_cancelling
-from shared.errors import Deferral, PermanentFailure, RetryableFailure
+from shared.errors import PermanentFailure, RetryableFailure
 from shared.jobs.accounts import (
-    AccountIdParams,
-    CleanupParams,
-    CleanupResult,
     LoginCodeParams,
     LoginPasswordParams,
     LoginStartParams,
@@ -42,7 +39,7 @@ from shared.logs import get_logger
 
 log = get_logger(__name__)
 # A sealed session erased: its ciphertext, wrapped key, key id and fingerprint (SQL).
-_ERASED = (
+ERASED = (
     "session_ciphertext = NULL, session_wrapped_key = NULL, session_key_id = NULL,"
     " auth_key_hash = NULL"
 )
@@ -65,8 +62,12 @@ _USER_GONE = {
     DisabledReason.DEACTIVATED: "The Telegram account of this number is deleted;"
     " it cannot be logged in.",
 }
-# Telegram did not answer, or the connection went: nothing of the login changed here.
-_SEND_AGAIN = "The login is as it was: the same request may be sent again."
+# Telegram did not answer, or the connection went: nothing of the login changed here,
+# whatever Telegram made of the request (the next step finds a sign-in that went through).
+_SEND_AGAIN = (
+    "The login is still pending: send the same request again (a sign-in that went"
+    " through at Telegram meanwhile is found then)."
+)
 # What a sign-in step meets when Telegram signed the key in but the answer was lost: no
 # answer in time, or (the connection dropped and Telethon sent the call again) the code or
 # the password's challenge used up by the call that went through.
@@ -87,7 +88,7 @@ def _fresh_session(ctx: JobContext) -> StringSession:
 
 
 @contextlib.asynccontextmanager
-async def _client(
+async def login_client(
     ctx: JobContext, session: StringSession, account_id: uuid.UUID
 ) -> AsyncIterator[TelegramClient]:
     settings = ctx.state.settings
@@ -145,7 +146,7 @@ async def _end_login(ctx: JobContext, account_id: uuid.UUID, details: dict[str, 
     """Erase a pending login's half-made session: its further steps are refused, and the
     row expires like any unfinished login."""
     ended = await ctx.state.db.fetchval(
-        f"""UPDATE accounts SET {_ERASED}, login_code_hash = NULL, updated_at = now()
+        f"""UPDATE accounts SET {ERASED}, login_code_hash = NULL, updated_at = now()
            WHERE id = $1 AND state = 'login_pending' RETURNING id""",  # noqa: S608
         account_id,
     )
@@ -173,7 +174,7 @@ async def _pending(ctx: JobContext, account_id: uuid.UUID) -> Any:
     return row
 
 
-def _open_session(ctx: JobContext, row: Any) -> StringSession:
+def open_session(ctx: JobContext, row: Any) -> StringSession:
     sealed = accounts.sealed_of(row)
     assert sealed is not None  # _pending() only returns rows holding a session
     return StringSession(ctx.state.telegram.vault.open(sealed, aad=row["id"].bytes))
@@ -202,7 +203,7 @@ async def _save_session(ctx: JobContext, account_id: uuid.UUID, session: str, **
 async def login_start(ctx: JobContext, params: LoginStartParams) -> LoginStep:
     account_id = uuid.uuid4()
     session = _fresh_session(ctx)
-    async with _client(ctx, session, account_id) as client:
+    async with login_client(ctx, session, account_id) as client:
         sent = await client.send_code_request(params.phone)
         saved = session.save()
     await ctx.state.db.execute(
@@ -223,7 +224,7 @@ async def login_start(ctx: JobContext, params: LoginStartParams) -> LoginStep:
     return LoginStep(account_id=account_id, state="login_pending", next="code")
 
 
-async def _signed_in(ctx: JobContext, client: TelegramClient) -> Any:
+async def signed_in_user(ctx: JobContext, client: TelegramClient) -> Any:
     """The user the login's key is signed in as, or None (``users.getUsers`` of self)."""
     request = GetUsersRequest([InputUserSelf()])
     try:
@@ -248,7 +249,7 @@ async def _sign_in(
     try:
         return await asyncio.wait_for(signing_in, ctx.state.settings.telegram_request_timeout)
     except _LOST[step] as exc:
-        me = await _signed_in(ctx, client)
+        me = await signed_in_user(ctx, client)
         if me is None:
             raise
         metrics.LOST_SIGN_INS.labels(step).inc()
@@ -303,13 +304,13 @@ async def _not_pending_any_more(
 ) -> PermanentFailure:
     """The login was deleted while its step signed in: the session it made is stored
     nowhere, so nobody else will ever connect it or log it out. It is logged out here."""
-    await _log_out_unstored(ctx, account_id, client)
+    await log_out_unstored(ctx, account_id, client)
     return PermanentFailure(
         "login_not_pending", "The login was deleted while this step ran; it is not finished."
     )
 
 
-async def _log_out_unstored(ctx: JobContext, account_id: uuid.UUID, client: TelegramClient) -> bool:
+async def log_out_unstored(ctx: JobContext, account_id: uuid.UUID, client: TelegramClient) -> bool:
     """``auth.logOut`` of a login's signed-in key that no account will store, over the
     login's own client (best effort); whether Telegram confirmed it."""
     timeout = ctx.state.settings.telegram_request_timeout
@@ -351,7 +352,7 @@ async def _into_known_account(
 
 
 @contextlib.asynccontextmanager
-async def _one_step_at_a_time(ctx: JobContext, account_id: uuid.UUID) -> AsyncIterator[None]:
+async def one_step_at_a_time(ctx: JobContext, account_id: uuid.UUID) -> AsyncIterator[None]:
     """Hold the login's steps to one at a time. Two at once would connect its half-made
     session twice (one key, one connection) and could both try a code while one attempt
     is left; the later one reads the row again after the first has counted. Steps run on
@@ -365,14 +366,14 @@ async def _one_step_at_a_time(ctx: JobContext, account_id: uuid.UUID) -> AsyncIt
 
 
 async def login_code(ctx: JobContext, params: LoginCodeParams) -> LoginStep:
-    async with _one_step_at_a_time(ctx, params.account_id):
+    async with one_step_at_a_time(ctx, params.account_id):
         return await _login_code(ctx, params)
 
 
 async def _login_code(ctx: JobContext, params: LoginCodeParams) -> LoginStep:
     row = await _pending(ctx, params.account_id)
-    session = _open_session(ctx, row)
-    async with _client(ctx, session, row["id"]) as client:
+    session = open_session(ctx, row)
+    async with login_client(ctx, session, row["id"]) as client:
         try:
             signing_in = client.sign_in(
                 row["phone"], params.code, phone_code_hash=row["login_code_hash"]
@@ -394,7 +395,7 @@ async def _login_code(ctx: JobContext, params: LoginCodeParams) -> LoginStep:
 
 
 async def login_password(ctx: JobContext, params: LoginPasswordParams) -> LoginStep:
-    async with _one_step_at_a_time(ctx, params.account_id):
+    async with one_step_at_a_time(ctx, params.account_id):
         return await _login_password(ctx, params)
 
 
@@ -408,8 +409,8 @@ async def _login_password(ctx: JobContext, params: LoginPasswordParams) -> Login
     password = await transit.take(ctx.state.redis, secret, params.password_ref)
     if password is None:
         raise PermanentFailure("password_expired", "The password handed to this job is gone.")
-    session = _open_session(ctx, row)
-    async with _client(ctx, session, row["id"]) as client:
+    session = open_session(ctx, row)
+    async with login_client(ctx, session, row["id"]) as client:
         try:
             signing_in = client.sign_in(password=password)
             me = await _sign_in(ctx, row, client, signing_in, "password")
@@ -430,12 +431,12 @@ async def _count_attempt(ctx: JobContext, row: Any, client: TelegramClient) -> N
     )
     if attempts < ctx.state.settings.telegram_login_max_attempts:
         return
-    await _withdraw_code(ctx, row, client)
+    await withdraw_code(ctx, row, client)
     await _end_login(ctx, row["id"], {"attempts": attempts})
     raise _attempts_exceeded(attempts)
 
 
-async def _withdraw_code(ctx: JobContext, row: Any, client: TelegramClient) -> bool:
+async def withdraw_code(ctx: JobContext, row: Any, client: TelegramClient) -> bool:
     """``auth.cancelCode`` for a login still waiting for its code; whether Telegram took
     it. Best effort: the key is never used again whatever Telegram answers."""
     if not row["login_code_hash"] or row["login_needs_password"]:
@@ -456,130 +457,3 @@ def _attempts_exceeded(attempts: int) -> PermanentFailure:
         f"This login was cancelled after {attempts} wrong codes or passwords;"
         " start a new one with POST /v1/accounts.",
     )
-
-
-async def logout(ctx: JobContext, params: AccountIdParams) -> LoginStep:
-    """Log the session out at Telegram (best effort) and erase it here.
-
-    One step at a time with the account's login steps: a login step running now ends
-    first (and what it stored is what is logged out), rather than meet a logout that
-    connects its half-made session beside it and that it then undoes.
-    """
-    async with _one_step_at_a_time(ctx, params.account_id):
-        return await _logout(ctx, params)
-
-
-async def _logout(ctx: JobContext, params: AccountIdParams) -> LoginStep:
-    runtime = ctx.state.telegram
-    account = await accounts.load(ctx.state.db, params.account_id, ctx.tenant)
-    if account is None:
-        raise PermanentFailure("account_not_found", f"No account {params.account_id}.")
-    confirmed = False
-    if account.state is State.LOGIN_PENDING:
-        confirmed = await _cancel_login(ctx, account.id)
-    elif account.sealed is not None and account.state is not State.DISABLED:
-        await _drop_replaced_client(ctx, account)
-        confirmed = await _log_out_at_telegram(ctx, account)
-    # An account disabled already (revoked, say) is now one its owner logged out: the
-    # reason says so, and health no longer counts it as a problem.
-    await ctx.state.db.execute(
-        f"""UPDATE accounts SET {_ERASED}, login_code_hash = NULL, updated_at = now(),
-               disabled_reason = CASE WHEN state = 'disabled' THEN 'logged_out'
-                                      ELSE disabled_reason END
-           WHERE id = $1""",  # noqa: S608
-        account.id,
-    )
-    await accounts.set_state(
-        ctx.state.db, account, State.DISABLED, reason=DisabledReason.LOGGED_OUT
-    )
-    await accounts.record_event(
-        ctx.state.db, account.id, account.tenant, "logout", {"confirmed_by_telegram": confirmed}
-    )
-    runtime.forget(account.id)
-    runtime.forget_seen(account.id)
-    runtime.pool.retire(account.id)  # gone as soon as no job holds it
-    await runtime.pool.drop(account.id, reason="logout")
-    return LoginStep(account_id=account.id, state="disabled", next=None)
-
-
-async def _cancel_login(ctx: JobContext, account_id: uuid.UUID) -> bool:
-    """A login deleted before it finished, over its own client (never the pool's, which
-    serves stored signed-in sessions). A step whose answer was lost may have signed its
-    key in: that key, stored nowhere once erased here, is logged out. Otherwise the code,
-    if still waiting, is withdrawn. Whether Telegram confirmed either."""
-    row = await ctx.state.db.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
-    if row is None or row["session_ciphertext"] is None:
-        return False
-    try:
-        async with _client(ctx, _open_session(ctx, row), account_id) as client:
-            if await _signed_in(ctx, client) is None:
-                return await _withdraw_code(ctx, row, client)
-            metrics.LOST_SIGN_INS.labels("delete").inc()
-            log.info("deleted login found its key signed in", account_id=str(account_id))
-            return await _log_out_unstored(ctx, account_id, client)
-    except (PermanentFailure, RetryableFailure) as exc:  # unreachable: erased all the same
-        log.warning(
-            "deleted login not cancelled at Telegram", account_id=str(account_id), error=exc.code
-        )
-        return False
-
-
-async def _drop_replaced_client(ctx: JobContext, account: accounts.Account) -> None:
-    """Close this worker's client of the account if it holds a session the account no
-    longer stores (a login or import replaced it just now): what is logged out is the
-    stored session, over a client of its own. A job still using the old client keeps it
-    until it ends (its key is logged out as a replaced session then)."""
-    assert account.sealed is not None
-    runtime = ctx.state.telegram
-    held = runtime.pool.key_of(account.id)
-    if held is None:
-        return
-    stored = accounts.auth_key_hash(runtime.vault.open(account.sealed, aad=account.aad))
-    if held == stored:
-        return
-    runtime.forget(account.id)
-    if not await runtime.pool.drop(account.id, reason="session_replaced"):
-        runtime.pool.replace(account.id, reason="session_replaced")
-
-
-async def _log_out_at_telegram(ctx: JobContext, account: accounts.Account) -> bool:
-    """``auth.logOut`` over the account's one connection: the pool's client, shared with
-    any job using it right now, never a second client on the same key."""
-    try:
-        async with ctx.state.telegram.pool.lease(account) as client:
-            timeout = ctx.state.settings.telegram_request_timeout
-            return bool(await asyncio.wait_for(client.log_out(), timeout))
-    except Deferral as exc:
-        if exc.code == "session_replaced":
-            # A login or import stored a new session since the account was read: erasing
-            # now would leave that one signed in. The job comes back and reads it.
-            ctx.state.telegram.forget(account.id)
-            raise
-        if exc.code in ("shard_moved", "pool_full"):
-            raise  # this worker may not connect it now: the job comes back
-        reason = exc.code
-    except Exception as exc:  # Telegram unreachable or refusing: the session goes anyway
-        raise_if_cancelling()
-        reason = type(exc).__name__
-    log.warning("logout not confirmed by Telegram", account_id=str(account.id), error=reason)
-    return False
-
-
-async def cleanup_sessions(ctx: JobContext, params: CleanupParams) -> CleanupResult:
-    """Erase the sealed sessions of the tenant's accounts disabled for long enough."""
-    days = params.older_than_days
-    if days is None:
-        days = ctx.state.settings.telegram_session_retention_days
-    rows = await ctx.state.db.fetch(
-        f"""UPDATE accounts SET {_ERASED}, updated_at = now()
-           WHERE tenant_id = $1 AND state = 'disabled' AND session_ciphertext IS NOT NULL
-             AND invalid_since < now() - make_interval(days => $2)
-           RETURNING id""",  # noqa: S608
-        ctx.tenant,
-        days,
-    )
-    for row in rows:
-        await accounts.record_event(
-            ctx.state.db, row["id"], ctx.tenant, "session_erased", {"retention_days": days}
-        )
-    return CleanupResult(erased=len(rows))
