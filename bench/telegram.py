@@ -17,6 +17,9 @@
 3. Where the cores went: CPU milliseconds per send of every process that took part
    (gateway, worker, sandbox, Redis, Postgres, this script's HTTP client; for the bare
    loop, its clients and the sandbox). The host's cores are shared by all of them.
+4. The queue's ceiling: the same number of no-op jobs through a bare ARQ worker (tuned as
+   in bench/pipeline.py) on the same Redis, in the same run: what any job queued through
+   ARQ is bounded by on this host, whatever it then does.
 """
 
 from __future__ import annotations
@@ -414,6 +417,11 @@ async def main(args: argparse.Namespace) -> None:
         bare, bare_cpu = await bench_bare(
             [s for _, s in sessions[: args.send_accounts]], args.sends, sandbox.pid
         )
+        # The queue's own ceiling: no job queued through ARQ can go faster than ARQ does
+        # with nothing to run (bench.pipeline imports this module: imported here).
+        from bench.pipeline import bench_arq
+
+        arq = (await bench_arq(args.redis, "tuned", args.sends, 50, idle=0)).throughput
         latency = (
             f", DC answering sends after {args.dc_latency_ms:g} ms" if args.dc_latency_ms else ""
         )
@@ -425,9 +433,10 @@ async def main(args: argparse.Namespace) -> None:
             f"  tgflow jobs, 100 per POST /v1/jobs:batch:                       {batched:6.0f} /s"
         )
         print(f"  bare Telethon loop, same accounts:                              {bare:6.0f} /s")
+        print(f"  ARQ alone, no-op jobs, one worker (poll 10 ms, 100 at once):   {arq:6.0f} /s")
         print(
             f"  ratio tgflow / bare: {pipeline / bare:.2f}, batched {batched / bare:.2f} "
-            "(target >= 0.7)"
+            f"(target >= 0.7); ARQ alone / bare: {arq / bare:.2f}"
         )
         print("CPU per send, every process on the host that took part:")
         print(f"  one per POST: {cpu_line(pipeline_cpu)}")
