@@ -22,6 +22,7 @@ from .admin_schemas import (
     FaultIn,
     FolderIn,
     MessageIn,
+    PinIn,
     error_response,
     int_param,
     parse_body,
@@ -230,6 +231,26 @@ class AdminApi:
             {"user_id": account.id, "peer": peer.marked, "folder_id": body.folder_id}
         )
 
+    async def pin_dialog(self, request: Request) -> Response:
+        """Pin a dialog of the account on top of its folder's pinned ones, or unpin it."""
+        body = await parse_body(request, PinIn)
+        account = _account(self.world, body.user_id)
+        peer = parse_peer(self.world, body.peer)
+        try:
+            account.pin_dialog(peer, body.pinned)
+        except RpcFail as fail:
+            raise _rpc_to_admin(fail) from None
+        folder = account.folder_of(peer)
+        return JSONResponse(
+            {
+                "user_id": account.id,
+                "peer": peer.marked,
+                "pinned": body.pinned,
+                "folder_id": folder,
+                "pinned_in_folder": [p.marked for p in account.pinned_in(folder)],
+            }
+        )
+
     async def add_fault(self, request: Request) -> Response:
         body = await parse_body(request, FaultIn)
         account = _account(self.world, body.user_id)
@@ -316,6 +337,7 @@ class AdminApi:
             Route("/admin/messages", self.list_messages, methods=["GET"]),
             Route("/admin/messages", self.post_message, methods=["POST"]),
             Route("/admin/folders", self.file_dialog, methods=["POST"]),
+            Route("/admin/pins", self.pin_dialog, methods=["POST"]),
             Route("/admin/faults", self.add_fault, methods=["POST"]),
             Route("/admin/faults", self.list_faults, methods=["GET"]),
             Route("/admin/faults/{fault_id}", self.delete_fault, methods=["DELETE"]),

@@ -66,6 +66,11 @@ class SandboxAdmin:
         body = {"user_id": user_id, "peer": str(peer), "folder_id": folder_id}
         await self._call("POST", "/admin/folders", json=body)
 
+    async def pin_dialog(self, user_id: int, peer: int | str, pinned: bool = True) -> None:
+        """Pin the user's dialog with ``peer`` on top of its folder's pinned ones, or unpin it."""
+        body = {"user_id": user_id, "peer": str(peer), "pinned": pinned}
+        await self._call("POST", "/admin/pins", json=body)
+
     async def add_fault(self, user_id: int, kind: str, **fields: Any) -> int:
         body = {"user_id": user_id, "kind": kind, **fields}
         fault_id: int = (await self._call("POST", "/admin/faults", json=body))["id"]

@@ -99,6 +99,12 @@ class FolderIn(_Strict):
     folder_id: Literal[0, 1] = 1
 
 
+class PinIn(_Strict):
+    user_id: int
+    peer: str = Field(min_length=1, max_length=64)
+    pinned: bool = True
+
+
 class FaultIn(_Strict):
     user_id: int
     kind: FaultKind

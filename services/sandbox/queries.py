@@ -99,6 +99,17 @@ def dialog_tops(world: World, account: Account, folder: int | None = None) -> li
     return tops
 
 
+def pinned_split(
+    account: Account, tops: list[StoredMessage], folder: int | None
+) -> tuple[list[StoredMessage], list[StoredMessage]]:
+    """``tops`` (one folder's, most recent first) as its pinned dialogs in pin order
+    and the others in their order."""
+    by_peer = {m.peer: m for m in tops}
+    pinned = [by_peer[p] for p in account.pinned_in(folder) if p in by_peer]
+    chosen = {m.peer for m in pinned}
+    return pinned, [m for m in tops if m.peer not in chosen]
+
+
 def _unread(world: World, account: Account, top: StoredMessage) -> int:
     read = account.read_inbox.get(top.peer, 0)
     if top.peer.kind == "channel":
@@ -121,6 +132,7 @@ def dialog_tl(world: World, account: Account, top: StoredMessage) -> Any:
         notify_settings=types.PeerNotifySettings(),
         pts=channel.pts if channel else None,
         folder_id=1 if top.peer in account.archived else None,
+        pinned=top.peer in account.pinned or None,
     )
 
 

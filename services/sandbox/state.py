@@ -17,6 +17,9 @@ UPDATE_LOG_LIMIT = 5000
 USER_ID_BASE = 7_000_000
 CHANNEL_ID_BASE = 1_900_000_000
 _USERNAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{3,31}$")
+# How many dialogs a folder holds pinned, as Telegram allows an account without
+# Premium: 5 in the main list, 100 in the archive.
+PINNED_LIMITS = {0: 5, 1: 100}
 
 
 def now() -> int:
@@ -118,6 +121,7 @@ class Account:
     read_inbox: dict[PeerRef, int] = field(default_factory=dict)
     channels: set[int] = field(default_factory=set)
     archived: set[PeerRef] = field(default_factory=set)  # dialogs in folder 1
+    pinned: list[PeerRef] = field(default_factory=list)  # of both folders, top first
 
     @property
     def peer(self) -> PeerRef:
@@ -135,10 +139,55 @@ class Account:
             if not self.has_dialog(peer):
                 raise bad_request("PEER_ID_INVALID")
         for peer, folder in moves:
+            if folder != self.folder_of(peer) and peer in self.pinned:
+                self.pinned.remove(peer)  # a pin belongs to the list it was made in
             if folder:
                 self.archived.add(peer)
             else:
                 self.archived.discard(peer)
+
+    def folder_of(self, peer: PeerRef) -> int:
+        return 1 if peer in self.archived else 0
+
+    def pinned_in(self, folder: int | None) -> list[PeerRef]:
+        """The folder's pinned dialogs in pin order (None: the main list's, then the
+        archive's)."""
+        if folder is None:
+            return self.pinned_in(0) + self.pinned_in(1)
+        return [p for p in self.pinned if self.folder_of(p) == folder]
+
+    def _pinnable(self, peer: PeerRef) -> None:
+        if not self.has_dialog(peer):
+            raise bad_request("CHANNEL_PRIVATE" if peer.kind == "channel" else "PEER_HISTORY_EMPTY")
+
+    def pin_dialog(self, peer: PeerRef, pinned: bool) -> None:
+        """Pin a dialog on top of its folder's pinned ones, or unpin it; pinning one
+        pinned already changes nothing."""
+        self._pinnable(peer)
+        if not pinned:
+            if peer in self.pinned:
+                self.pinned.remove(peer)
+            return
+        if peer in self.pinned:
+            return
+        folder = self.folder_of(peer)
+        if len(self.pinned_in(folder)) >= PINNED_LIMITS[folder]:
+            raise bad_request("PINNED_DIALOGS_TOO_MUCH")
+        self.pinned.insert(0, peer)
+
+    def reorder_pinned(self, folder: int, order: list[PeerRef], *, force: bool) -> None:
+        """Pin ``order``'s dialogs of ``folder`` in that order, the folder's other pinned
+        ones after them (unpinned with ``force``); none change on an error."""
+        for peer in order:
+            self._pinnable(peer)
+            if self.folder_of(peer) != folder:
+                raise bad_request("PEER_ID_INVALID")
+        rest = [] if force else [p for p in self.pinned_in(folder) if p not in order]
+        pinned = list(dict.fromkeys(order)) + rest
+        if len(pinned) > PINNED_LIMITS[folder]:
+            raise bad_request("PINNED_DIALOGS_TOO_MUCH")
+        others = [p for p in self.pinned if self.folder_of(p) != folder]
+        self.pinned = pinned + others
 
     def store(self, message: StoredMessage) -> int:
         """Put a message into the private box; returns the new pts."""

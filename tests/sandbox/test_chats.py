@@ -1,6 +1,7 @@
 """Channels and supergroups: joining, members, history, forwarding, updates."""
 
 import asyncio
+from typing import Any
 
 import httpx
 import pytest
@@ -282,3 +283,127 @@ async def test_a_dialog_moves_to_the_archive_and_back(
     response = await admin.post("/admin/folders", json=body)
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "peer_id_invalid"
+
+
+async def _pin(client: Any, entity: Any, pinned: bool = True) -> None:
+    assert await client(functions.messages.ToggleDialogPinRequest(entity, pinned=pinned)) is True
+
+
+async def test_pinned_dialogs_lead_their_folder_in_pin_order(
+    admin: httpx.AsyncClient, new_account: AccountFactory, new_client: ClientFactory
+) -> None:
+    alice = await new_account()
+    friends = [await new_account(username=f"friend{i}_sb") for i in range(7)]
+    stranger = await new_account()
+    client = new_client(alice["session_string"])
+    await client.connect()
+    for i in range(7):  # friend6's chat is the most recent
+        await client.send_message(f"friend{i}_sb", f"hi {i}")
+    ids = [f["user_id"] for f in friends]
+    entity = {d.id: d.entity for d in await client.get_dialogs()}
+    await _pin(client, entity[ids[1]])
+    await _pin(client, entity[ids[3]])  # the newest pin goes on top
+    listed = await client.get_dialogs()
+    assert [(d.id, d.pinned) for d in listed] == [
+        (ids[3], True),
+        (ids[1], True),
+        *((ids[i], False) for i in (6, 5, 4, 2, 0)),
+    ]
+    # Later pages leave them out (Telethon asks with exclude_pinned after the first).
+    paged = [d.id async for d in client.iter_dialogs()]
+    assert paged == [d.id for d in listed]
+    raw = functions.messages.GetDialogsRequest(None, 0, types.InputPeerEmpty(), 3, 0)
+    first = await client(raw)
+    assert [(d.peer.user_id, bool(d.pinned)) for d in first.dialogs] == [
+        (ids[3], True),
+        (ids[1], True),
+        (ids[6], False),
+    ]
+    assert isinstance(first, types.messages.DialogsSlice)
+    assert first.count == 7
+    top = next(m for m in first.messages if m.peer_id.user_id == ids[6])
+    after = functions.messages.GetDialogsRequest(
+        top.date, top.id, entity[ids[6]], 3, 0, exclude_pinned=True
+    )
+    assert [d.peer.user_id for d in (await client(after)).dialogs] == [ids[5], ids[4], ids[2]]
+    # Without exclude_pinned the pinned dialogs lead a later page as well.
+    after.exclude_pinned = None
+    assert [d.peer.user_id for d in (await client(after)).dialogs] == [ids[3], ids[1], ids[5]]
+    excluded = functions.messages.GetDialogsRequest(
+        None, 0, types.InputPeerEmpty(), 100, 0, exclude_pinned=True
+    )
+    unpinned = await client(excluded)
+    assert [d.peer.user_id for d in unpinned.dialogs] == [ids[i] for i in (6, 5, 4, 2, 0)]
+    assert isinstance(unpinned, types.messages.Dialogs)  # all the request could list
+    # Reordering puts the pinned dialogs named first; force unpins the others.
+    order = [entity[ids[1]], entity[ids[3]]]
+    assert await client(functions.messages.ReorderPinnedDialogsRequest(0, order)) is True
+    assert [d.id for d in (await client.get_dialogs())[:2]] == [ids[1], ids[3]]
+    force = functions.messages.ReorderPinnedDialogsRequest(0, [entity[ids[3]]], force=True)
+    assert await client(force) is True
+    pinned = await client(functions.messages.GetPinnedDialogsRequest(0))
+    assert [d.peer.user_id for d in pinned.dialogs] == [ids[3]]
+    assert ids[3] in {u.id for u in pinned.users}
+    await _pin(client, entity[ids[3]], pinned=False)
+    assert not any(d.pinned for d in await client.get_dialogs())
+    # Five at most in the main list; unpinning makes room again.
+    for i in range(5):
+        await _pin(client, entity[ids[i]])
+    await _pin(client, entity[ids[0]])  # pinned already: nothing changes
+    with pytest.raises(errors.PinnedDialogsTooMuchError):
+        await _pin(client, entity[ids[5]])
+    with pytest.raises(errors.PinnedDialogsTooMuchError):
+        await client(functions.messages.ReorderPinnedDialogsRequest(0, [entity[ids[5]]]))
+    await _pin(client, entity[ids[4]], pinned=False)
+    await _pin(client, entity[ids[5]])
+    no_dialog = types.InputPeerUser(stranger["user_id"], stranger["access_hash"])
+    with pytest.raises(errors.PeerHistoryEmptyError):
+        await _pin(client, no_dialog)
+
+
+async def test_the_archive_pins_its_own_dialogs(
+    admin: httpx.AsyncClient, new_account: AccountFactory, new_client: ClientFactory
+) -> None:
+    alice = await new_account()
+    friends = [await new_account(username=f"friend{i}_sb") for i in range(7)]
+    client = new_client(alice["session_string"])
+    await client.connect()
+    for i in range(7):
+        await client.send_message(f"friend{i}_sb", f"hi {i}")
+    ids = [f["user_id"] for f in friends]
+    entity = {d.id: d.entity for d in await client.get_dialogs()}
+    for i in range(5):
+        await _pin(client, entity[ids[i]])
+    # Archiving a pinned dialog unpins it; the archive has pins of its own, past the
+    # main list's five.
+    await client.edit_folder([entity[ids[0]], entity[ids[5]], entity[ids[6]]], 1)
+    await _pin(client, entity[ids[5]])
+    await _pin(client, entity[ids[0]])
+    archived = await client.get_dialogs(folder=1)
+    assert [(d.id, d.pinned) for d in archived] == [
+        (ids[0], True),
+        (ids[5], True),
+        (ids[6], False),
+    ]
+    main = await client.get_dialogs(folder=0)
+    assert [(d.id, d.pinned) for d in main] == [(ids[i], True) for i in (4, 3, 2, 1)]
+    pinned = await client(functions.messages.GetPinnedDialogsRequest(1))
+    assert [d.peer.user_id for d in pinned.dialogs] == [ids[0], ids[5]]
+    with pytest.raises(errors.PeerIdInvalidError):  # a dialog of the other folder
+        await client(functions.messages.ReorderPinnedDialogsRequest(0, [entity[ids[5]]]))
+    with pytest.raises(errors.FolderIdInvalidError):
+        await client(functions.messages.GetPinnedDialogsRequest(2))
+    # The admin API pins and unpins as well, and refuses a chat the account lacks.
+    body = {"user_id": alice["user_id"], "peer": "@friend6_sb"}
+    response = await admin.post("/admin/pins", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["pinned_in_folder"] == [ids[6], ids[0], ids[5]]
+    body = {"user_id": alice["user_id"], "peer": "@friend0_sb", "pinned": False}
+    response = await admin.post("/admin/pins", json=body)
+    assert response.json()["pinned_in_folder"] == [ids[6], ids[5]]
+    owner = await new_account()
+    chat = await _chat(admin, title="Closed", kind="channel", creator_id=owner["user_id"])
+    body = {"user_id": alice["user_id"], "peer": str(chat["peer"])}
+    response = await admin.post("/admin/pins", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "channel_private"

@@ -151,10 +151,15 @@ def _dialog_folder(req: Any) -> int | None:
 
 
 def _dialog_page(world: World, me: Account, req: Any) -> tuple[list[StoredMessage], int]:
-    """One page of the folder's dialogs after the offset (the last dialog of the page
-    before: its top message's date and id and its peer), and the folder's size."""
-    tops = queries.dialog_tops(world, me, _dialog_folder(req))
-    total = len(tops)
+    """One page of the folder's dialogs and how many the request could list: the pinned
+    ones first unless ``exclude_pinned`` (on every page: the offset does not apply to
+    them), then the others after the offset (the last dialog of the page before: its
+    top message's date and id and its peer)."""
+    folder = _dialog_folder(req)
+    pinned, tops = queries.pinned_split(me, queries.dialog_tops(world, me, folder), folder)
+    if req.exclude_pinned:
+        pinned = []
+    total = len(pinned) + len(tops)
     offset_peer = req.offset_peer
     peer = None
     if not isinstance(offset_peer, types.InputPeerEmpty):
@@ -164,7 +169,18 @@ def _dialog_page(world: World, me: Account, req: Any) -> tuple[list[StoredMessag
         offset = queries.dialog_key(date, peer, req.offset_id)
         tops = [m for m in tops if queries.dialog_key(m.date, m.peer, m.id) < offset]
     limit = max(1, min(req.limit or 100, queries.MAX_PAGE))
-    return tops[:limit], total
+    return (pinned + tops)[:limit], total
+
+
+def _dialogs_of(world: World, me: Account, page: list[StoredMessage]) -> Any:
+    """The page as messages.Dialogs: its dialogs with their top messages and peers."""
+    result = queries.messages_result(world, me, page, len(page))
+    return types.messages.Dialogs(
+        dialogs=[queries.dialog_tl(world, me, m) for m in page],
+        messages=result.messages,
+        chats=result.chats,
+        users=result.users,
+    )
 
 
 @method(functions.messages.GetDialogsRequest)
@@ -172,19 +188,59 @@ def get_dialogs(call: Call, req: Any) -> Any:
     me = call.account
     world = call.core.world
     page, total = _dialog_page(world, me, req)
-    result = queries.messages_result(world, me, page, len(page))
-    dialogs = [queries.dialog_tl(world, me, m) for m in page]
+    listed = _dialogs_of(world, me, page)
     if len(page) < total:
         return types.messages.DialogsSlice(
             count=total,
-            dialogs=dialogs,
-            messages=result.messages,
-            chats=result.chats,
-            users=result.users,
+            dialogs=listed.dialogs,
+            messages=listed.messages,
+            chats=listed.chats,
+            users=listed.users,
         )
-    return types.messages.Dialogs(
-        dialogs=dialogs, messages=result.messages, chats=result.chats, users=result.users
+    return listed
+
+
+@method(functions.messages.GetPinnedDialogsRequest)
+def get_pinned_dialogs(call: Call, req: Any) -> Any:
+    me = call.account
+    world = call.core.world
+    if req.folder_id not in (0, 1):
+        raise bad_request("FOLDER_ID_INVALID")
+    pinned, _ = queries.pinned_split(
+        me, queries.dialog_tops(world, me, req.folder_id), req.folder_id
     )
+    listed = _dialogs_of(world, me, pinned)
+    return types.messages.PeerDialogs(
+        dialogs=listed.dialogs,
+        messages=listed.messages,
+        chats=listed.chats,
+        users=listed.users,
+        state=queries.state_tl(me),
+    )
+
+
+def _dialog_peer(world: World, me: Account, peer: Any) -> PeerRef:
+    """An InputDialogPeer's chat; the archive's own entry is not pinned here."""
+    if not isinstance(peer, types.InputDialogPeer):
+        raise bad_request("PEER_ID_INVALID")
+    return input_peer(world, me, peer.peer)
+
+
+@method(functions.messages.ToggleDialogPinRequest)
+def toggle_dialog_pin(call: Call, req: Any) -> Any:
+    me = call.account
+    me.pin_dialog(_dialog_peer(call.core.world, me, req.peer), bool(req.pinned))
+    return True
+
+
+@method(functions.messages.ReorderPinnedDialogsRequest)
+def reorder_pinned_dialogs(call: Call, req: Any) -> Any:
+    me = call.account
+    if req.folder_id not in (0, 1):
+        raise bad_request("FOLDER_ID_INVALID")
+    order = [_dialog_peer(call.core.world, me, p) for p in req.order]
+    me.reorder_pinned(req.folder_id, order, force=bool(req.force))
+    return True
 
 
 @method(functions.messages.ReadHistoryRequest)
