@@ -26,12 +26,14 @@ INVALID = "invalid_cursor"
 
 
 class PeerKind(enum.IntEnum):
-    """What a cursor's peer is; NONE: no peer, the list past its pinned dialogs."""
+    """What a cursor's peer is; NONE: no peer, the list past its pinned dialogs;
+    PINNED: no peer, the list within its pinned dialogs, ``message_id`` of them listed."""
 
     NONE = 0
     USER = 1
     CHAT = 2  # a basic group: no access hash
     CHANNEL = 3
+    PINNED = 4
 
 
 _KINDS = frozenset(k.value for k in PeerKind)
@@ -62,6 +64,11 @@ class DialogCursor:
         return base64.urlsafe_b64encode(raw).decode("ascii")
 
     @classmethod
+    def pinned(cls, folder: int, listed: int) -> DialogCursor:
+        """Within the folder's pinned dialogs, ``listed`` of them listed."""
+        return cls(folder, message_id=listed, kind=PeerKind.PINNED)
+
+    @classmethod
     def decode(cls, text: str) -> DialogCursor:
         """The cursor ``text`` spells; ``invalid_cursor`` for anything ``encode`` could
         not have written."""
@@ -84,6 +91,8 @@ class DialogCursor:
             return False
         if self.kind is PeerKind.NONE:  # past the pinned dialogs: nothing else set
             return self.date == self.message_id == self.peer_id == self.access_hash == 0
+        if self.kind is PeerKind.PINNED:  # some pinned dialogs listed: how many, only
+            return self.message_id > 0 and self.date == self.peer_id == self.access_hash == 0
         return self.peer_id > 0 and (self.kind is not PeerKind.CHAT or self.access_hash == 0)
 
 

@@ -17,9 +17,9 @@ from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.server import Sandbox
 from services.worker.tasks import telegram as telegram_tasks
 from shared.jobs.dialog_cursor import DialogCursor, PeerKind
-from tests.helpers import auth
+from tests.helpers import auth, eventually, wait_for_status
 from tests.telegram.conftest import crowd, import_account, marked_id, requests_counted, serving
-from tests.telegram.test_jobs import run
+from tests.telegram.test_jobs import run, submit
 
 
 async def test_channel_join_read_members_and_forward_once(
@@ -423,6 +423,8 @@ def _cursor(**fields: Any) -> str:
         _cursor(kind=PeerKind.USER, peer_id=0, message_id=3),  # no chat
         _cursor(kind=PeerKind.CHAT, peer_id=5, access_hash=7),  # basic groups have none
         _cursor(kind=PeerKind.NONE, date=5),  # the list past its pinned chats: no date
+        _cursor(kind=PeerKind.PINNED),  # within the pinned chats, none listed
+        _cursor(kind=PeerKind.PINNED, message_id=2, peer_id=5),  # counts them, names none
         _cursor(kind=PeerKind.CHANNEL, peer_id=5, message_id=-1),
         _cursor(folder=1, kind=PeerKind.USER, peer_id=5),  # the archive's
     ],
@@ -464,3 +466,97 @@ async def test_a_chat_listing_a_flood_cuts_short_keeps_its_pages_and_goes_on_fro
     listed = [d["peer"]["id"] for d in cut["dialogs"] + rest["result"]["dialogs"]]
     assert sorted(listed) == sorted(chats)
     assert requests_counted(account["id"], "ok", method) == 4  # no page fetched twice
+
+
+async def walk(api: httpx.AsyncClient, **params: Any) -> list[tuple[int, bool]]:
+    """The chat list as jobs of ``params`` list it going on from each next_offset:
+    (marked id, pinned) per chat."""
+    listed: list[tuple[int, bool]] = []
+    offset = None
+    while True:
+        page = await run(api, "telegram.get_dialogs", **params, offset=offset)
+        assert page["status"] == "succeeded", page
+        listed += [(d["peer"]["id"], d["pinned"]) for d in page["result"]["dialogs"]]
+        offset = page["result"]["next_offset"]
+        if offset is None:
+            return listed
+
+
+async def test_pinned_chats_lead_the_list_once_and_paging_goes_on_right_after_them(
+    api: httpx.AsyncClient, admin: SandboxAdmin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account, me = await import_account(api, admin)
+    await tied_dialogs(admin, me, monkeypatch, 3)
+    every = await run(api, "telegram.get_dialogs", account_id=account["id"])
+    order = [d["peer"]["id"] for d in every["result"]["dialogs"]]
+    # The three last chats pinned, not in their own order: the newest pin on top.
+    for chat in (order[3], order[5], order[4]):
+        await admin.pin_dialog(me["user_id"], chat)
+    expected = [(order[i], i >= 3) for i in (4, 5, 3, 0, 1, 2)]
+    whole = await run(api, "telegram.get_dialogs", account_id=account["id"])
+    assert [(d["peer"]["id"], d["pinned"]) for d in whole["result"]["dialogs"]] == expected
+    # Pages smaller than the pinned chats, in one job and in jobs going on from each
+    # other's next_offset; pages that end with the pinned ones, or past them.
+    for page_size, limit in [(2, 100), (1, 100), (2, 2), (3, 3), (1, 2), (4, 4), (4, 2)]:
+        params = {"account_id": account["id"], "page_size": page_size, "limit": limit}
+        assert await walk(api, **params) == expected, (page_size, limit)
+
+
+async def test_the_archive_lists_its_own_pinned_chats_and_pages_within_them(
+    api: httpx.AsyncClient, admin: SandboxAdmin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account, me = await import_account(api, admin)
+    chats = await tied_dialogs(admin, me, monkeypatch, 3)
+    for chat in chats[:4]:
+        await admin.file_dialog(me["user_id"], chat)
+    archived = await run(api, "telegram.get_dialogs", account_id=account["id"], archived=True)
+    order = [d["peer"]["id"] for d in archived["result"]["dialogs"]]
+    for chat in (order[3], order[2]):
+        await admin.pin_dialog(me["user_id"], chat)
+    await admin.pin_dialog(me["user_id"], chats[5])  # the main list's own
+    main = await walk(api, account_id=account["id"], page_size=1, limit=1)
+    assert main == [(chats[5], True), (chats[4], False)]
+    expected = [(order[2], True), (order[3], True), (order[0], False), (order[1], False)]
+    for page_size, limit in [(1, 1), (2, 2), (1, 100), (3, 1)]:
+        params = {"page_size": page_size, "limit": limit, "archived": True}
+        assert await walk(api, account_id=account["id"], **params) == expected, params
+
+
+async def test_chats_that_move_while_a_listing_pages_are_listed_at_most_once(
+    api: httpx.AsyncClient, admin: SandboxAdmin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between two requests of a listing, a pinned chat listed already is unpinned (it
+    falls back into the list below the cursor: Telegram lists it again) and messages
+    move a listed chat and an unlisted one to the top (above the cursor)."""
+    account, me = await import_account(api, admin)
+    frozen = int(time.time())
+    with monkeypatch.context() as clock:
+        clock.setattr(sandbox_messaging, "now", lambda: frozen)
+        writers = [(await admin.create_account(first_name=f"W{i}"))["user_id"] for i in range(6)]
+        for writer in writers:
+            await admin.post_message(writer, me["user_id"], "hello")
+    order = writers[::-1]  # one second: the latest message's chat first
+    await admin.pin_dialog(me["user_id"], order[5])
+    method = "messages.getDialogs"
+    await admin.add_fault(me["user_id"], "delay", method=method, seconds=0, times=1)
+    await admin.add_fault(me["user_id"], "delay", method=method, seconds=2, times=1)
+    job_id = await submit(api, "telegram.get_dialogs", account_id=account["id"], page_size=3)
+
+    async def first_page_read() -> bool:
+        job = (await api.get(f"/v1/jobs/{job_id}", headers=auth())).json()
+        return bool(job["progress"] and job["progress"]["pages"] == 1)
+
+    await eventually(first_page_read)  # [order[5] pinned, order[0], order[1]]
+    with monkeypatch.context() as clock:
+        clock.setattr(sandbox_messaging, "now", lambda: frozen + 5)
+        await admin.pin_dialog(me["user_id"], order[5], pinned=False)
+        await admin.post_message(order[0], me["user_id"], "listed, now on top")
+        await admin.post_message(order[3], me["user_id"], "not listed, now on top")
+    done = await wait_for_status(api, job_id, {"succeeded", "failed"}, timeout=15)
+    assert done["status"] == "succeeded", done
+    listed = [(d["peer"]["id"], d["pinned"]) for d in done["result"]["dialogs"]]
+    # The second page is order[2], order[4] and order[5] again, left out; order[3] is
+    # above the cursor now: this listing misses it, the next from the top has it first.
+    assert listed == [(order[5], True), *((order[i], False) for i in (0, 1, 2, 4))]
+    again = await run(api, "telegram.get_dialogs", account_id=account["id"], limit=2)
+    assert [d["peer"]["id"] for d in again["result"]["dialogs"]] == [order[3], order[0]]

@@ -6,11 +6,11 @@ import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 from telethon import types, utils
-from telethon.tl.functions.messages import GetDialogsRequest
+from telethon.tl.functions.messages import GetDialogsRequest, GetPinnedDialogsRequest
 
 from services.worker.context import JobContext
 from services.worker.tasks.telegram import peer_out
@@ -32,11 +32,17 @@ def _input_peer(cursor: DialogCursor) -> Any:
     return types.InputPeerEmpty()
 
 
-def _request(cursor: DialogCursor | None, folder: int, limit: int) -> GetDialogsRequest:
-    """The first page (pinned dialogs first), or the one after ``cursor`` (past the
-    pinned dialogs, which only the first page lists)."""
+_Request: TypeAlias = GetDialogsRequest | GetPinnedDialogsRequest
+
+
+def _request(cursor: DialogCursor | None, folder: int, limit: int) -> _Request:
+    """The first page (pinned dialogs first), the folder's pinned dialogs when the
+    pages so far listed only some of them (no offset reaches into them: they are in
+    pin order, not by date), or the page after ``cursor`` (past the pinned dialogs)."""
     if cursor is None:
         return GetDialogsRequest(None, 0, types.InputPeerEmpty(), limit, 0, folder_id=folder)
+    if cursor.kind is PeerKind.PINNED:
+        return GetPinnedDialogsRequest(folder)
     return GetDialogsRequest(
         datetime.fromtimestamp(cursor.date, UTC) if cursor.date else None,
         cursor.message_id,
@@ -72,13 +78,13 @@ def _cursor_at(folder: int, entity: Any, message: Any) -> DialogCursor:
 
 def _seen_key(cursor: DialogCursor) -> int | None:
     """The marked id of the chat the cursor is past, None for none."""
-    if cursor.kind is PeerKind.NONE:
+    if cursor.kind in (PeerKind.NONE, PeerKind.PINNED):
         return None
     marked: int = utils.get_peer_id(_input_peer(cursor))
     return marked
 
 
-def _sender(tg: AccountSession, request: GetDialogsRequest) -> Callable[[], Awaitable[Any]]:
+def _sender(tg: AccountSession, request: _Request) -> Callable[[], Awaitable[Any]]:
     """One request as the callable ``AccountSession.call`` runs (bound now, not later)."""
     return lambda: tg.client(request)
 
@@ -92,11 +98,46 @@ class _Listing:
     dialogs: list[DialogOut] = field(default_factory=list)
     seen: set[int] = field(default_factory=set)
 
-    def read(self, page: Any) -> tuple[int, bool]:
-        """Take one answer in: the number of dialogs it held, and whether it moved the
-        cursor. A chat listed already (Telegram may repeat one, or the one the cursor
-        is past) and one newer than the offset (which Telegram may ignore) are left
-        out; so is the archive's entry in the main list, no chat of its own."""
+    def read(self, page: Any, want: int) -> bool:
+        """Take one answer to ``_request`` in; whether the list may go on after it."""
+        if isinstance(page, types.messages.PeerDialogs):
+            self._read_pinned(page, want)
+            return True  # the dialogs not pinned come next, if any
+        count, moved = self._read_page(page)
+        # A short or complete answer is the list's end; so is one that did not move the
+        # cursor (it would only be asked for again).
+        return count >= want and isinstance(page, types.messages.DialogsSlice) and moved
+
+    def _read_pinned(self, page: Any, want: int) -> None:
+        """The folder's pinned dialogs after the ``listed`` ones the cursor counts."""
+        assert self.cursor is not None
+        listed = self.cursor.message_id
+        taken = page.dialogs[listed : listed + want]
+        self._take(page, taken)
+        listed += len(taken)
+        if listed < len(page.dialogs):
+            self.cursor = DialogCursor.pinned(self.folder, listed)
+        else:
+            self.cursor = DialogCursor(self.folder)  # past them all
+
+    def _read_page(self, page: Any) -> tuple[int, bool]:
+        """Take a messages.getDialogs answer in: the number of dialogs it held, and
+        whether it moved the cursor (past its last dialog not pinned; within the pinned
+        ones if the first page held only those)."""
+        last = self._take(page, page.dialogs)
+        pinned_only = bool(page.dialogs) and all(getattr(d, "pinned", False) for d in page.dialogs)
+        if last is None and self.cursor is None and pinned_only:
+            last = DialogCursor.pinned(self.folder, len(page.dialogs))
+        moved = last is not None and last != self.cursor
+        if last is not None:
+            self.cursor = last
+        return len(page.dialogs), moved
+
+    def _take(self, page: Any, dialogs: list[Any]) -> DialogCursor | None:
+        """List ``dialogs`` of ``page``; the cursor past the last one not pinned. A chat
+        listed already (Telegram may repeat one, or the one the cursor is past) and one
+        newer than the offset (which Telegram may ignore) are left out; so is the
+        archive's entry in the main list, no chat of its own."""
         entities = {
             utils.get_peer_id(x): x
             for x in itertools.chain(page.users, page.chats)
@@ -105,14 +146,12 @@ class _Listing:
         messages = {_message_key(m.peer_id, m.id): m for m in page.messages}
         after = self.cursor.date if self.cursor is not None else 0
         last: DialogCursor | None = None
-        unpinned = False
-        for dialog in page.dialogs:
+        for dialog in dialogs:
             if not isinstance(dialog, types.Dialog):
                 continue
             peer_id = utils.get_peer_id(dialog.peer)
             message = messages.get(_message_key(dialog.peer, dialog.top_message))
             entity = entities.get(peer_id)
-            unpinned = unpinned or not dialog.pinned
             if not dialog.pinned and entity is not None and message is not None:
                 last = _cursor_at(self.folder, entity, message)
             newer = after and message is not None and _date(message) > after
@@ -127,12 +166,7 @@ class _Listing:
                     pinned=bool(dialog.pinned),
                 )
             )
-        if last is None and not unpinned and page.dialogs:
-            last = DialogCursor(self.folder)  # pinned ones only: the rest comes after them
-        moved = last is not None and last != self.cursor
-        if last is not None:
-            self.cursor = last
-        return len(page.dialogs), moved
+        return last
 
 
 async def get_dialogs(ctx: JobContext, params: DialogsParams) -> DialogsResult:
@@ -154,23 +188,24 @@ async def get_dialogs(ctx: JobContext, params: DialogsParams) -> DialogsResult:
         for page_number in itertools.count(1):
             want = min(params.page_size, params.limit - len(listing.dialogs))
             request = _request(listing.cursor, folder, want)
+            method = (
+                "messages.getPinnedDialogs"
+                if isinstance(request, GetPinnedDialogsRequest)
+                else "messages.getDialogs"
+            )
             try:
-                page = await tg.call("messages.getDialogs", _sender(tg, request))
+                page = await tg.call(method, _sender(tg, request))
             except (Deferral, RetryableFailure) as stopped:
                 if page_number == 1:
                     raise
                 cut_short = stopped.code
                 break
-            count, moved = listing.read(page)
+            ended = not listing.read(page, want)
             await ctx.report(
                 progress=orjson.dumps(
                     {"pages": page_number, "fetched": len(listing.dialogs)}
                 ).decode()
             )
-            # A short or complete answer is the list's end; so is one that did not
-            # move the cursor (it would only be asked for again).
-            complete = not isinstance(page, types.messages.DialogsSlice)
-            ended = count < want or complete or not moved
             if ended or len(listing.dialogs) >= params.limit:
                 break
     cursor = listing.cursor
