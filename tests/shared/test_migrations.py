@@ -73,6 +73,42 @@ async def test_phones_stored_as_digits_gain_their_plus(empty_db: str) -> None:
     assert [r["phone"] for r in phones] == ["+15550001212", "+15550001313", None]
 
 
+async def test_logins_pending_before_the_sign_in_mark_are_checked_before_they_go(
+    empty_db: str,
+) -> None:
+    """Logins pending when migration 14 runs may hold a key a lost step signed in (their
+    steps recorded nothing of it): the ones holding a session are marked as such."""
+    before = [m for m in load_migrations() if m.version < 14]
+    conn: asyncpg.Connection[Any] = await asyncpg.connect(empty_db)
+    try:
+        await _apply_pending(conn, before)
+        await conn.execute("INSERT INTO tenants (id, name) VALUES ('acme', 'acme')")
+        for phone, state, session in (
+            ("+15550001401", "login_pending", b"\x00"),
+            ("+15550001402", "login_pending", None),  # cancelled: its session erased
+            ("+15550001403", "active", b"\x00"),
+        ):
+            await conn.execute(
+                "INSERT INTO accounts (id, tenant_id, phone, state, session_ciphertext)"
+                " VALUES (gen_random_uuid(), 'acme', $1, $2, $3)",
+                phone,
+                state,
+                session,
+            )
+        await _apply_pending(conn, load_migrations())
+        rows = await conn.fetch(
+            "SELECT phone, login_may_be_signed_in AS marked, login_checks_failed FROM accounts"
+            " ORDER BY phone"
+        )
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in rows] == [
+        ("+15550001401", True, 0),
+        ("+15550001402", False, 0),
+        ("+15550001403", False, 0),
+    ]
+
+
 async def test_pools_run_with_jit_off_in_utc(database_url: str) -> None:
     from shared.config import BaseAppSettings
     from shared.db import create_pool

@@ -822,15 +822,18 @@ async def test_a_login_step_whose_answer_is_lost_finishes_the_sign_in_it_made(
     assert [k.key_id for k in sandbox.core.keys.for_user(created["user_id"])] == [key.key_id]
 
 
-async def lost_sign_in(api: httpx.AsyncClient, admin: SandboxAdmin, created: dict[str, Any]) -> str:
+async def lost_sign_in(
+    api: httpx.AsyncClient, admin: SandboxAdmin, created: dict[str, Any], kind: str = "delay_after"
+) -> str:
     """A login of the sandbox account ``created`` whose code step answered 504 although
-    Telegram signed its key in: the answer to auth.signIn is held, and so is the one call
-    that could have told (the step's users.getUsers on the key once signed in). Its id."""
+    Telegram signed its key in: the answer to auth.signIn is held (or its connection
+    dropped, ``kind`` drop_after), and so is the one call that could have told (the
+    step's users.getUsers on the key once signed in). Its id."""
     phone = f"+{created['phone'].lstrip('+')}"
     started = await api.post("/v1/accounts", json={"phone": phone}, headers=auth())
     account_id: str = started.json()["account_id"]
     user_id = created["user_id"]
-    await admin.add_fault(user_id, "delay_after", method="auth.signIn", seconds=5, times=1)
+    await admin.add_fault(user_id, kind, method="auth.signIn", seconds=5, times=1)
     probe = await admin.add_fault(user_id, "delay", method="users.getUsers", seconds=5)
     lost = await api.post(
         f"/v1/accounts/{account_id}/login/code", json={"code": CODE}, headers=auth()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from asyncpg import UniqueViolationError
@@ -74,6 +74,13 @@ _SEND_AGAIN = (
 _LOST: dict[str, tuple[type[BaseException], ...]] = {
     "code": (TimeoutError, tg.PhoneCodeExpiredError),
     "password": (TimeoutError, tg.PasswordHashInvalidError, tg.SrpIdInvalidError),
+}
+# Telegram's answers to a step's sign-in itself that leave its key not signed in (the
+# step's own lookup of the key's user, before it, found none): a wrong code, a code that
+# needs the 2FA password next. (A wrong password is one of _LOST's: the key is asked.)
+_REFUSED: dict[str, tuple[type[BaseException], ...]] = {
+    "code": (tg.PhoneCodeInvalidError, tg.SessionPasswordNeededError),
+    "password": (),
 }
 # What Telegram answers a call that needs a user on a key not (or not yet) signed in.
 _NOT_SIGNED_IN = (tg.AuthKeyUnregisteredError, tg.SessionPasswordNeededError)
@@ -157,8 +164,12 @@ async def _end_login(ctx: JobContext, account_id: uuid.UUID, details: dict[str, 
 
 
 async def _pending(ctx: JobContext, account_id: uuid.UUID) -> Any:
+    # FOR SHARE: waits for a check of the login's key by the pruning of abandoned logins
+    # (see telegram.abandoned) that holds the row, rather than connect the key beside it.
     row = await ctx.state.db.fetchrow(
-        "SELECT * FROM accounts WHERE id = $1 AND tenant_id = $2", account_id, ctx.tenant
+        "SELECT * FROM accounts WHERE id = $1 AND tenant_id = $2 FOR SHARE",
+        account_id,
+        ctx.tenant,
     )
     if row is None:
         raise PermanentFailure("account_not_found", f"No account {account_id} for this tenant.")
@@ -238,19 +249,29 @@ async def _sign_in(
     ctx: JobContext,
     row: Any,
     client: TelegramClient,
-    signing_in: Awaitable[Any],
+    sign_in: Callable[[], Awaitable[Any]],
     step: str,
 ) -> Any:
     """Run a step's sign-in; the user its key is signed in as. A sign-in whose answer is
     lost (``_LOST``) may have gone through at Telegram all the same, using up the code:
     the key is asked, and one signed in finishes the step as the answer would have. (A
     step sent again after one lost like this finds the key signed in too: Telethon's
-    ``sign_in`` asks the key for its user before it signs in.)"""
+    ``sign_in`` asks the key for its user before it signs in.)
+
+    The row says the key may be signed in from before the sign-in is sent until an
+    answer shows it is not: a step that never learns (the key's user not found out
+    either, the worker gone mid-step) leaves it so, and an abandoned login marked so has
+    its key checked, and logged out if signed in, before it is dropped."""
+    await _may_be_signed_in(ctx, row["id"], True)
     try:
-        return await asyncio.wait_for(signing_in, ctx.state.settings.telegram_request_timeout)
+        return await asyncio.wait_for(sign_in(), ctx.state.settings.telegram_request_timeout)
+    except _REFUSED[step]:
+        await _may_be_signed_in(ctx, row["id"], False)
+        raise
     except _LOST[step] as exc:
         me = await signed_in_user(ctx, client)
         if me is None:
+            await _may_be_signed_in(ctx, row["id"], False)
             raise
         metrics.LOST_SIGN_INS.labels(step).inc()
         log.info(
@@ -260,6 +281,19 @@ async def _sign_in(
             error=type(exc).__name__,
         )
         return me
+
+
+async def _may_be_signed_in(ctx: JobContext, account_id: uuid.UUID, maybe: bool) -> None:
+    """Mark a pending login's key as one a sign-in may have signed in (a sign-in sent
+    moves the login's expiry, as any step), or clear the mark."""
+    await ctx.state.db.execute(
+        """UPDATE accounts SET login_may_be_signed_in = $2,
+               login_checks_failed = 0,
+               updated_at = CASE WHEN $2 THEN now() ELSE updated_at END
+           WHERE id = $1 AND state = 'login_pending'""",
+        account_id,
+        maybe,
+    )
 
 
 async def _finish(ctx: JobContext, row: Any, client: TelegramClient, me: Any) -> LoginStep:
@@ -288,6 +322,7 @@ async def _finish(ctx: JobContext, row: Any, client: TelegramClient, me: Any) ->
             dc_id=dc_id,
             login_code_hash=None,
             login_needs_password=False,
+            login_may_be_signed_in=False,
         )
     except UniqueViolationError:  # another login of this user finished a moment before
         return await _into_known_account(ctx, row, me, session, dc_id, client)
@@ -357,11 +392,7 @@ async def one_step_at_a_time(ctx: JobContext, account_id: uuid.UUID) -> AsyncIte
     session twice (one key, one connection) and could both try a code while one attempt
     is left; the later one reads the row again after the first has counted. Steps run on
     the account's shard, so its owner's lock is enough."""
-    locks = ctx.state.telegram.login_steps
-    lock = locks.get(account_id)
-    if lock is None:
-        lock = locks[account_id] = asyncio.Lock()
-    async with lock:
+    async with ctx.state.telegram.login_step_lock(account_id):
         yield
 
 
@@ -375,10 +406,15 @@ async def _login_code(ctx: JobContext, params: LoginCodeParams) -> LoginStep:
     session = open_session(ctx, row)
     async with login_client(ctx, session, row["id"]) as client:
         try:
-            signing_in = client.sign_in(
-                row["phone"], params.code, phone_code_hash=row["login_code_hash"]
+            me = await _sign_in(
+                ctx,
+                row,
+                client,
+                lambda: client.sign_in(
+                    row["phone"], params.code, phone_code_hash=row["login_code_hash"]
+                ),
+                "code",
             )
-            me = await _sign_in(ctx, row, client, signing_in, "code")
         except tg.SessionPasswordNeededError:
             await ctx.state.db.execute(
                 """UPDATE accounts SET login_needs_password = true, updated_at = now()
@@ -412,8 +448,9 @@ async def _login_password(ctx: JobContext, params: LoginPasswordParams) -> Login
     session = open_session(ctx, row)
     async with login_client(ctx, session, row["id"]) as client:
         try:
-            signing_in = client.sign_in(password=password)
-            me = await _sign_in(ctx, row, client, signing_in, "password")
+            me = await _sign_in(
+                ctx, row, client, lambda: client.sign_in(password=password), "password"
+            )
         except tg.PasswordHashInvalidError as exc:
             await _count_attempt(ctx, row, client)
             raise PermanentFailure("password_invalid", "The 2FA password is wrong.") from exc

@@ -74,7 +74,8 @@ async def _cancel_login(ctx: JobContext, account_id: uuid.UUID) -> bool:
     serves stored signed-in sessions). A step whose answer was lost may have signed its
     key in: that key, stored nowhere once erased here, is logged out. Otherwise the code,
     if still waiting, is withdrawn. Whether Telegram confirmed either."""
-    row = await ctx.state.db.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
+    # FOR SHARE: after a check of the key by the pruning of abandoned logins, not beside it.
+    row = await ctx.state.db.fetchrow("SELECT * FROM accounts WHERE id = $1 FOR SHARE", account_id)
     if row is None or row["session_ciphertext"] is None:
         return False
     try:

@@ -42,13 +42,16 @@ REQUEST_LATENCY = Histogram(
 )
 PRUNED = Counter(
     "tgflow_telegram_pruned_total",
-    "Rows dropped by age: abandoned logins and old account events.",
+    "Rows dropped by age: abandoned logins (abandoned_login_unchecked: dropped after a day"
+    " of checks that reached no one, its key perhaps still signed in) and old account"
+    " events.",
     ["what"],
 )
 LOST_SIGN_INS = Counter(
     "tgflow_telegram_login_lost_sign_ins_total",
     "Login keys found signed in after a sign-in whose answer was lost, by what found them"
-    " (a code or password step, which finishes the login; a delete, which logs the key out).",
+    " (a code or password step, which finishes the login; a delete, or the pruning of an"
+    " abandoned login, which logs the key out).",
     ["step"],
 )
 BUDGET_WAITS = Counter(

@@ -129,6 +129,14 @@ class TelegramRuntime:
             del self.phone_peers[key]
         self._dialog_scans.pop(account_id, None)
 
+    def login_step_lock(self, account_id: uuid.UUID) -> asyncio.Lock:
+        """The lock a login's steps (and what else connects its half-made session here:
+        its DELETE, the check before an abandoned one is dropped) hold one at a time."""
+        lock = self.login_steps.get(account_id)
+        if lock is None:
+            lock = self.login_steps[account_id] = asyncio.Lock()
+        return lock
+
     def forget(self, account_id: uuid.UUID) -> None:
         self._accounts.pop(account_id, None)
         self._loading.pop(account_id, None)

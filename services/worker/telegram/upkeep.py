@@ -12,7 +12,8 @@ from telethon import types
 from telethon.sessions import StringSession
 from telethon.tl.functions.users import GetUsersRequest
 
-from services.worker.telegram import accounts, metrics, replaced
+from services.worker.telegram import abandoned, accounts, metrics, replaced
+from services.worker.telegram.abandoned import PRUNE_BATCH
 from services.worker.telegram.accounts import DisabledReason
 from services.worker.telegram.runtime import TelegramRuntime
 from shared.aio import raise_if_cancelling, sleep_unless
@@ -94,9 +95,6 @@ async def validate_idle_sessions(runtime: TelegramRuntime, stop: asyncio.Event) 
             log.warning("session validation skipped", error=type(exc).__name__)
 
 
-PRUNE_BATCH = 10_000  # rows deleted per statement, so no pass holds locks for long
-
-
 async def prune_forever(runtime: TelegramRuntime, stop: asyncio.Event) -> None:
     """About once a minute: drop abandoned logins and account events past retention, and
     log out replaced sessions whose owner missed the request to (``replaced``)."""
@@ -113,20 +111,11 @@ async def prune_once(runtime: TelegramRuntime) -> tuple[int, int]:
     """(abandoned logins, old account events) deleted.
 
     A login left at ``login_pending`` for ``telegram_login_expiry_seconds`` since its last
-    step is gone with its half-made session (its code has long expired). Rows another
-    worker is deleting at the same moment are skipped, not waited for.
+    step is gone with its half-made session (its code has long expired), its key logged
+    out first if a sign-in may have gone through (``abandoned``). Rows another worker is
+    deleting at the same moment are skipped, not waited for.
     """
-    settings = runtime.settings
-    logins = await runtime.db.fetch(
-        """DELETE FROM accounts WHERE id IN (
-               SELECT id FROM accounts
-               WHERE state = 'login_pending'
-                 AND updated_at < now() - make_interval(secs => $1)
-               LIMIT $2 FOR UPDATE SKIP LOCKED)
-           RETURNING id, tenant_id""",
-        settings.telegram_login_expiry_seconds,
-        PRUNE_BATCH,
-    )
+    logins = await abandoned.prune(runtime)
     events = 0
     while True:
         status = await runtime.db.execute(
@@ -134,21 +123,17 @@ async def prune_once(runtime: TelegramRuntime) -> tuple[int, int]:
                    SELECT id FROM account_events
                    WHERE created_at < now() - make_interval(days => $1)
                    LIMIT $2 FOR UPDATE SKIP LOCKED)""",
-            settings.telegram_event_retention_days,
+            runtime.settings.telegram_event_retention_days,
             PRUNE_BATCH,
         )
         deleted = int(status.rsplit(" ", 1)[-1])
         events += deleted
         if deleted < PRUNE_BATCH:
             break
-    for row in logins:
-        runtime.forget(row["id"])
-        log.info("abandoned login dropped", account_id=str(row["id"]), tenant=row["tenant_id"])
-    metrics.PRUNED.labels("abandoned_login").inc(len(logins))
     metrics.PRUNED.labels("account_event").inc(events)
     if events:
         log.info("old account events pruned", count=events)
-    return len(logins), events
+    return logins, events
 
 
 async def validate_once(runtime: TelegramRuntime, *, limit: int = 500, page: int = 200) -> int:
