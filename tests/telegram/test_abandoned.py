@@ -16,6 +16,7 @@ from telethon.sessions import StringSession
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.keys import format_key_id
 from services.sandbox.server import Sandbox
+from services.worker.tasks import login
 from services.worker.telegram import abandoned
 from services.worker.telegram.runtime import TelegramRuntime
 from services.worker.telegram.upkeep import prune_once
@@ -164,6 +165,62 @@ async def test_a_login_whose_key_cannot_be_checked_is_kept_for_the_next_pass(
     assert [json.loads(e["details"]) for e in events] == [{"error": "ConnectionError"}]
     await proxy.restore()
     assert await prune_once(pruner) == (1, 0)
+    assert sandbox.core.keys.for_user(user_id) == []
+
+
+async def test_a_kept_login_finished_later_no_longer_shows_the_failed_check(
+    sandbox: Sandbox,
+    admin: SandboxAdmin,
+    pg: asyncpg.Connection[Any],
+    pruner: TelegramRuntime,
+    proxy: DcProxy,
+) -> None:
+    """A login kept because its key could not be checked, then finished by its user: the
+    account is active with no error left from the check."""
+    account_id, _ = await _lost(sandbox, admin, "+15550008845", "delay_after")
+    await _expire(pg, account_id)
+    await proxy.cut()
+    assert await prune_once(pruner) == (0, 0)
+    async with serving(sandbox) as api:
+        done = await api.post(
+            f"/v1/accounts/{account_id}/login/code", json={"code": CODE}, headers=auth()
+        )
+        assert (done.status_code, done.json()["state"]) == (200, "active"), done.text
+        shown = (await api.get(f"/v1/accounts/{account_id}", headers=auth())).json()
+    assert (shown["state"], shown["last_error"]) == ("active", None)
+
+
+async def test_a_step_of_a_login_dropped_under_it_signs_no_key_in(
+    sandbox: Sandbox,
+    admin: SandboxAdmin,
+    pg: asyncpg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bulk drop of expired logins (any worker's) can take a login between its step's
+    read and the step's sign-in: the step then sends nothing. Sent, with its answer lost,
+    it would leave a key signed in at Telegram that no row stores."""
+    created = await admin.create_account(phone="+15550008846", password="pw", authorized=False)
+    user_id = created["user_id"]
+    mark = login._may_be_signed_in
+
+    async def dropped_first(ctx: Any, account_id: uuid.UUID, maybe: bool) -> bool:
+        if maybe:  # the pass of another worker, at the worst moment
+            await abandoned.prune(ctx.state.telegram)
+        return await mark(ctx, account_id, maybe)
+
+    async with serving(sandbox, telegram_request_timeout=1.0) as api:
+        started = await api.post("/v1/accounts", json={"phone": "+15550008846"}, headers=auth())
+        url = f"/v1/accounts/{started.json()['account_id']}/login"
+        step = await api.post(f"{url}/code", json={"code": CODE}, headers=auth())
+        assert step.json()["next"] == "password", step.text
+        await _expire(pg, started.json()["account_id"])
+        monkeypatch.setattr(login, "_may_be_signed_in", dropped_first)
+        held = {"seconds": 5, "times": 1}
+        await admin.add_fault(user_id, "delay_after", method="auth.checkPassword", **held)
+        await admin.add_fault(user_id, "delay", method="users.getUsers", seconds=5)
+        answer = await api.post(f"{url}/password", json={"password": "pw"}, headers=auth())
+    assert (answer.status_code, answer.json()["error"]["code"]) == (409, "login_not_pending")
+    assert await pg.fetchval("SELECT count(*) FROM accounts") == 0
     assert sandbox.core.keys.for_user(user_id) == []
 
 

@@ -262,7 +262,13 @@ async def _sign_in(
     answer shows it is not: a step that never learns (the key's user not found out
     either, the worker gone mid-step) leaves it so, and an abandoned login marked so has
     its key checked, and logged out if signed in, before it is dropped."""
-    await _may_be_signed_in(ctx, row["id"], True)
+    if not await _may_be_signed_in(ctx, row["id"], True):
+        # Dropped as abandoned (by any worker) since the step read it: a sign-in now would
+        # make a key no row stores, and leave it signed in if its answer were lost.
+        raise PermanentFailure(
+            "login_not_pending",
+            "This login expired and was dropped; start a new one with POST /v1/accounts.",
+        )
     try:
         return await asyncio.wait_for(sign_in(), ctx.state.settings.telegram_request_timeout)
     except _REFUSED[step]:
@@ -283,10 +289,11 @@ async def _sign_in(
         return me
 
 
-async def _may_be_signed_in(ctx: JobContext, account_id: uuid.UUID, maybe: bool) -> None:
+async def _may_be_signed_in(ctx: JobContext, account_id: uuid.UUID, maybe: bool) -> bool:
     """Mark a pending login's key as one a sign-in may have signed in (a sign-in sent
-    moves the login's expiry, as any step), or clear the mark."""
-    await ctx.state.db.execute(
+    moves the login's expiry, as any step), or clear the mark; whether the login is
+    still pending."""
+    status: str = await ctx.state.db.execute(
         """UPDATE accounts SET login_may_be_signed_in = $2,
                login_checks_failed = 0,
                updated_at = CASE WHEN $2 THEN now() ELSE updated_at END
@@ -294,6 +301,7 @@ async def _may_be_signed_in(ctx: JobContext, account_id: uuid.UUID, maybe: bool)
         account_id,
         maybe,
     )
+    return status.split()[-1] == "1"
 
 
 async def _finish(ctx: JobContext, row: Any, client: TelegramClient, me: Any) -> LoginStep:
@@ -323,6 +331,7 @@ async def _finish(ctx: JobContext, row: Any, client: TelegramClient, me: Any) ->
             login_code_hash=None,
             login_needs_password=False,
             login_may_be_signed_in=False,
+            last_error=None,  # a failed check of the login's key, say: settled now
         )
     except UniqueViolationError:  # another login of this user finished a moment before
         return await _into_known_account(ctx, row, me, session, dc_id, client)
