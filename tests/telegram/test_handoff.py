@@ -122,7 +122,8 @@ async def test_upkeep_goes_on_when_clients_close_under_its_requests(
 ) -> None:
     """Telethon cancels a request whose client is disconnected under it. A hand-off that
     does so to a health check and to a validation ends neither loop, and a requested
-    disconnect waits for the health check it meets."""
+    disconnect waits for the health check it meets (and then closes the client, which
+    the check held out of the pool)."""
     made = await leaving_worker(
         sandbox,
         admin,
@@ -154,10 +155,11 @@ async def test_upkeep_goes_on_when_clients_close_under_its_requests(
         while rt.pool._entries[asked_off].in_use == 0:  # its health check is under way
             await asyncio.sleep(0.01)
         await listener_disconnect(rt, str(asked_off))  # DELETE .../connections/{id}
-        assert rt.pool.holds(asked_off)  # it waits for the check...
+        assert not rt.pool.holds(asked_off)  # the account's next job gets a new client,
+        assert rt.pool.is_connected(asked_off)  # but the connection waits for the check...
 
         async def gone() -> bool:
-            return not rt.pool.holds(asked_off)
+            return not rt.pool.is_connected(asked_off)
 
         await eventually(gone, timeout=2)  # ...then goes
 

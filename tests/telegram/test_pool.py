@@ -424,3 +424,35 @@ async def test_a_connect_telegram_refuses_leaves_no_connection_and_records_its_f
         account_id,
     )
     assert [r["kind"] for r in kinds] == ["connect", "disconnect"]  # the one connection
+
+
+async def test_a_replaced_client_still_closing_shows_as_the_accounts_connection(
+    api: httpx.AsyncClient, admin: SandboxAdmin, sandbox: Sandbox
+) -> None:
+    """A client taken out of the pool while a job still uses it (a disconnect asked for)
+    keeps its connection until that job ends: it is counted, shown and announced as the
+    account's connection meanwhile, though the account's next client (made, not yet
+    connected) is not; once the job ends, it is gone from all three."""
+    imported, _ = await import_account(api, admin)
+    account_id = uuid.UUID(imported["id"])
+    rt = await _runtime(sandbox)
+    try:
+        account = await accounts.load(rt.db, account_id)
+        assert account is not None
+        async with rt.pool.lease(account):
+            rt.pool.replace(account_id, reason="requested")
+            with pytest.raises(Deferral) as waited:
+                async with rt.pool.lease(account):
+                    pass
+            assert waited.value.code == "client_closing"
+            await rt.redis.delete(presence_key(account_id))  # as if its TTL had run out
+            await _upkeep(rt)
+            assert shown_connected(imported["id"])
+            assert _sample("tgflow_telegram_clients_connected") == 1
+            assert rt.pool.connected() == [account_id]
+            assert await rt.redis.exists(presence_key(account_id))
+        assert not shown_connected(imported["id"])
+        assert _sample("tgflow_telegram_clients_connected") == 0
+        assert not await rt.redis.exists(presence_key(account_id))
+    finally:
+        await close_runtime(rt)

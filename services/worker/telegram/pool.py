@@ -132,11 +132,25 @@ class ClientPool:
         return account_id in self._entries
 
     def is_connected(self, account_id: uuid.UUID) -> bool:
+        """Whether a client of the account here is connected: its own, or one replaced
+        and still closing (``replace``), whose connection serves its last jobs."""
         entry = self._entries.get(account_id)
-        return entry is not None and bool(entry.client.is_connected())
+        if entry is not None and entry.client.is_connected():
+            return True
+        return any(a == account_id and e.client.is_connected() for a, e in self._replaced)
+
+    def _connections(self) -> list[tuple[uuid.UUID, Entry]]:
+        """Every connected client here, the accounts' own first, then replaced ones."""
+        return [
+            (a, e) for a, e in (*self._entries.items(), *self._replaced) if e.client.is_connected()
+        ]
 
     def connected(self) -> list[uuid.UUID]:
-        return [k for k, e in self._entries.items() if e.client.is_connected()]
+        """The accounts with a connection here."""
+        return list(dict.fromkeys(a for a, _ in self._connections()))
+
+    def _count_connections(self) -> None:
+        metrics.CLIENTS_CONNECTED.set(len(self._connections()))
 
     def key_of(self, account_id: uuid.UUID) -> str | None:
         """The fingerprint of the auth key this worker's client of the account holds."""
@@ -174,12 +188,19 @@ class ClientPool:
             entry.in_use -= 1
             if not quiet:
                 self._used(account.id, entry)
-            if entry.retired and entry.in_use == 0:
-                if self._entries.get(account.id) is entry:
-                    await self.drop(account.id, reason="retired")
-                elif (account.id, entry) in self._replaced:  # the last call on it ended
-                    self._replaced.remove((account.id, entry))
-                    await self._close(account.id, entry, entry.closing_reason)
+            await self._let_go(account.id, entry)
+
+    async def _let_go(self, account_id: uuid.UUID, entry: Entry, reason: str | None = None) -> None:
+        """Close a retired client once the last call on it has ended, whether it is still
+        the account's or was replaced meanwhile (recycled, ``replace``)."""
+        if not entry.retired or entry.in_use:
+            return
+        reason = reason or entry.closing_reason
+        if self._entries.get(account_id) is entry:
+            await self.drop(account_id, reason=reason)
+        elif (account_id, entry) in self._replaced:
+            self._replaced.remove((account_id, entry))
+            await self._close(account_id, entry, reason)
 
     def _used(self, account_id: uuid.UUID, entry: Entry) -> None:
         """A job used the client: it is the most recently used, and not idle."""
@@ -342,7 +363,7 @@ class ClientPool:
             entry.connected_at = time.time()
             await self._announce([(account.id, entry)])
             metrics.CONNECTS.labels("ok").inc()
-            metrics.CLIENTS_CONNECTED.set(len(self.connected()))
+            self._count_connections()
             metrics.account_connected(str(account.id), True)
             if quiet:
                 log.debug("telegram client connected to validate", account_id=str(account.id))
@@ -493,7 +514,7 @@ class ClientPool:
         be: the account shows as connected while that one is)."""
         with contextlib.suppress(Exception):
             await entry.client.disconnect()
-        metrics.CLIENTS_CONNECTED.set(len(self.connected()))
+        self._count_connections()
         replaced = self.is_connected(account_id)
         if not replaced:
             metrics.account_connected(str(account_id), False)
@@ -543,7 +564,7 @@ class ClientPool:
                 await entry.client.disconnect()
             metrics.account_connected(str(account_id), False)
         self._record_disconnects(doomed, reason)
-        metrics.CLIENTS_CONNECTED.set(len(self.connected()))
+        self._count_connections()
         # Only those that had connected closed a connection (and showed one).
         closed = [a for a, e in doomed if e.connected_at]
         if closed:
@@ -574,11 +595,13 @@ class ClientPool:
         """
         now = time.monotonic()
         entries = list(self._entries.items())
-        connected = [(a, e) for a, e in entries if e.client.is_connected()]
-        for account_id, entry in entries:  # a connection it lost too
-            metrics.account_connected(str(account_id), entry.client.is_connected())
+        shown: dict[uuid.UUID, Entry] = {}  # one connection per account: its own first
+        for account_id, entry in self._connections():
+            shown.setdefault(account_id, entry)
+        for account_id in {a for a, _ in (*entries, *self._replaced)}:  # lost ones too
+            metrics.account_connected(str(account_id), account_id in shown)
         with contextlib.suppress(RedisError, OSError):
-            await self._announce(connected)
+            await self._announce(list(shown.items()))
         started = []
         for account_id, entry in entries:
             if entry.in_use or self._entries.get(account_id) is not entry:
@@ -592,7 +615,7 @@ class ClientPool:
                 and len(self._checks) < HEALTH_CHECKS_AT_ONCE
             ):
                 started.append(self._start_check(account_id, entry))
-        metrics.CLIENTS_CONNECTED.set(len(self.connected()))  # connections lost in use too
+        self._count_connections()  # connections lost in use too
         return started
 
     def _start_check(self, account_id: uuid.UUID, entry: Entry) -> asyncio.Task[None]:
@@ -628,8 +651,9 @@ class ClientPool:
             return
         finally:
             entry.in_use -= 1
-        if entry.retired and self._entries.get(account_id) is entry and not entry.in_use:
-            await self.drop(account_id, reason="retired" if ok else "unhealthy")
+        # Recycled by its own check (a timeout, a lost connection) while the check held
+        # it: replaced already, and closed here, since no lease's end will.
+        await self._let_go(account_id, entry, "retired" if ok else "unhealthy")
 
     async def run_maintenance(self, stop: asyncio.Event) -> None:
         interval = min(
