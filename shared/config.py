@@ -73,6 +73,12 @@ class BaseAppSettings(BaseSettings):
         secret = self.secret_key.get_secret_value().encode()
         return hmac.new(secret, b"tgflow-monitor-api", hashlib.sha256).hexdigest()
 
+    def dialog_cursor_key(self) -> bytes:
+        """The key ``telegram.get_dialogs`` cursors are tagged with, derived from the
+        signing secret: the gateway checks what workers wrote, and a new secret makes
+        every cursor written before it invalid."""
+        return derive_key(self.secret_key.get_secret_value(), "tgflow dialog cursor v1").encode()
+
     def webhook_signing_key(self, tenant: str) -> str:
         """The key a tenant's completion webhooks are signed with: one per tenant, so a
         receiver of one tenant cannot forge another's, all derived from one secret."""

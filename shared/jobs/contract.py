@@ -56,14 +56,16 @@ class ParamsRejected(ValueError):
     """Params that parse but cannot run here (unknown provider, prompt too long).
 
     Raised by a job type's ``validate`` hook; the gateway answers 422 with ``code`` and
-    the offending ``field`` (a dotted path inside params), the worker fails the job.
+    the offending ``field`` (a dotted path inside params) with its ``kind`` (the details'
+    type: ``code`` unless given), the worker fails the job.
     """
 
-    def __init__(self, code: str, field: str, message: str) -> None:
+    def __init__(self, code: str, field: str, message: str, kind: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.field = field
         self.message = message
+        self.kind = kind or code
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,17 @@ Telegram pages a chat list by the last listed dialog's top message: its date, it
 and its peer, which it takes only as an input peer, access hash included. The cursor
 carries all of that, so that any worker's client can send the next request, one that
 has never seen the peer too, and the folder it belongs to, so that it cannot be
-passed to the other list. It is opaque to callers: 27 bytes, base64url.
+passed to the other list. It is opaque to callers: 39 bytes, base64url.
+
+Those fields are the account's own (a peer's access hash is valid for that account
+only), so the cursor is bound to the account it lists (and so to its tenant: an account
+id names one account of one tenant): its last 12 bytes are an
+HMAC-SHA256 tag, truncated, over the account id and the 27 bytes before it, keyed by a
+key of its own that gateway and workers derive from the signing secret
+(``BaseAppSettings.dialog_cursor_key``). A cursor another account's listing returned,
+or one altered or made by hand, fails the check; so does every cursor once the secret
+changes. 96 bits are plenty for a tag that can only be guessed online, one request per
+guess, and 27 + 12 bytes spell out in base64 without padding.
 """
 
 from __future__ import annotations
@@ -12,15 +22,19 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import hashlib
+import hmac
 import re
 import struct
+import uuid
 from dataclasses import dataclass
 
 from pydantic_core import PydanticCustomError
 
-_VERSION = 1
+_VERSION = 2  # 1: the same fields, no tag
 _LAYOUT = struct.Struct("<BBIiBqq")  # version, folder, date, message id, kind, id, hash
-_TEXT = re.compile(r"[A-Za-z0-9_-]{36}")  # 27 bytes of base64url, no padding
+_TAG_BYTES = 12
+_TEXT = re.compile(r"[A-Za-z0-9_-]{52}")  # 27 + 12 bytes of base64url, no padding
 _INT32_MAX = 2**31 - 1
 INVALID = "invalid_cursor"
 
@@ -51,7 +65,8 @@ class DialogCursor:
     peer_id: int = 0
     access_hash: int = 0
 
-    def encode(self) -> str:
+    def encode(self, key: bytes, account_id: uuid.UUID) -> str:
+        """The cursor as text, tagged for the listing of ``account_id`` only."""
         raw = _LAYOUT.pack(
             _VERSION,
             self.folder,
@@ -61,7 +76,7 @@ class DialogCursor:
             self.peer_id,
             self.access_hash,
         )
-        return base64.urlsafe_b64encode(raw).decode("ascii")
+        return base64.urlsafe_b64encode(raw + _tag(key, account_id, raw)).decode("ascii")
 
     @classmethod
     def pinned(cls, folder: int, listed: int) -> DialogCursor:
@@ -69,15 +84,19 @@ class DialogCursor:
         return cls(folder, message_id=listed, kind=PeerKind.PINNED)
 
     @classmethod
-    def decode(cls, text: str) -> DialogCursor:
-        """The cursor ``text`` spells; ``invalid_cursor`` for anything ``encode`` could
-        not have written."""
-        if not _TEXT.fullmatch(text):
+    def decode(cls, text: str, key: bytes, account_id: uuid.UUID) -> DialogCursor:
+        """The cursor ``text`` spells, which ``encode`` wrote with ``key`` for
+        ``account_id``; ``invalid_cursor`` for any other text."""
+        raw = _raw(text)
+        if not hmac.compare_digest(raw[-_TAG_BYTES:], _tag(key, account_id, raw[:-_TAG_BYTES])):
             raise _invalid()
-        try:
-            fields = _LAYOUT.unpack(base64.urlsafe_b64decode(text))
-        except (binascii.Error, struct.error):
-            raise _invalid() from None
+        return cls.read(text)
+
+    @classmethod
+    def read(cls, text: str) -> DialogCursor:
+        """The cursor ``text`` spells, its tag not checked (no key at hand: a form's
+        check); ``invalid_cursor`` for anything ``encode`` could not have written."""
+        fields = _LAYOUT.unpack(_raw(text)[:-_TAG_BYTES])  # the length is the pattern's
         version, folder, date, message_id, kind, peer_id, access_hash = fields
         if version != _VERSION or folder not in (0, 1) or kind not in _KINDS:
             raise _invalid()
@@ -96,7 +115,21 @@ class DialogCursor:
         return self.peer_id > 0 and (self.kind is not PeerKind.CHAT or self.access_hash == 0)
 
 
+def _raw(text: str) -> bytes:
+    if not _TEXT.fullmatch(text):
+        raise _invalid()
+    try:
+        return base64.urlsafe_b64decode(text)
+    except binascii.Error:
+        raise _invalid() from None
+
+
+def _tag(key: bytes, account_id: uuid.UUID, raw: bytes) -> bytes:
+    """The tag that binds the cursor's bytes to the account they list."""
+    return hmac.new(key, account_id.bytes + raw, hashlib.sha256).digest()[:_TAG_BYTES]
+
+
 def _invalid() -> PydanticCustomError:
     return PydanticCustomError(
-        INVALID, "offset is not a next_offset that telegram.get_dialogs returned"
+        INVALID, "offset is not a next_offset that telegram.get_dialogs returned for this account"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -21,7 +22,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from telethon.extensions import html, markdown
 
-from shared.jobs.contract import JobType, QueueKind, RetryPolicy, register
+from shared.config import BaseAppSettings
+from shared.jobs.contract import JobType, ParamsRejected, QueueKind, RetryPolicy, register
 from shared.jobs.dialog_cursor import INVALID as INVALID_CURSOR
 from shared.jobs.dialog_cursor import DialogCursor
 from shared.text import NUL_REFUSED
@@ -346,10 +348,11 @@ class DialogsParams(AccountParams):
     @field_validator("offset")
     @classmethod
     def _a_cursor_of_this_list(cls, offset: str | None, info: ValidationInfo) -> str | None:
-        """A cursor this job type returned, for the list (main or archive) asked for."""
+        """A cursor this job type returned, for the list (main or archive) asked for;
+        whose listing returned it is ``start``'s check, which takes the key."""
         if offset is None:
             return None
-        cursor = DialogCursor.decode(offset)
+        cursor = DialogCursor.read(offset)
         archived = info.data.get("archived", False)
         if cursor.folder != int(archived):
             raise PydanticCustomError(
@@ -358,6 +361,23 @@ class DialogsParams(AccountParams):
                 {"other": "archived" if cursor.folder else "main"},
             )
         return offset
+
+    def start(self, settings: BaseAppSettings) -> DialogCursor | None:
+        """Where the listing starts: the top, or the cursor ``offset`` holds, which a
+        listing of this account must have returned (``ParamsRejected`` otherwise)."""
+        if self.offset is None:
+            return None
+        try:
+            return DialogCursor.decode(self.offset, settings.dialog_cursor_key(), self.account_id)
+        except PydanticCustomError as exc:
+            raise ParamsRejected(
+                "invalid_params", "offset", exc.message(), INVALID_CURSOR
+            ) from None
+
+
+def check_offset(params: DialogsParams, settings: BaseAppSettings) -> None:
+    """Gateway: refuse a cursor that no listing of the account returned."""
+    params.start(settings)
 
 
 class DialogOut(BaseModel):
@@ -440,6 +460,7 @@ def _register(
     result: type[BaseModel],
     summary: str,
     timeout: float = 60,
+    validate: Callable[[Any, Any], None] | None = None,
 ) -> JobType[Any, Any]:
     return register(
         JobType(
@@ -450,6 +471,7 @@ def _register(
             timeout=timeout,
             summary=summary,
             retry=_TELEGRAM_RETRY,
+            validate=validate,
         )
     )
 
@@ -474,6 +496,7 @@ _register(
     DialogsResult,
     "One page of the account's chats, main list or archive, newest first.",
     timeout=120,
+    validate=check_offset,
 )
 _register("telegram.join_chat", JoinChatParams, ResolveResult, "Join by @username or invite link.")
 _register(

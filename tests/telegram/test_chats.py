@@ -3,6 +3,7 @@ and the ids results name chats by."""
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from typing import Any
@@ -16,6 +17,8 @@ from services.sandbox import state as sandbox_state
 from services.sandbox.admin_client import SandboxAdmin
 from services.sandbox.server import Sandbox
 from services.worker.tasks import telegram as telegram_tasks
+from services.worker.telegram.vault import Vault
+from shared.config import GatewaySettings
 from shared.jobs.dialog_cursor import DialogCursor, PeerKind
 from tests.helpers import auth, eventually, wait_for_status
 from tests.telegram.conftest import crowd, import_account, marked_id, requests_counted, serving
@@ -408,8 +411,14 @@ async def test_archived_chats_are_listed_apart_and_paged_by_their_own_cursor(
     ]
 
 
+_ACCOUNT = uuid.uuid4()
+
+
 def _cursor(**fields: Any) -> str:
-    return DialogCursor(**{"folder": 0, **fields}).encode()
+    """A cursor of ``fields`` for ``_ACCOUNT``, tagged as the gateway checks it: what
+    the gateway refuses of these it refuses for its form."""
+    key = GatewaySettings().dialog_cursor_key()
+    return DialogCursor(**{"folder": 0, **fields}).encode(key, _ACCOUNT)
 
 
 @pytest.mark.parametrize(
@@ -417,7 +426,7 @@ def _cursor(**fields: Any) -> str:
     [
         "",
         "not a cursor",
-        "A" * 36,  # base64url of the right length, version 0
+        "A" * 52,  # base64url of the right length, version 0
         _cursor(kind=PeerKind.USER, peer_id=5, message_id=3)[:-1] + "!",
         _cursor(kind=PeerKind.USER, peer_id=5, message_id=3) + "AAAA",
         _cursor(kind=PeerKind.USER, peer_id=0, message_id=3),  # no chat
@@ -432,17 +441,85 @@ def _cursor(**fields: Any) -> str:
 async def test_an_offset_no_listing_returned_is_422_before_any_worker(
     api: httpx.AsyncClient, offset: str
 ) -> None:
-    body = {
-        "type": "telegram.get_dialogs",
-        "params": {"account_id": str(uuid.uuid4()), "offset": offset},
-    }
-    response = await api.post("/v1/jobs", json=body, headers=auth())
-    assert response.status_code == 422, response.text
+    await refused_cursor(api, str(_ACCOUNT), offset)
+
+
+async def refused_cursor(
+    api: httpx.AsyncClient, account_id: str, offset: str, tenant: str = "acme"
+) -> None:
+    """A listing of ``account_id`` from ``offset`` is refused: 422, ``invalid_cursor``."""
+    body = {"type": "telegram.get_dialogs", "params": {"account_id": account_id, "offset": offset}}
+    response = await api.post("/v1/jobs", json=body, headers=auth(tenant))
+    assert response.status_code == 422, (offset, response.text)
     error = response.json()["error"]
     assert error["code"] == "invalid_params"
     assert [(d["field"], d["type"]) for d in error["details"]] == [
         ("params.offset", "invalid_cursor")
     ]
+
+
+async def listed_past_one(api: httpx.AsyncClient, admin: SandboxAdmin) -> tuple[str, str]:
+    """An account with two chats, a private one and a channel, listed one chat at a
+    time: (its id, the first next_offset)."""
+    account, me = await import_account(api, admin)
+    writer = await admin.create_account(first_name="Writer")
+    await admin.post_message(writer["user_id"], me["user_id"], "hello")
+    await admin.create_chat(
+        title="C",
+        kind="channel",
+        creator_id=writer["user_id"],
+        members=[me["user_id"]],
+        messages=[{"text": "post"}],
+    )
+    job = await run(api, "telegram.get_dialogs", account_id=account["id"], limit=1)
+    assert job["status"] == "succeeded", job
+    assert len(job["result"]["dialogs"]) == 1
+    offset: str = job["result"]["next_offset"]
+    assert offset is not None
+    return account["id"], offset
+
+
+@pytest.mark.parametrize("tenant", ["acme", "globex"])
+async def test_another_accounts_cursor_is_422_before_any_worker(
+    api: httpx.AsyncClient, admin: SandboxAdmin, tenant: str
+) -> None:
+    """The next_offset of one account's listing, passed to a listing of another (of the
+    same tenant, of another one): its peer's access hash is the first account's, and
+    the other's list does not hold that chat. Refused before any job exists."""
+    _, offset = await listed_past_one(api, admin)
+    other, _ = await import_account(api, admin, tenant)
+    await refused_cursor(api, other["id"], offset, tenant)
+    assert requests_counted(other["id"], "ok", "messages.getDialogs") == 0
+
+
+async def test_a_cursor_altered_in_any_byte_is_422_before_any_worker(
+    api: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    account_id, offset = await listed_past_one(api, admin)
+    rest = await run(api, "telegram.get_dialogs", account_id=account_id, offset=offset)
+    assert len(rest["result"]["dialogs"]) == 1  # the cursor as returned goes on
+    raw = base64.urlsafe_b64decode(offset)
+    for index in range(len(raw)):  # the folder, the date, the peer, its hash, the tag...
+        altered = bytearray(raw)
+        altered[index] ^= 1
+        await refused_cursor(api, account_id, base64.urlsafe_b64encode(altered).decode())
+    assert requests_counted(account_id, "ok", "messages.getDialogs") == 2
+
+
+async def test_a_worker_whose_secret_changed_refuses_a_cursor_without_a_request(
+    sandbox: Sandbox, admin: SandboxAdmin
+) -> None:
+    """A job accepted with a cursor the gateway could check, run by a worker whose
+    signing secret differs (rotated since): the worker fails it as invalid_cursor and
+    asks Telegram nothing."""
+    vault = Vault.generate_entry()  # sessions stay readable whatever the secret
+    async with serving(sandbox, vault_keys=vault) as api:
+        account_id, offset = await listed_past_one(api, admin)
+    async with serving(sandbox, vault_keys=vault, secret_key="a-rotated-secret") as api:
+        job = await run(api, "telegram.get_dialogs", account_id=account_id, offset=offset)
+    assert job["status"] == "failed", job
+    assert job["error"]["code"] == "invalid_cursor", job
+    assert requests_counted(account_id, "ok", "messages.getDialogs") == 1
 
 
 async def test_a_chat_listing_a_flood_cuts_short_keeps_its_pages_and_goes_on_from_there(

@@ -79,7 +79,7 @@ def check_params(body: SubmitOptions, state: State) -> None:
     except ParamsRejected as exc:
         field = f"params.{exc.field}"
         raise ApiError(
-            422, exc.code, exc.message, [{"field": field, "message": exc.message, "type": exc.code}]
+            422, exc.code, exc.message, [{"field": field, "message": exc.message, "type": exc.kind}]
         ) from None
 
 

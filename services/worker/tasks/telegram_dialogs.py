@@ -15,7 +15,8 @@ from telethon.tl.functions.messages import GetDialogsRequest, GetPinnedDialogsRe
 from services.worker.context import JobContext
 from services.worker.tasks.telegram import peer_out
 from services.worker.telegram.runtime import AccountSession
-from shared.errors import Deferral, RetryableFailure
+from shared.errors import Deferral, PermanentFailure, RetryableFailure
+from shared.jobs.contract import ParamsRejected
 from shared.jobs.dialog_cursor import DialogCursor, PeerKind
 from shared.jobs.telegram import DialogOut, DialogsParams, DialogsResult
 
@@ -178,7 +179,10 @@ async def get_dialogs(ctx: JobContext, params: DialogsParams) -> DialogsResult:
     now, once some were fetched, ends the job with those and ``cut_short`` naming why,
     as ``get_participants`` does."""
     folder = 1 if params.archived else 0
-    start = DialogCursor.decode(params.offset) if params.offset is not None else None
+    try:  # the gateway checked it with the same key, unless the secret changed since
+        start = params.start(ctx.state.settings)
+    except ParamsRejected as exc:
+        raise PermanentFailure(exc.kind, exc.message) from None
     listing = _Listing(folder, start)
     if start is not None and (past := _seen_key(start)) is not None:
         listing.seen.add(past)
@@ -211,6 +215,8 @@ async def get_dialogs(ctx: JobContext, params: DialogsParams) -> DialogsResult:
     cursor = listing.cursor
     return DialogsResult(
         dialogs=listing.dialogs,
-        next_offset=None if ended or cursor is None else cursor.encode(),
+        next_offset=None
+        if ended or cursor is None
+        else cursor.encode(ctx.state.settings.dialog_cursor_key(), params.account_id),
         cut_short=cut_short,
     )
