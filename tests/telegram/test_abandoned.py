@@ -60,6 +60,25 @@ async def _lost(sandbox: Sandbox, admin: SandboxAdmin, phone: str, kind: str) ->
     return account_id, created["user_id"]
 
 
+async def _kept(
+    sandbox: Sandbox,
+    admin: SandboxAdmin,
+    pg: asyncpg.Connection[Any],
+    pruner: TelegramRuntime,
+    proxy: DcProxy,
+    phone: str,
+    passes: int,
+) -> tuple[str, int]:
+    """An expired lost login (``_lost``) that ``passes`` prune passes kept, Telegram
+    unreachable (``proxy`` cut, and left so)."""
+    account_id, user_id = await _lost(sandbox, admin, phone, "delay_after")
+    await _expire(pg, account_id)
+    await proxy.cut()
+    for _ in range(passes):
+        assert await prune_once(pruner) == (0, 0)
+    return account_id, user_id
+
+
 @pytest.mark.parametrize("kind", ["delay_after", "drop_after"])
 async def test_an_abandoned_login_whose_lost_step_signed_in_its_key_is_logged_out(
     sandbox: Sandbox,
@@ -145,11 +164,7 @@ async def test_a_login_whose_key_cannot_be_checked_is_kept_for_the_next_pass(
 ) -> None:
     """Telegram unreachable: erasing the session would leave a key perhaps signed in that
     nobody can ever log out, so the login stays (saying why) and is checked again."""
-    account_id, user_id = await _lost(sandbox, admin, "+15550008841", "delay_after")
-    await _expire(pg, account_id)
-    await proxy.cut()
-    for _ in range(2):
-        assert await prune_once(pruner) == (0, 0)
+    account_id, user_id = await _kept(sandbox, admin, pg, pruner, proxy, "+15550008841", 2)
     row = await pg.fetchrow("SELECT * FROM accounts WHERE id = $1", uuid.UUID(account_id))
     assert (row["state"], row["login_checks_failed"], row["last_error"]) == (
         "login_pending",
@@ -177,10 +192,7 @@ async def test_a_kept_login_finished_later_no_longer_shows_the_failed_check(
 ) -> None:
     """A login kept because its key could not be checked, then finished by its user: the
     account is active with no error left from the check."""
-    account_id, _ = await _lost(sandbox, admin, "+15550008845", "delay_after")
-    await _expire(pg, account_id)
-    await proxy.cut()
-    assert await prune_once(pruner) == (0, 0)
+    account_id, _ = await _kept(sandbox, admin, pg, pruner, proxy, "+15550008845", 1)
     async with serving(sandbox) as api:
         done = await api.post(
             f"/v1/accounts/{account_id}/login/code", json={"code": CODE}, headers=auth()

@@ -98,12 +98,7 @@ async def _check_and_drop(runtime: TelegramRuntime, account_id: uuid.UUID) -> bo
         )
         if row is None or not runtime.pool.may_connect(account_id):
             return False  # taken by a step or another pass, or no longer this worker's
-        if not runtime.vault.has_key(row["session_key_id"]):  # configuration, not the row
-            log.error(
-                "abandoned login sealed under a vault key that is not configured",
-                account_id=str(account_id),
-                key_id=row["session_key_id"],
-            )
+        if runtime.lacks_vault_key(row["session_key_id"], account_id, "abandoned login"):
             return False  # kept: dropping it could leave its key signed in, unseen
         outcome, error = await _log_out_if_signed_in(runtime, row)
         failed = row["login_checks_failed"]

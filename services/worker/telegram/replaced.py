@@ -84,12 +84,7 @@ async def _log_out_one(runtime: TelegramRuntime, row_id: int, account_id: uuid.U
         )
         if row is None:
             return True
-        if not runtime.vault.has_key(row["session_key_id"]):  # configuration, not the row
-            log.error(
-                "replaced session sealed under a vault key that is not configured",
-                account_id=str(account_id),
-                key_id=row["session_key_id"],
-            )
+        if runtime.lacks_vault_key(row["session_key_id"], account_id, "replaced"):
             return True  # kept: discarding it would leave its key signed in, unseen
         session = _open(runtime, row)
         key = accounts.auth_key_hash(session) if session is not None else None

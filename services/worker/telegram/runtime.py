@@ -215,6 +215,20 @@ class TelegramRuntime:
         except Exception as exc:  # failures while connecting map like any call's
             await self.fail(account, "connect", exc)
 
+    def lacks_vault_key(self, key_id: str, account_id: uuid.UUID, session: str) -> bool:
+        """Whether a sealed session (``session``: which one, for the log) is sealed under a
+        vault key this worker is not configured with. That is configuration, not the
+        session: it is left for a worker that has the key, and said as an error."""
+        if self.vault.has_key(key_id):
+            return False
+        log.error(
+            "session sealed under a vault key that is not configured",
+            account_id=str(account_id),
+            key_id=key_id,
+            session=session,
+        )
+        return True
+
     async def check_health(self, account_id: uuid.UUID, tenant: str) -> bool:
         """The pool's check of an idle client: one ``users.getUsers``, with the flood
         state and the error map of any call. Answers whether it went through."""

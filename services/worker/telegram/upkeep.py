@@ -220,12 +220,7 @@ async def _check_one(runtime: TelegramRuntime, account_id: uuid.UUID, tenant: st
 async def _check(runtime: TelegramRuntime, account: accounts.Account) -> None:
     settings = runtime.settings
     assert account.sealed is not None
-    if not runtime.vault.has_key(account.sealed.key_id):  # configuration, not the session
-        log.error(
-            "stored session sealed under a vault key that is not configured",
-            account_id=str(account.id),
-            key_id=account.sealed.key_id,
-        )
+    if runtime.lacks_vault_key(account.sealed.key_id, account.id, "stored"):
         return
     try:
         session = StringSession(runtime.vault.open(account.sealed, aad=account.aad))
