@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 async def sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
@@ -13,6 +17,37 @@ async def sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """``work``'s result, or None as soon as ``stop`` is (or becomes) set, ``work`` then
+    cancelled: a stopping process does not wait out a blocking read of a quiet channel
+    or stream. (redis-py closes the connection of a read it cuts short.)"""
+    if stop.is_set():
+        if asyncio.iscoroutine(work):
+            work.close()  # never started
+        return None
+    doing = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((doing, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not doing.done():
+            doing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await doing
+    return None if doing.cancelled() else doing.result()
+
+
+async def message_unless(pubsub: Any, stop: asyncio.Event, seconds: float) -> Any:
+    """``pubsub.get_message`` waiting up to ``seconds``, or None as soon as ``stop`` is
+    set (``unless_stopped``). A message there already is read with no wait and no task:
+    the busy path stays as cheap as a plain read."""
+    message = await pubsub.get_message(timeout=0.0)
+    if message is not None or seconds <= 0:
+        return message
+    return await unless_stopped(pubsub.get_message(timeout=seconds), stop)
 
 
 def raise_if_cancelling() -> None:

@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from services.worker import metrics
-from shared.aio import raise_if_cancelling, sleep_unless
+from shared.aio import raise_if_cancelling, sleep_unless, unless_stopped
 from shared.db import Pool
 from shared.logs import get_logger
 from shared.queue import ARCHIVE_STREAM
@@ -189,6 +189,7 @@ class Archiver:
                     if time.monotonic() - claimed_at > self.claim_idle_ms / 1000:
                         await self._claim_abandoned()
                         claimed_at = time.monotonic()
+                await self._retry_own_pending()  # a read stop() cut short may have taken some
                 await self.drain()
                 return
             except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -206,14 +207,15 @@ class Archiver:
 
     async def step(self, *, block: bool) -> int:
         """Read, write and acknowledge one batch; return how many entries it held."""
-        try:
-            response = await self.redis.xreadgroup(
-                GROUP,
-                self.consumer,
-                {ARCHIVE_STREAM: ">"},
-                count=self.batch,
-                block=self.block_ms if block else None,
-            )
+        read = self.redis.xreadgroup(
+            GROUP,
+            self.consumer,
+            {ARCHIVE_STREAM: ">"},
+            count=self.batch,
+            block=self.block_ms if block else None,
+        )
+        try:  # a blocking read is cut short by stop(): what it took is retried as own
+            response = await (unless_stopped(read, self._stopping) if block else read)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise

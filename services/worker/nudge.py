@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.aio import raise_if_cancelling, sleep_unless
+from shared.aio import message_unless, raise_if_cancelling, sleep_unless
 from shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -33,7 +33,7 @@ async def listen_for_nudges(
             for route in routes.values():
                 route("*")
             while not stop.is_set():
-                message = await pubsub.get_message(timeout=1.0)
+                message = await message_unless(pubsub, stop, 1.0)
                 if message is not None:
                     routes[message["channel"]](message["data"])
         except (RedisError, OSError) as exc:

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.worker.state import WorkerState
-from shared.aio import raise_if_cancelling, sleep_unless
+from shared.aio import message_unless, raise_if_cancelling, sleep_unless
 from shared.db import Pool
 from shared.delivery.lua import WEBHOOK_NUDGE
 from shared.delivery.webhooks import EVENT_FINISHED, Claim, WebhookStatus, WebhookStore
@@ -108,7 +108,7 @@ class Deliverer:
                     backoff = 0.1
                     while not self.stop.is_set():
                         wait = await self.step()
-                        await pubsub.get_message(timeout=wait)  # a nudge ends the wait early
+                        await message_unless(pubsub, self.stop, wait)  # a nudge ends it early
                 except (RedisError, OSError) as exc:
                     raise_if_cancelling()
                     log.warning("webhook deliverer retrying", error=type(exc).__name__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,7 @@ from services.worker.archiver import GROUP, REJECTED_STREAM, Archiver
 from shared.config import BaseAppSettings
 from shared.db import create_pool
 from shared.queue import ARCHIVE_STREAM
+from tests.helpers import eventually
 
 
 @pytest.fixture
@@ -190,3 +192,31 @@ async def test_a_row_postgres_refuses_is_set_aside_and_the_rest_archived(
     assert len(aside) == 1
     assert orjson.loads(aside[0][1]["job"])["id"] == bad
     assert "json" in aside[0][1]["error"].lower()
+
+
+async def test_a_stop_cuts_a_blocking_read_short(redis: Redis, pg: asyncpg.Connection[Any]) -> None:
+    """An idle archiver blocks on the stream for a while (5 s here): stop() ends that
+    read at once rather than be waited out; what came before was archived."""
+    pool = await create_pool(BaseAppSettings(), role="test")
+    try:
+        archiver = Archiver(redis, pool, "c1", block_ms=5000, linger=0.0)
+        running = asyncio.create_task(archiver.run())
+        job_id = str(uuid.uuid4())
+        await redis.xadd(ARCHIVE_STREAM, snapshot(job_id, 1, "succeeded"))
+
+        async def archived() -> bool:
+            found: bool = await pg.fetchval(
+                "SELECT count(*) = 1 FROM jobs WHERE id = $1", uuid.UUID(job_id)
+            )
+            return found
+
+        await eventually(archived, timeout=5)
+        await asyncio.sleep(0.3)  # blocked on the empty stream again
+        archiver.stop()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(running, 10)
+        assert loop.time() - started < 2.5  # not the 5 s block
+    finally:
+        await pool.close()
+    assert await redis.xlen(ARCHIVE_STREAM) == 0

@@ -16,7 +16,7 @@ from services.worker.telegram import abandoned, accounts, metrics, replaced
 from services.worker.telegram.abandoned import PRUNE_BATCH
 from services.worker.telegram.accounts import DisabledReason
 from services.worker.telegram.runtime import TelegramRuntime
-from shared.aio import raise_if_cancelling, sleep_unless
+from shared.aio import message_unless, raise_if_cancelling, sleep_unless
 from shared.errors import Deferral, PermanentFailure, RetryableFailure
 from shared.logs import get_logger
 from shared.telegram_dcs import pin_dc
@@ -36,7 +36,7 @@ async def listen_for_disconnects(
         try:
             await pubsub.subscribe(DISCONNECT_CHANNEL, REPLACED_CHANNEL)
             while not stop.is_set():
-                message = await pubsub.get_message(timeout=1.0)
+                message = await message_unless(pubsub, stop, 1.0)
                 if message is None:
                     continue
                 if message["channel"] == REPLACED_CHANNEL:  # network calls: not in this loop
