@@ -9,7 +9,7 @@ from telethon.sessions import StringSession
 
 from services.worker.context import JobContext
 from services.worker.telegram import accounts, replaced
-from services.worker.telegram.client import new_client
+from services.worker.telegram.client import own_client
 from services.worker.telegram.errors import Kind, map_error
 from shared import transit
 from shared.errors import PermanentFailure, RetryableFailure
@@ -115,10 +115,9 @@ async def _validate_and_store(ctx: JobContext, given: str) -> AccountOut:
     if not pin_dc(pinned, settings):
         raise PermanentFailure("session_invalid", "The session names an unknown data centre.")
     session = pinned.save()
-    client = new_client(StringSession(session), settings)
     try:
-        await asyncio.wait_for(client.connect(), settings.telegram_request_timeout)
-        me = await asyncio.wait_for(client.get_me(), settings.telegram_request_timeout)
+        async with own_client(StringSession(session), settings) as client:
+            me = await asyncio.wait_for(client.get_me(), settings.telegram_request_timeout)
     except Exception as exc:
         mapped = map_error(exc)
         if mapped.kind in (Kind.RETRY, Kind.RECONNECT):
@@ -129,8 +128,6 @@ async def _validate_and_store(ctx: JobContext, given: str) -> AccountOut:
             retry_after = {"retry_after": max(1, mapped.seconds)}
             raise PermanentFailure("flood_wait", mapped.message, retry_after) from exc
         raise PermanentFailure("session_invalid", "Telegram does not accept this session.") from exc
-    finally:
-        await client.disconnect()
     if me is None:
         raise PermanentFailure("session_invalid", "The session is not logged in.")
     stored = await accounts.insert_active(

@@ -23,7 +23,7 @@ from telethon.tl.types import InputUserSelf
 from services.worker.context import JobContext
 from services.worker.telegram import accounts, metrics, replaced
 from services.worker.telegram.accounts import DisabledReason, State
-from services.worker.telegram.client import new_client
+from services.worker.telegram.client import own_client
 from services.worker.telegram.errors import Kind, Mapped, map_error
 from services.worker.telegram.runtime import PASS_THROUGH
 from shared import transit
@@ -98,11 +98,9 @@ def _fresh_session(ctx: JobContext) -> StringSession:
 async def login_client(
     ctx: JobContext, session: StringSession, account_id: uuid.UUID
 ) -> AsyncIterator[TelegramClient]:
-    settings = ctx.state.settings
-    client = new_client(session, settings, account_id)  # its requests' spans name the account
     try:
-        await asyncio.wait_for(client.connect(), settings.telegram_request_timeout)
-        yield client
+        async with own_client(session, ctx.state.settings, account_id) as client:
+            yield client
     except PASS_THROUGH:  # our own outcomes, and tgflow's stores failing: not Telegram's
         raise
     except Exception as exc:
@@ -118,8 +116,6 @@ async def login_client(
         if mapped.kind is Kind.DISABLE:
             raise await _dead_session(ctx, account_id, mapped) from exc
         raise _refused(mapped, exc) from exc
-    finally:
-        await client.disconnect()
 
 
 def _refused(mapped: Mapped, exc: BaseException) -> PermanentFailure:

@@ -19,7 +19,7 @@ from typing import Any
 from telethon.sessions import StringSession
 
 from services.worker.telegram import accounts, metrics
-from services.worker.telegram.client import new_client
+from services.worker.telegram.client import own_client
 from services.worker.telegram.runtime import TelegramRuntime
 from services.worker.telegram.vault import VaultError
 from shared.aio import raise_if_cancelling
@@ -165,19 +165,16 @@ async def _log_out_if_signed_in(runtime: TelegramRuntime, row: Any) -> tuple[str
         return "unchecked", type(exc).__name__
     if not pin_dc(session, settings):
         return "unchecked", "unknown_dc"
-    client = new_client(session, settings, account_id)
     timeout = settings.telegram_request_timeout
     try:
-        await asyncio.wait_for(client.connect(), timeout)
-        # Telethon's get_me: None for a key Telegram answers is not signed in (401).
-        if await asyncio.wait_for(client.get_me(), timeout) is None:
-            return "not_signed_in", None
-        # Telethon's log_out: False when Telegram refused it; asked again next pass.
-        if await asyncio.wait_for(client.log_out(), timeout):
-            return "logged_out", None
-        return "unreachable", "log_out_refused"
+        async with own_client(session, settings, account_id) as client:
+            # Telethon's get_me: None for a key Telegram answers is not signed in (401).
+            if await asyncio.wait_for(client.get_me(), timeout) is None:
+                return "not_signed_in", None
+            # Telethon's log_out: False when Telegram refused it; asked again next pass.
+            if await asyncio.wait_for(client.log_out(), timeout):
+                return "logged_out", None
+            return "unreachable", "log_out_refused"
     except Exception as exc:  # no answer, or an error that settles nothing
         raise_if_cancelling()
         return "unreachable", type(exc).__name__
-    finally:
-        await client.disconnect()

@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -410,3 +410,18 @@ def new_client(
         account_id=str(account_id) if account_id else "",
         **client_options(settings),
     )
+
+
+@contextlib.asynccontextmanager
+async def own_client(
+    session: StringSession, settings: WorkerSettings, account_id: uuid.UUID | None = None
+) -> AsyncIterator[WorkerClient]:
+    """A client of its own on ``session`` (never the pool's: a login's half-made key, a
+    replaced or abandoned one, one being imported), connected within the request
+    timeout and disconnected when the block ends, however it ends."""
+    client = new_client(session, settings, account_id)  # its requests' spans name the account
+    try:
+        await asyncio.wait_for(client.connect(), settings.telegram_request_timeout)
+        yield client
+    finally:
+        await client.disconnect()

@@ -22,7 +22,7 @@ from telethon import errors as tg
 from telethon.sessions import StringSession
 
 from services.worker.telegram import accounts
-from services.worker.telegram.client import new_client
+from services.worker.telegram.client import own_client
 from services.worker.telegram.runtime import TelegramRuntime
 from services.worker.telegram.vault import VaultError
 from shared.aio import raise_if_cancelling
@@ -130,11 +130,10 @@ async def _log_out(runtime: TelegramRuntime, account_id: uuid.UUID, session: str
     pinned = StringSession(session)
     if not pin_dc(pinned, settings):
         return False
-    client = new_client(pinned, settings, account_id)
-    timeout = settings.telegram_request_timeout
     try:
-        await asyncio.wait_for(client.connect(), timeout)
-        return bool(await asyncio.wait_for(client.log_out(), timeout))
+        async with own_client(pinned, settings, account_id) as client:
+            timeout = settings.telegram_request_timeout
+            return bool(await asyncio.wait_for(client.log_out(), timeout))
     except tg.RPCError:
         return False
     except Exception as exc:
@@ -143,5 +142,3 @@ async def _log_out(runtime: TelegramRuntime, account_id: uuid.UUID, session: str
             "replaced session not logged out", account_id=str(account_id), error=type(exc).__name__
         )
         return None
-    finally:
-        await client.disconnect()
